@@ -1,0 +1,31 @@
+"""Errors that map to the pipeline's exit codes: 2 bad usage or config, 3 another run holds the lock.
+
+Any other exception is a failed run (exit 1); the CLI prints the message, never a bare traceback for these.
+"""
+from __future__ import annotations
+
+__all__ = ["PipelineError", "UsageError", "LockHeldError", "InputError"]
+
+
+class PipelineError(Exception):
+    """Base class; `exit_code` is what the CLI exits with."""
+
+    exit_code = 1
+
+
+class UsageError(PipelineError):
+    """Bad option, config key or value, missing model folder, mismatched cache or checkpoint (exit 2)."""
+
+    exit_code = 2
+
+
+class InputError(PipelineError):
+    """Malformed input data: the message names the file and line or record (exit 1)."""
+
+    exit_code = 1
+
+
+class LockHeldError(PipelineError):
+    """Another run holds the output's lock (exit 3)."""
+
+    exit_code = 3

