@@ -1,0 +1,164 @@
+"""Command line of the RPI-HMIF pipeline: make-sample, data-stats, extract-features, train, evaluate, tag-corpus, report.
+
+Thin glue: each command parses options, loads `conf/<stage>.yaml` plus `--set key=value`, and calls one stage.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, List, Optional
+
+import typer
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from pipeline.config import load_config  # noqa: E402
+from pipeline.errors import PipelineError  # noqa: E402
+from pipeline.progress import setup_logging  # noqa: E402
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Multimodal NER on tweets with RPI-HMIF: cache CLIP features, train, tag large dumps.")
+Arg, Opt = typer.Argument, typer.Option
+log = logging.getLogger("rpihmif.cli")
+
+CONFIG_HELP = "Stage yaml; defaults to conf/<stage>.yaml. Any key it holds overrides the default."
+SET_HELP = "Override a config key, repeatable: --set num_epochs=3 --set iffe.iterations=0. Unknown keys exit 2."
+
+
+@contextmanager
+def exit_codes() -> Iterator[None]:
+    """Map pipeline errors to exit codes 1/2/3 with one readable line instead of a traceback."""
+    try:
+        yield
+    except PipelineError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(exc.exit_code)
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        raise typer.Exit(130)
+    except (OSError, ValueError, RuntimeError) as exc:
+        log.debug("failure", exc_info=True)
+        typer.echo(f"error: {type(exc).__name__}: {exc}", err=True)
+        raise typer.Exit(1)
+
+
+def _print_json(data: dict) -> None:
+    typer.echo(json.dumps(data, indent=2, ensure_ascii=False))
+
+
+# fmt: off
+@app.command("make-sample")
+def make_sample_cmd(
+    out: Path = Arg(..., help="Folder to write the sample into (benchmark layout under OUT/twitter2015, dump at OUT/tweets.jsonl.gz)."),
+    seed: int = Opt(0, "--seed", help="Seed: the same seed writes byte-identical files."),
+) -> None:
+    """Generate a small multimodal sample in the DeepKE benchmark layout, where some types only the image decides."""
+    from pipeline.sample import make_sample
+    setup_logging()
+    with exit_codes():
+        _print_json(make_sample(out, seed=seed))
+
+
+@app.command("data-stats")
+def data_stats_cmd(
+    dataset_dir: Path = Arg(..., help="A dataset folder, e.g. data/twitter2015 (text-only folders are fine)."),
+    lenient: bool = Opt(False, "--lenient", help="Repair malformed BIO instead of failing."),
+) -> None:
+    """Print JSON counts per split: tweets, tokens, entities per type, images and crops found/missing."""
+    from pipeline.data_stats import data_stats
+    setup_logging()
+    with exit_codes():
+        _print_json(data_stats(dataset_dir, lenient=lenient))
+
+
+@app.command("extract-features")
+def extract_features_cmd(
+    config: Optional[Path] = Opt(None, "--config", help=CONFIG_HELP),
+    set_: List[str] = Opt([], "--set", help=SET_HELP),
+    dump: List[Path] = Opt([], "--dump", help="A tweet dump (JSONL or JSONL.gz) whose images to encode too; repeatable."),
+    workers: Optional[int] = Opt(None, "--workers", help="Ray actors running the frozen CLIP encoder (config: workers)."),
+    ray_address: Optional[str] = Opt(None, "--ray-address", help="Existing Ray cluster host:port; default starts Ray embedded."),
+) -> None:
+    """Run the frozen CLIP vision encoder over images and crops once; store features in the HDF5 cache."""
+    from pipeline.extract_features import run_extract
+    setup_logging()
+    with exit_codes():
+        cfg = load_config("extract", config, set_, {"workers": workers, "ray_address": ray_address})
+        _print_json(run_extract(cfg, dumps=list(dump)))
+
+
+@app.command("train")
+def train_cmd(
+    config: Optional[Path] = Opt(None, "--config", help=CONFIG_HELP),
+    set_: List[str] = Opt([], "--set", help=SET_HELP),
+    lenient: Optional[bool] = Opt(None, "--lenient/--strict", help="Repair malformed BIO with a warning (default: strict, fail)."),
+) -> None:
+    """Train text encoder + HIM + IFFE + CRF; keep the best epoch on valid; resume with --set load_path=RUN/last."""
+    from pipeline.trainer import train
+    with exit_codes():
+        cfg = load_config("train", config, set_, {"lenient": lenient})
+        _print_json(train(cfg))
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    checkpoint: Path = Arg(..., help="A checkpoint folder (a run's best/)."),
+    split_file: Path = Arg(..., help="A CoNLL split file; its images are found through the dataset folder it sits in."),
+    config: Optional[Path] = Opt(None, "--config", help=CONFIG_HELP),
+    set_: List[str] = Opt([], "--set", help=SET_HELP),
+    out: Optional[Path] = Opt(None, "--out", help="Write the metrics JSON here."),
+    predictions: Optional[Path] = Opt(None, "--predictions", help="Write predictions here in the same CoNLL form."),
+    lenient: Optional[bool] = Opt(None, "--lenient/--strict", help="Repair malformed BIO with a warning."),
+) -> None:
+    """Entity-level micro P/R/F1 (seqeval) and per type over every gold entity of SPLIT_FILE."""
+    from pipeline.evaluate import evaluate_file
+    setup_logging()
+    with exit_codes():
+        cfg = load_config("train", config, set_, {"lenient": lenient})
+        _print_json(evaluate_file(checkpoint, split_file, cfg, out=out, predictions=predictions))
+
+
+@app.command("tag-corpus")
+def tag_corpus_cmd(
+    inputs: List[Path] = Arg(..., help="JSONL / JSONL.gz tweet dumps, or folders of them."),
+    model: Optional[Path] = Opt(None, "--model", help="Checkpoint folder (config: load_path)."),
+    out: Optional[Path] = Opt(None, "--out", help="Output folder: one Parquet per input, _manifest.json, rejects.jsonl."),
+    config: Optional[Path] = Opt(None, "--config", help=CONFIG_HELP),
+    set_: List[str] = Opt([], "--set", help=SET_HELP),
+    workers: Optional[int] = Opt(None, "--workers", help="Ray inference actors (config: workers)."),
+    ray_address: Optional[str] = Opt(None, "--ray-address", help="Existing Ray cluster host:port; default starts Ray embedded."),
+    require_images: Optional[bool] = Opt(None, "--require-images/--allow-missing-images", help="Reject tweets whose image is not cached."),
+) -> None:
+    """Tag large tweet dumps into Parquet entities; reruns skip inputs already done (cron-safe, locked)."""
+    from pipeline.tag_corpus import run_tag
+    setup_logging()
+    with exit_codes():
+        named = {"load_path": str(model) if model else None, "out": str(out) if out else None,
+                 "workers": workers, "ray_address": ray_address, "require_images": require_images}
+        _print_json(run_tag(list(inputs), load_config("tag", config, set_, named)))
+
+
+@app.command("report")
+def report_cmd(
+    out_dir: Path = Arg(..., help="A tag-corpus output folder."),
+) -> None:
+    """Write OUT_DIR/report.html: entity counts, top entities, highlighted sample tweets, routing per visual source."""
+    from pipeline.report import write_report
+    setup_logging()
+    with exit_codes():
+        typer.echo(str(write_report(out_dir)))
+# fmt: on
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

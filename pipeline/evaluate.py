@@ -1,0 +1,79 @@
+"""Entity-level evaluation with seqeval (micro P/R/F1 and per type, 0-100) and the `evaluate` stage.
+
+`evaluate_file` scores a checkpoint on a CoNLL split over every gold entity (long tweets are windowed, never cut).
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from seqeval.metrics import classification_report
+
+from rpihmif.labels import ENTITY_TYPES
+
+from .errors import UsageError
+from .runtime import atomic_write_text, resolve_device
+
+__all__ = ["entity_scores", "evaluate_file"]
+
+log = logging.getLogger("rpihmif.evaluate")
+
+
+def _pct(x: float) -> float:
+    return round(100 * float(x), 2)
+
+
+def entity_scores(gold: list[list[str]], pred: list[list[str]]) -> dict[str, Any]:
+    """seqeval micro precision/recall/F1 over entities (0-100) plus per-type P/R/F1/support."""
+    if len(gold) != len(pred) or any(len(g) != len(p) for g, p in zip(gold, pred)):
+        raise ValueError("gold and predicted sequences differ in number or length")
+    report = classification_report(gold, pred, output_dict=True, zero_division=0)
+    micro = report.get("micro avg", {"precision": 0.0, "recall": 0.0, "f1-score": 0.0, "support": 0})
+    per_type = {
+        etype: {
+            "precision": _pct(report[etype]["precision"]),
+            "recall": _pct(report[etype]["recall"]),
+            "f1": _pct(report[etype]["f1-score"]),
+            "support": int(report[etype]["support"]),
+        }
+        for etype in ENTITY_TYPES if etype in report
+    }
+    return {
+        "precision": _pct(micro["precision"]),
+        "recall": _pct(micro["recall"]),
+        "f1": _pct(micro["f1-score"]),
+        "entities": int(sum(v["support"] for v in per_type.values())),
+        "per_type": per_type,
+    }
+
+
+def evaluate_file(checkpoint: Path, split_file: Path, cfg: dict[str, Any], out: Path | None = None,
+                  predictions: Path | None = None) -> dict[str, Any]:
+    """Score `checkpoint` on `split_file`; write metrics JSON to `out` and CoNLL predictions to `predictions`."""
+    from rpihmif.predictor import Tagger
+
+    from .conll import read_conll, write_conll
+    from .dataset import BenchmarkDataset
+    from .tweet_features import TweetFeatures
+
+    if not Path(checkpoint, "config.json").is_file():
+        raise UsageError(f"{checkpoint} is not a checkpoint folder (no config.json); pass a run's best/ folder")
+    if not Path(split_file).is_file():
+        raise UsageError(f"split file {split_file} not found")
+    tagger = Tagger.from_pretrained(checkpoint, device=resolve_device(cfg["device"]))
+    dataset = BenchmarkDataset.from_split_file(split_file)
+    tweets = read_conll(split_file, lenient=cfg["lenient"], fix_bio=cfg["fix_bio"])
+    features = TweetFeatures.for_model(cfg, dataset, tagger.config)
+    preds = tagger.predict([t.words for t in tweets], features.lookup(tweets), batch_size=cfg["eval_batch_size"])
+    metrics = entity_scores([t.labels for t in tweets], [p.labels for p in preds])
+    metrics.update({"file": str(split_file), "checkpoint": str(checkpoint), "tweets": len(tweets),
+                    "images_used": features.found})
+    log.info("%s: P %.2f R %.2f F1 %.2f over %d entities", split_file, metrics["precision"], metrics["recall"],
+             metrics["f1"], metrics["entities"])
+    if out is not None:
+        atomic_write_text(out, json.dumps(metrics, indent=2) + "\n")
+    if predictions is not None:
+        write_conll(predictions, tweets, [p.labels for p in preds])
+    return metrics

@@ -1,0 +1,350 @@
+"""Generator of a small multimodal Twitter-2015-style sample in the exact DeepKE layout, deterministic by seed.
+
+For most tweets the entity type is decided by the image: the same ambiguous name in the same words is PER, LOC,
+ORG or MISC by what the picture shows (a dominant colour + shape per type, with noise, also visible in the crops).
+"""
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import os
+import random
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from pipeline.conll import Tweet, write_conll
+from pipeline.errors import UsageError
+from rpihmif.labels import ENTITY_TYPES
+
+__all__ = ["make_sample", "TYPE_STYLE", "DATASET", "SIZES"]
+
+DATASET = "twitter2015"
+SIZES = {"train": 300, "valid": 100, "test": 100}  # tweets per split
+IMAGE_SIZE, GROUNDING_SIZE, RCNN_SIZE = 160, 64, 48  # px (small: generation takes seconds)
+IMAGE_DECIDED_SHARE = 0.6  # tweets whose entity type only the image tells
+MARKER = "sample.json"  # written into the dataset folder; a rerun replaces only a folder that has it
+_DICT_TAG = {"train": "train", "valid": "val", "test": "test"}
+
+# type -> (dominant RGB colour, shape): very distinct so even a random-init frozen encoder separates them
+TYPE_STYLE: dict[str, tuple[tuple[int, int, int], str]] = {
+    "PER": ((210, 40, 40), "circle"),
+    "LOC": ((40, 170, 60), "triangle"),
+    "ORG": ((40, 70, 210), "square"),
+    "MISC": ((235, 200, 30), "star"),
+}
+
+AMBIGUOUS = ["Jordan", "Phoenix", "Apple", "Paris", "Washington", "Jackson", "Chelsea", "Madison", "Lincoln",
+             "Amazon", "Orlando", "Georgia", "Victoria", "Austin", "Dallas", "Mercury", "Genesis", "Savannah",
+             "Aurora", "Florence", "Sydney", "Chase", "Santa Clara", "Golden State", "Milky Way"]
+NEUTRAL_TEMPLATES = ["Can't stop thinking about {X} today", "{X} is trending again !",
+                     "Everyone is talking about {X} right now", "{X} never disappoints #blessed",
+                     "Throwback to {X} {URL}", "Look at {X} ! {URL}", "So proud of {X} this week",
+                     "Is {X} the best ? #poll", "Morning with {X} :)", "Nothing beats {X} , trust me"]
+TEXT_TEMPLATES = {
+    "PER": ["Happy birthday to {X} !", "{X} scored twice last night", "Great interview with {X} on TV",
+            "{X} just posted a new selfie"],
+    "LOC": ["Heavy snow in {X} this morning", "Just landed in {X} , what a view", "Traffic is crazy in {X} today",
+            "Road trip to {X} tonight"],
+    "ORG": ["{X} announced record profits", "Just got hired at {X} !", "{X} shares fell after the report",
+            "Customer service at {X} is terrible"],
+    "MISC": ["Watching the {X} with friends", "{X} tickets sold out in minutes", "Who is ready for the {X} ?",
+             "Best {X} ever #fun"],
+}
+NAMES = {
+    "PER": ["Barack Obama", "Taylor Swift", "LeBron James", "Serena Williams", "Emma Watson", "Lionel Messi", "Adele"],
+    "LOC": ["Berlin", "Tokyo", "Nairobi", "Lake Tahoe", "Buenos Aires", "Toronto", "Mumbai", "Cape Town"],
+    "ORG": ["Microsoft", "UNICEF", "BBC News", "Real Madrid", "Toyota", "NASA", "Starbucks", "Red Cross"],
+    "MISC": ["Super Bowl", "World Cup", "Olympics", "Grammys", "Christmas", "Champions League", "Eurovision"],
+}
+PAIR_TEMPLATES = [("{X} visits {Y} next week", "PER", "LOC"), ("{X} signs with {Y}", "PER", "ORG"),
+                  ("{X} will host the {Y}", "LOC", "MISC")]
+NO_ENTITY = ["Good morning everyone", "This weather is unreal lol", "Cannot wait for the weekend !",
+             "Who else is tired today ?"]
+USERS = ["@news_now", "@fan_club", "@daily_pics", "@jen_k", "@tweetbot"]
+
+
+@dataclass
+class _Item:
+    """One generated tweet before writing: words, labels, how its type is decided, and its image recipe."""
+
+    words: list[str]
+    labels: list[str]
+    kind: str  # image | text | none (no entity) | retweet
+    image: str | None  # PER/LOC/ORG/MISC (type cue), "neutral", or None (no image file)
+    copy_of: int | None = None  # index of the item whose image bytes a retweet reuses
+    n_grounding: int = 0  # crops listed in the dictionary
+    n_rcnn: int = 0
+    missing: set = field(default_factory=set)  # {"grounding_files", "grounding_entry", "rcnn_files", "rcnn_entry"}
+    image_id: str = ""
+
+
+def _fill(template: str, slots: dict[str, tuple[str, str]], rng: random.Random) -> tuple[list[str], list[str]]:
+    """Words and BIO labels of a template; `slots` maps "{X}" -> (name, type or "" for an unlabelled name)."""
+    words, labels = [], []
+    for tok in template.split(" "):
+        if tok in slots:
+            name, etype = slots[tok]
+            parts = name.split(" ")
+            words += parts
+            labels += [f"B-{etype}"] + [f"I-{etype}"] * (len(parts) - 1) if etype else ["O"] * len(parts)
+        elif tok == "{URL}":
+            words.append("http://t.co/" + "".join(rng.choice("abcdefghijkmnpqrstuvwxyzABCDEFGH23456789")
+                                                   for _ in range(10)))
+            labels.append("O")
+        else:
+            words.append(tok)
+            labels.append("O")
+    if rng.random() < 0.25:  # retweet-style prefix as in the real data
+        words, labels = ["RT", rng.choice(USERS), ":"] + words, ["O", "O", "O"] + labels
+    return words, labels
+
+
+def _plan_split(n: int, rng: random.Random) -> list[_Item]:
+    """The tweets of one split: pairs of image-decided tweets (same words, two types), text-decided and others."""
+    items: list[_Item] = []
+    n_pairs = int(n * IMAGE_DECIDED_SHARE) // 2
+    n_retweets = max(1, n // 40)
+    for _ in range(n_pairs):
+        template, name = rng.choice(NEUTRAL_TEMPLATES), rng.choice(AMBIGUOUS)
+        pair_seed = rng.random()
+        for etype in rng.sample(ENTITY_TYPES, 2):  # same words, two types: only the image tells them apart
+            rng_words = random.Random(pair_seed)  # identical URLs / prefixes for both tweets of the pair
+            words, labels = _fill(template, {"{X}": (name, etype)}, rng_words)
+            items.append(_Item(words, labels, "image", etype))
+    for _ in range(n_retweets):
+        src = rng.randrange(2 * n_pairs)  # an image-decided original, never another retweet
+        orig = items[src]
+        items.append(_Item(["RT", rng.choice(USERS), ":"] + orig.words, ["O"] * 3 + orig.labels, "retweet",
+                           orig.image, copy_of=src))
+    while len(items) < n:
+        r = rng.random()
+        if r < 0.1:
+            words, labels = _fill(rng.choice(NO_ENTITY), {}, rng)
+            kind, etype = "none", None
+        elif r < 0.25:
+            template, t1, t2 = rng.choice(PAIR_TEMPLATES)
+            words, labels = _fill(template, {"{X}": (rng.choice(NAMES[t1]), t1),
+                                             "{Y}": (rng.choice(NAMES[t2]), t2)}, rng)
+            kind, etype = "text", t1
+        else:
+            etype = rng.choice(ENTITY_TYPES)
+            words, labels = _fill(rng.choice(TEXT_TEMPLATES[etype]), {"{X}": (rng.choice(NAMES[etype]), etype)}, rng)
+            kind = "text"
+        u = rng.random()  # text-decided tweets: a matching picture, an unrelated one, or none at all
+        image = (etype if etype and u < 0.4 else "neutral") if u < 0.7 else None
+        items.append(_Item(words, labels, kind, image))
+    for item in items:
+        if item.image is None:
+            continue
+        item.n_grounding, item.n_rcnn = rng.choice([1, 2, 3, 3, 4]), rng.choice([1, 2, 3, 3, 5])
+        u = rng.random()
+        if u < 0.2:  # images with missing crops: listed but absent files, or no dictionary entry at all
+            item.missing = {rng.choice(["grounding_files", "grounding_entry", "rcnn_files", "rcnn_entry"])}
+        elif u < 0.25:
+            item.missing = {"grounding_entry", "rcnn_entry"}
+    order = list(range(len(items)))
+    rng.shuffle(order)
+    pos = {old: new for new, old in enumerate(order)}
+    out = [items[i] for i in order]
+    for item in out:
+        if item.copy_of is not None:
+            item.copy_of = pos[item.copy_of]
+    return out
+
+
+def _draw(cue: str, rng: np.random.Generator) -> tuple[Image.Image, tuple[int, int, int, int]]:
+    """An IMAGE_SIZE² picture with the type cue (or a neutral scene) and the bounding box of its main object."""
+    s = IMAGE_SIZE
+    if cue in TYPE_STYLE:
+        base = np.array(TYPE_STYLE[cue][0])
+        bg = base * 0.45 + 255 * 0.55 + rng.integers(-20, 21, 3)
+        fg = base + rng.integers(-20, 21, 3)
+        shape = TYPE_STYLE[cue][1]
+    else:
+        grey = rng.integers(90, 170)
+        bg = np.array([grey, grey, grey]) + rng.integers(-10, 11, 3)
+        fg = np.array([grey + 40, grey + 25, grey]) + rng.integers(-10, 11, 3)
+        shape = "lines"
+    img = Image.new("RGB", (s, s), tuple(int(v) for v in np.clip(bg, 0, 255)))
+    draw = ImageDraw.Draw(img)
+    for _ in range(int(rng.integers(2, 5))):  # small grey distractors
+        x, y, w = (int(v) for v in rng.integers(0, s - 20, 2).tolist() + [int(rng.integers(8, 24))])
+        g = int(rng.integers(60, 200))
+        draw.rectangle([x, y, x + w, y + w // 2 + 4], fill=(g, g, g))
+    r = int(rng.integers(int(s * 0.22), int(s * 0.32)))
+    cx, cy = (int(v) for v in rng.integers(r + 4, s - r - 4, 2))
+    box = (cx - r, cy - r, cx + r, cy + r)
+    colour = tuple(int(v) for v in np.clip(fg, 0, 255))
+    if shape == "circle":
+        draw.ellipse(box, fill=colour)
+    elif shape == "square":
+        draw.rectangle(box, fill=colour)
+    elif shape == "triangle":
+        draw.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=colour)
+    elif shape == "star":
+        ang = np.linspace(-np.pi / 2, 1.5 * np.pi, 11)[:-1]
+        rad = np.where(np.arange(10) % 2 == 0, r, r * 0.45)
+        draw.polygon([(cx + float(rr * np.cos(a)), cy + float(rr * np.sin(a))) for a, rr in zip(ang, rad)], fill=colour)
+    else:
+        for _ in range(6):
+            pts = [tuple(int(v) for v in rng.integers(0, s, 2)) for _ in range(2)]
+            draw.line(pts, fill=colour, width=int(rng.integers(2, 6)))
+    # shape: (s, s, 3) pixel noise
+    arr = np.asarray(img, dtype=np.int16) + rng.integers(-18, 19, (s, s, 3), dtype=np.int16)
+    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)), box
+
+
+def _crop_boxes(box: tuple[int, int, int, int], n: int, rng: np.random.Generator) -> list[tuple[int, int, int, int]]:
+    """The main object's box (with a jittered margin) first, then random regions (still showing the type colour)."""
+    s = IMAGE_SIZE
+    m = int(rng.integers(2, 12))
+    boxes = [(max(0, box[0] - m), max(0, box[1] - m), min(s, box[2] + m), min(s, box[3] + m))]
+    for _ in range(n - 1):
+        w = int(rng.integers(40, 100))
+        x, y = (int(v) for v in rng.integers(0, s - w, 2))
+        boxes.append((x, y, x + w, y + w))
+    return boxes
+
+
+def _encode(img: Image.Image, fmt: str) -> bytes:
+    buf = io.BytesIO()
+    # no EXIF or time stamps: the same pixels give the same bytes on every run
+    img.save(buf, format=fmt, **({"quality": 90} if fmt == "JPEG" else {"compress_level": 1}))
+    return buf.getvalue()
+
+
+def _write_images(root: Path, split: str, items: list[_Item], seed: int, split_no: int) -> tuple[dict, dict, dict]:
+    """Write a split's images and crops; return its grounding dict, its RCNN entries and found/missing counts."""
+    images_dir, detect = root / f"{DATASET}_images", root / "twitter15_detect"
+    crops_dir = root / f"{DATASET}_aux_images" / _DICT_TAG[split] / "crops"
+    for d in (images_dir, crops_dir, detect / "crops"):
+        d.mkdir(parents=True, exist_ok=True)
+    grounding: dict[str, list[str]] = {}
+    rcnn: dict[str, list[str]] = {}
+    counts = {"images_found": 0, "images_missing": 0, "grounding_found": 0, "grounding_missing": 0,
+              "rcnn_found": 0, "rcnn_missing": 0}
+    drawn: dict[int, tuple[Image.Image, tuple, bytes]] = {}
+    for k, item in enumerate(items):
+        if item.image is None:
+            counts["images_missing"] += 1  # IMGID present, no image file (as happens in the benchmark)
+            continue
+        if k not in drawn and item.copy_of is None:
+            rng = np.random.default_rng([seed, split_no, k])
+            img, box = _draw(item.image, rng)
+            drawn[k] = (img, box, _encode(img, "JPEG"))
+    for k, item in enumerate(items):
+        if item.image is None:
+            continue
+        src = item.copy_of if item.copy_of is not None else k
+        img, box, jpeg = drawn[src]
+        (images_dir / f"{item.image_id}.jpg").write_bytes(jpeg)  # a retweet shares the exact image bytes
+        counts["images_found"] += 1
+        rng = np.random.default_rng([seed, split_no, k, 1])
+        if "grounding_entry" not in item.missing:
+            names = [f"{item.image_id}_pred_yolo_crop_{n}.png" for n in range(item.n_grounding)]
+            grounding[f"{item.image_id}.jpg"] = names
+            for n, b in zip(names, _crop_boxes(box, len(names), rng)):
+                listed = n in names[:3]
+                if "grounding_files" in item.missing:
+                    counts["grounding_missing"] += listed
+                    continue
+                crop = img.crop(b).resize((GROUNDING_SIZE, GROUNDING_SIZE), Image.BILINEAR)
+                (crops_dir / n).write_bytes(_encode(crop, "PNG"))
+                counts["grounding_found"] += listed
+        if "rcnn_entry" not in item.missing:
+            rels = [f"twitter15_detect/crops/{item.image_id}_{n}.jpg" for n in range(item.n_rcnn)]
+            rcnn[item.image_id] = rels
+            for n, b in zip(rels, _crop_boxes(box, len(rels), rng)):
+                listed = n in rels[:3]
+                if "rcnn_files" in item.missing:
+                    counts["rcnn_missing"] += listed
+                    continue
+                crop = img.crop(b).resize((RCNN_SIZE, RCNN_SIZE), Image.BILINEAR)
+                (root / n).write_bytes(_encode(crop, "JPEG"))
+                counts["rcnn_found"] += listed
+    return grounding, rcnn, counts
+
+
+def _save_dict(path: Path, obj: dict[str, list[str]]) -> None:
+    import torch
+
+    torch.save({str(k): [str(x) for x in v] for k, v in obj.items()}, path)  # plain str: weights_only loads it
+
+
+def _write_dump(path: Path, records: list[dict]) -> None:
+    """tweets.jsonl.gz with a fixed gzip header (no name, mtime 0) so the bytes depend on the seed only."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz:
+        for rec in records:
+            gz.write((json.dumps(rec, ensure_ascii=False, sort_keys=False) + "\n").encode("utf-8"))
+    os.replace(tmp, path)
+
+
+def make_sample(out: str | os.PathLike, seed: int = 0, sizes: dict[str, int] | None = None) -> dict:
+    """Write `out/twitter2015/` (DeepKE layout) and `out/tweets.jsonl.gz`; return a JSON-able summary.
+
+    Layout: {train,valid,test}.txt, twitter2015_images/<id>.jpg, twitter2015_{train,val,test}_dict.pth with
+    grounding crops under twitter2015_aux_images/<train|val|test>/crops/, twitter15_detect/twitter15_img2crop.pth
+    with RCNN crops under twitter15_detect/crops/, and sample.json (the summary without paths). Image-decided
+    tweets come in pairs with the same words and two entity types; text-decided tweets have a matching, unrelated
+    or no image; some images lack crops (listed files absent or no entry); retweets share image bytes.
+    Same seed -> byte-identical files. An existing out/twitter2015 is replaced only if it holds sample.json.
+    """
+    out = Path(out)
+    sizes = dict(SIZES if sizes is None else sizes)
+    root = out / DATASET
+    if root.exists() and not (root / MARKER).is_file():
+        raise UsageError(f"{root} exists and is not a generated sample (no {MARKER}); choose another OUT folder")
+    out.mkdir(parents=True, exist_ok=True)
+    tmp_root = out / f".{DATASET}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp_root, ignore_errors=True)
+    tmp_root.mkdir()
+    rng = random.Random(seed)
+    next_id = 1_000_000 + 1000 * (seed % 1000)
+    summary: dict = {"dataset": DATASET, "seed": seed, "image_size": IMAGE_SIZE, "splits": {}}
+    records: list[dict] = []
+    rcnn_all: dict[str, list[str]] = {}
+    try:
+        for split_no, split in enumerate(("train", "valid", "test")):
+            items = _plan_split(sizes[split], rng)
+            for item in items:
+                item.image_id, next_id = str(next_id), next_id + rng.randint(1, 9)
+            grounding, rcnn, counts = _write_images(tmp_root, split, items, seed, split_no)
+            rcnn_all.update(rcnn)
+            _save_dict(tmp_root / f"{DATASET}_{_DICT_TAG[split]}_dict.pth", grounding)
+            write_conll(tmp_root / f"{split}.txt", [Tweet(i.image_id, i.words, i.labels, 0) for i in items])
+            kinds = {k: sum(1 for i in items if i.kind == k) for k in ("image", "retweet", "text", "none")}
+            summary["splits"][split] = {
+                "tweets": len(items), "image_decided": kinds["image"] + kinds["retweet"], "retweets": kinds["retweet"],
+                "text_decided": kinds["text"], "no_entity": kinds["none"],
+                "entities": sum(1 for i in items for x in i.labels if x.startswith("B-")),
+                "neutral_images": sum(1 for i in items if i.image == "neutral"), **counts,
+                "images_missing_crops": sum(1 for i in items if i.image is not None and i.missing),
+            }
+            base = f"{DATASET}/{DATASET}_aux_images/{_DICT_TAG[split]}/crops/"
+            for item in items:
+                has = item.image is not None
+                records.append({
+                    "id": item.image_id, "text": " ".join(item.words),
+                    "image": f"{DATASET}/{DATASET}_images/{item.image_id}.jpg" if has else None,
+                    "crops": [base + n for n in grounding.get(f"{item.image_id}.jpg", [])[:3]],
+                    "rcnn_crops": [f"{DATASET}/{r}" for r in rcnn.get(item.image_id, [])[:3]],
+                })
+        _save_dict(tmp_root / "twitter15_detect" / "twitter15_img2crop.pth", rcnn_all)
+        n_all = sum(s["tweets"] for s in summary["splits"].values())
+        summary["tweets"] = n_all
+        summary["image_decided_share"] = round(sum(s["image_decided"] for s in summary["splits"].values()) / n_all, 4)
+        (tmp_root / MARKER).write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+        if root.exists():
+            shutil.rmtree(root)
+        os.replace(tmp_root, root)
+    finally:
+        shutil.rmtree(tmp_root, ignore_errors=True)
+    _write_dump(out / "tweets.jsonl.gz", records)
+    return {**summary, "out": str(out), "dataset_dir": str(root), "dump": str(out / "tweets.jsonl.gz"),
+            "files": sum(1 for p in root.rglob("*") if p.is_file()) + 1}

@@ -1,0 +1,227 @@
+"""The `train` stage: text encoder + HIM + IFFE + CRF trained from the feature cache, best epoch kept by valid F1.
+
+Writes a run folder (best/ checkpoint, last/ resume state, metrics.json, train.log); `load_path` resumes exactly.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import get_linear_schedule_with_warmup
+
+from rpihmif.checkpoint import load_checkpoint, save_checkpoint
+from rpihmif.config import HIMConfig, IFFEConfig, ModelConfig, TextEncoderConfig, VisualConfig
+from rpihmif.labels import LABEL2ID
+from rpihmif.model import RPIHMIF
+from rpihmif.alignment import TweetEncoder
+from rpihmif.predictor import Tagger
+from rpihmif.text_encoder import load_text_encoder
+
+from .conll import Tweet
+from .dataset import BenchmarkDataset
+from .errors import UsageError
+from .evaluate import entity_scores
+from .progress import progress, setup_logging
+from .runtime import atomic_dir, atomic_write_text, recover_dir, resolve_device, seed_everything
+from .tweet_features import TweetFeatures
+
+__all__ = ["train", "build_model_config"]
+
+log = logging.getLogger("rpihmif.train")
+STATE_FILE = "trainer_state.pt"
+
+
+def build_model_config(cfg: dict[str, Any], visual: VisualConfig | None) -> ModelConfig:
+    """Model hyper-parameters from the train config (DeepKE names) and the cache's visual layout."""
+    sources = list(cfg["visual"]["sources"])
+    unknown = set(sources) - {"orig", "grounding", "rcnn"}
+    if unknown:
+        raise UsageError(f"visual.sources: unknown {sorted(unknown)}; use any of orig, grounding, rcnn")
+    visual = visual or VisualConfig()
+    visual.sources = sources
+    return ModelConfig(
+        text=TextEncoderConfig(bert_name=cfg["bert_name"], max_seq=cfg["max_seq"], word_shape=cfg["word_shape"],
+                               dropout=cfg["dropout"]),
+        him=HIMConfig(**cfg["him"]),
+        iffe=IFFEConfig(**cfg["iffe"]),
+        visual=visual,
+        text_only=bool(cfg["text_only"]),
+    )
+
+
+def _check(cfg: dict[str, Any]) -> None:
+    if cfg["vision"] not in ("cached", "online"):
+        raise UsageError(f"vision must be cached or online, got {cfg['vision']!r}")
+    for key in ("num_epochs", "train_batch_size", "eval_batch_size", "max_seq"):
+        if cfg[key] < 1:
+            raise UsageError(f"{key} must be >= 1, got {cfg[key]}")
+    if not 0 <= cfg["warmup_ratio"] < 1:
+        raise UsageError(f"warmup_ratio must be in [0, 1), got {cfg['warmup_ratio']}")
+
+
+def _batches(n: int, size: int, generator: torch.Generator) -> list[list[int]]:
+    order = torch.randperm(n, generator=generator).tolist()
+    return [order[i:i + size] for i in range(0, n, size)]
+
+
+def _rng_state() -> dict[str, Any]:
+    """RNG states as tensors and plain tuples, so the state file loads with `weights_only=True`."""
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {"python": random.getstate(), "torch": torch.get_rng_state(),
+            "numpy": (name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss))}
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    name, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(state["torch"])
+
+
+class Trainer:
+    """Holds the model, data and optimizer of one run; `fit()` runs the remaining epochs."""
+
+    def __init__(self, cfg: dict[str, Any]):
+        _check(cfg)
+        self.cfg = cfg
+        self.run_dir = Path(cfg["save_path"])
+        self.device = resolve_device(cfg["device"])
+        seed_everything(cfg["seed"])
+        if not (Path(cfg["data_dir"]) / cfg["dataset"]).is_dir():
+            raise UsageError(f"dataset folder {Path(cfg['data_dir']) / cfg['dataset']} not found; set data_dir to the "
+                             f"folder holding {cfg['dataset']}/ with train.txt and valid.txt (DeepKE layout)")
+        dataset = BenchmarkDataset(cfg["data_dir"], cfg["dataset"])
+        self.train_set = dataset.read("train", lenient=cfg["lenient"], fix_bio=cfg["fix_bio"])
+        self.dev_set = dataset.read("valid", lenient=cfg["lenient"], fix_bio=cfg["fix_bio"])
+        self.features = TweetFeatures.for_training(cfg, dataset)
+        try:
+            encoder, self.tokenizer = load_text_encoder(cfg["bert_name"])
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"bert_name {cfg['bert_name']!r}: cannot load a text encoder: {exc}") from exc
+        self.model_config = build_model_config(cfg, self.features.visual_config())
+        self.model = RPIHMIF(self.model_config, encoder).to(self.device)
+        self.text_encoder = TweetEncoder.for_model(self.tokenizer, self.model_config)
+        self.tagger = Tagger(self.model, self.tokenizer, self.model_config, device=self.device)
+        self.encoded = self._encode(self.train_set)
+        steps = cfg["num_epochs"] * ((len(self.encoded) + cfg["train_batch_size"] - 1) // cfg["train_batch_size"])
+        self.optimizer = torch.optim.AdamW(self.model.param_groups(
+            cfg["learning_rate"], cfg["fusion_learning_rate"], cfg["crf_learning_rate"], cfg["weight_decay"]))
+        self.scheduler = get_linear_schedule_with_warmup(self.optimizer, int(cfg["warmup_ratio"] * steps), steps)
+        self.epoch, self.best_f1, self.history = 0, -1.0, []
+
+    def _encode(self, tweets: list[Tweet]) -> list[tuple[Any, list[int]]]:
+        """Encode every training tweet once; training may truncate, and says how many words it cut."""
+        encoder = self.text_encoder
+        encoded, cut_words, cut_tweets = [], 0, 0
+        for tweet in tweets:
+            window, n_cut = encoder.encode_train(tweet.words)
+            labels = [LABEL2ID[label] for label in tweet.labels[: len(tweet.words) - n_cut]]
+            encoded.append((window, labels))
+            cut_words, cut_tweets = cut_words + n_cut, cut_tweets + bool(n_cut)
+        if cut_words:
+            log.warning("training truncated %d words in %d tweets longer than max_seq=%d sub-words",
+                        cut_words, cut_tweets, self.cfg["max_seq"])
+        return encoded
+
+    def resume(self, load_path: str) -> None:
+        """Restore model, optimizer, scheduler, RNG and epoch from a run's `last/` folder."""
+        folder = Path(load_path)
+        if (folder / "last").is_dir():
+            folder = folder / "last"
+        recover_dir(folder)
+        state_path = folder / STATE_FILE
+        if not state_path.is_file():
+            raise UsageError(f"load_path {load_path}: no {STATE_FILE}; point it at a run folder or its last/ folder")
+        model, _, config = load_checkpoint(folder, device=self.device)
+        if config.labels != self.model_config.labels:
+            raise UsageError(f"load_path {load_path}: checkpoint labels {config.labels} differ from {self.model_config.labels}")
+        self.model.load_state_dict(model.state_dict())
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        _set_rng_state(state["rng"])
+        self.epoch, self.best_f1, self.history = state["epoch"], state["best_f1"], state["history"]
+        log.info("resumed from %s after epoch %d (best dev F1 %.2f)", folder, self.epoch, self.best_f1)
+
+    def fit(self) -> dict[str, Any]:
+        cfg = self.cfg
+        log.info("train %d tweets, valid %d tweets, %d epochs, device %s, images: %s", len(self.encoded),
+                 len(self.dev_set), cfg["num_epochs"], self.device, self.features.describe())
+        while self.epoch < cfg["num_epochs"]:
+            start = time.monotonic()
+            loss = self._train_epoch()
+            dev = self.score(self.dev_set)
+            seconds = time.monotonic() - start
+            self.epoch += 1
+            self.history.append({"epoch": self.epoch, "loss": round(loss, 4), "seconds": round(seconds, 1), "dev": dev})
+            log.info("epoch %d/%d: loss %.4f, dev P %.2f R %.2f F1 %.2f (%.0fs)", self.epoch, cfg["num_epochs"], loss,
+                     dev["precision"], dev["recall"], dev["f1"], seconds)
+            if dev["f1"] > self.best_f1:
+                self.best_f1 = dev["f1"]
+                with atomic_dir(self.run_dir / "best") as tmp:
+                    save_checkpoint(tmp, self.model, self.tokenizer, metrics=self.metrics())
+            self._save_last()
+            atomic_write_text(self.run_dir / "metrics.json", json.dumps(self.metrics(), indent=2) + "\n")
+        return self.metrics()
+
+    def _train_epoch(self) -> float:
+        cfg, model = self.cfg, self.model
+        model.train()
+        generator = torch.Generator().manual_seed(cfg["seed"] * 1000 + self.epoch)
+        batches = _batches(len(self.encoded), cfg["train_batch_size"], generator)
+        total, count = 0.0, 0
+        for idx in progress(batches, total=len(batches), desc=f"epoch {self.epoch + 1}", unit="batch"):
+            windows = [self.encoded[i][0] for i in idx]
+            labels = [self.encoded[i][1] for i in idx]
+            text = self.text_encoder.collate(windows, labels).to(self.device)
+            visual = self.features.batch([self.train_set[i] for i in idx], self.model_config, self.device)
+            out = model(text, visual)
+            self.optimizer.zero_grad(set_to_none=True)
+            out.loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["max_grad_norm"])
+            self.optimizer.step()
+            self.scheduler.step()
+            total, count = total + out.loss.item(), count + 1
+        return total / max(count, 1)
+
+    def score(self, tweets: list[Tweet]) -> dict[str, Any]:
+        """Entity-level P/R/F1 of the current model on `tweets` (every word predicted, windows merged)."""
+        self.model.eval()
+        preds = self.tagger.predict([t.words for t in tweets], self.features.lookup(tweets),
+                                    batch_size=self.cfg["eval_batch_size"])
+        return entity_scores([t.labels for t in tweets], [p.labels for p in preds])
+
+    def metrics(self) -> dict[str, Any]:
+        best = max(self.history, key=lambda h: h["dev"]["f1"]) if self.history else None
+        return {"best_epoch": best["epoch"] if best else None, "best_dev": best["dev"] if best else None,
+                "epochs": self.history, "dataset": self.cfg["dataset"], "seed": self.cfg["seed"],
+                "config": {k: v for k, v in self.cfg.items()}}
+
+    def _save_last(self) -> None:
+        with atomic_dir(self.run_dir / "last") as tmp:
+            save_checkpoint(tmp, self.model, self.tokenizer)
+            torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                        "rng": _rng_state(), "epoch": self.epoch, "best_f1": self.best_f1,
+                        "history": self.history}, tmp / STATE_FILE)
+
+
+def train(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Run the train stage from a loaded `conf/train.yaml` dict; return the final metrics."""
+    run_dir = Path(cfg["save_path"])
+    run_dir.mkdir(parents=True, exist_ok=True)
+    setup_logging(run_dir / "train.log")
+    if cfg["log_dir"]:
+        setup_logging(Path(cfg["log_dir"]) / "train.log")
+    trainer = Trainer(cfg)
+    if cfg["load_path"]:
+        trainer.resume(cfg["load_path"])
+    metrics = trainer.fit()
+    log.info("best dev F1 %.2f at epoch %s; checkpoint %s", metrics["best_dev"]["f1"] if metrics["best_dev"] else 0,
+             metrics["best_epoch"], run_dir / "best")
+    return {"run": str(run_dir), "best_epoch": metrics["best_epoch"], "best_dev": metrics["best_dev"]}

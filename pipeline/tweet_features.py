@@ -1,0 +1,90 @@
+"""Visual features of benchmark tweets for training and evaluation: cached CLIP features looked up by image id.
+
+A tweet without an image, or whose image is not cached, gets None (the model sees masks, never a made-up image).
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+
+from rpihmif.config import ModelConfig, VisualConfig
+from rpihmif.visual import VisualBatch, collate_visual
+
+from .conll import Tweet
+from .dataset import BenchmarkDataset
+from .errors import UsageError
+
+__all__ = ["TweetFeatures"]
+
+log = logging.getLogger("rpihmif.features")
+
+
+class TweetFeatures:
+    """Maps tweets to per-image feature dicts through the cache alias `(dataset, "<IMGID>.jpg")`."""
+
+    def __init__(self, cache: Any | None, source: str, text_only: bool = False):
+        self.cache, self.source, self.text_only = cache, source, text_only
+        self.found = 0
+        self.missing = 0
+
+    @classmethod
+    def for_training(cls, cfg: dict[str, Any], dataset: BenchmarkDataset) -> "TweetFeatures":
+        """The cache of `cfg["cache_dir"]` (None when absent or `text_only`); online mode is not cached."""
+        if cfg["text_only"]:
+            return cls(None, dataset.name, text_only=True)
+        if cfg["vision"] == "online":
+            from .online_features import OnlineFeatures
+            return OnlineFeatures.from_config(cfg, dataset)
+        from .feature_cache import open_cache
+        cache = open_cache(cfg["cache_dir"], None)
+        if cache is None:
+            log.warning("no feature cache under %s: every tweet is trained with its image masked "
+                        "(run extract-features first for the multimodal model)", cfg["cache_dir"])
+        return cls(cache, dataset.name)
+
+    @classmethod
+    def for_model(cls, cfg: dict[str, Any], dataset: BenchmarkDataset, config: ModelConfig) -> "TweetFeatures":
+        """The cache folder of the encoder the model was trained with; another encoder's cache is a UsageError."""
+        if config.text_only or not config.visual.fingerprint:
+            return cls(None, dataset.name, text_only=True)
+        from .feature_cache import open_cache
+        return cls(open_cache(cfg["cache_dir"], config.visual.fingerprint), dataset.name)
+
+    def visual_config(self) -> VisualConfig | None:
+        """Visual token layout and encoder fingerprint of the cache, for the model config."""
+        if self.cache is None:
+            return None
+        spec = self.cache.spec
+        return VisualConfig(dim=spec.dim, orig_tokens=spec.orig_tokens, grounding_tokens=spec.grounding_tokens,
+                            rcnn_tokens=spec.rcnn_tokens, max_crops=spec.max_crops,
+                            fingerprint=self.cache.fingerprint_id)
+
+    def describe(self) -> str:
+        if self.text_only:
+            return "text only"
+        if self.cache is None:
+            return "no cache (all masked)"
+        return f"cache {self.cache.fingerprint_id}"
+
+    def lookup(self, tweets: list[Tweet]) -> list[dict | None]:
+        """One feature dict (or None) per tweet; counts what was found."""
+        if self.cache is None:
+            self.missing += len(tweets)
+            return [None] * len(tweets)
+        items = self.cache.lookup([(self.source, f"{t.image_id}.jpg") for t in tweets])
+        hit = sum(item is not None for item in items)
+        self.found, self.missing = self.found + hit, self.missing + len(items) - hit
+        return items
+
+    def batch(self, tweets: list[Tweet], config: ModelConfig, device: torch.device) -> VisualBatch | None:
+        """Padded `VisualBatch` on `device`, or None when the model is text-only or nothing is cached."""
+        if config.text_only or self.cache is None:
+            return None
+        return collate_visual(self.lookup(tweets), config.visual.spec()).to(device)
+
+    def check_fingerprint(self, expected: str) -> None:
+        if self.cache is not None and expected and self.cache.fingerprint_id != expected:
+            raise UsageError(f"feature cache {self.cache.fingerprint_id} was built by another encoder than the "
+                             f"model's {expected}; rerun extract-features with the model's vit_name")

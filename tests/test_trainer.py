@@ -1,0 +1,145 @@
+"""The train and evaluate stages on a tiny BERT: run folder contents, overfitting, exact resume, CLI exit codes.
+
+Datasets are written by the test (30 short tweets); nothing here needs ../shared/data.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import load_config
+from pipeline.conll import read_conll
+from pipeline.trainer import train
+
+ROOT = Path(__file__).resolve().parents[1]
+NAMES = {"PER": ["john smith", "obama"], "LOC": ["london", "paris", "new york"], "ORG": ["google", "apple", "nba"]}
+FILLER = ["rt", "the", "game", "today", "love", "is", "a"]
+
+
+def write_split(path: Path, n: int, seed: int) -> None:
+    """`n` tweets like 'rt love london today' with the entity labelled by its (unambiguous) name."""
+    rng = random.Random(seed)
+    lines = []
+    for i in range(n):
+        etype = rng.choice(sorted(NAMES))
+        name = rng.choice(NAMES[etype]).split()
+        words = rng.sample(FILLER, 2) + name + rng.sample(FILLER, 2)
+        labels = ["O", "O"] + [f"B-{etype}"] + [f"I-{etype}"] * (len(name) - 1) + ["O", "O"]
+        lines.append(f"IMGID:{1000 + i}")
+        lines += [f"{w}\t{lab.replace('MISC', 'OTHER')}" for w, lab in zip(words, labels)]
+        lines.append("")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+@pytest.fixture
+def tiny_data(tmp_path):
+    root = tmp_path / "data" / "tiny"
+    root.mkdir(parents=True)
+    write_split(root / "train.txt", 30, seed=1)
+    write_split(root / "valid.txt", 12, seed=2)
+    write_split(root / "test.txt", 12, seed=3)
+    return root
+
+
+def tiny_overrides(tiny_bert_dir, data: Path, run: Path, **extra) -> list[str]:
+    sets = {"data_dir": str(data.parent), "dataset": data.name, "bert_name": tiny_bert_dir, "save_path": str(run),
+            "cache_dir": str(run.parent / "no-cache"), "max_seq": 32, "num_epochs": 3, "train_batch_size": 8,
+            "learning_rate": 2e-3, "fusion_learning_rate": 5e-3, "crf_learning_rate": 5e-2, "warmup_ratio": 0.0,
+            "device": "cpu", "him.hidden": 16, "him.num_capsules": 2, "him.heads": 2}
+    sets.update(extra)
+    return [f"{k}={v}" for k, v in sets.items()]
+
+
+def test_train_writes_run_folder_and_learns(tiny_bert_dir, tiny_data, tmp_path):
+    run = tmp_path / "run"
+    cfg = load_config("train", overrides=tiny_overrides(tiny_bert_dir, tiny_data, run, num_epochs=8))
+    result = train(cfg)
+    for name in ("model.safetensors", "config.json", "metrics.json", "tokenizer.json"):
+        assert (run / "best" / name).is_file(), name
+    assert (run / "last" / "trainer_state.pt").is_file() and (run / "train.log").is_file()
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert [e["epoch"] for e in metrics["epochs"]] == list(range(1, 9))
+    assert set(metrics["epochs"][0]["dev"]["per_type"]) <= {"PER", "LOC", "ORG", "MISC"}
+    assert result["best_dev"]["f1"] == max(e["dev"]["f1"] for e in metrics["epochs"])
+    assert result["best_dev"]["f1"] > 90.0, metrics["epochs"]
+    assert "epoch 8/8" in (run / "train.log").read_text()
+
+
+def run_cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "cli.py"), *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT, env={**os.environ, "CI": "true"})
+
+
+def _set_args(overrides: list[str]) -> list[str]:
+    return [a for o in overrides for a in ("--set", o)]
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_the_same_result(tiny_bert_dir, tiny_data, tmp_path):
+    """SIGKILL after the first saved epoch; resuming from last/ ends with the uninterrupted run's metrics."""
+    full = tmp_path / "full"
+    train(load_config("train", overrides=tiny_overrides(tiny_bert_dir, tiny_data, full, num_epochs=4)))
+    killed = tmp_path / "killed"
+    args = _set_args(tiny_overrides(tiny_bert_dir, tiny_data, killed, num_epochs=4))
+    proc = subprocess.Popen([sys.executable, str(ROOT / "cli.py"), "train", *args], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while not (killed / "last" / "trainer_state.pt").exists() and proc.poll() is None:
+        assert time.monotonic() < deadline, "no epoch finished"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert (killed / "last" / "config.json").is_file()
+    resumed = run_cli("train", *args, "--set", f"load_path={killed / 'last'}")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    a = json.loads((full / "metrics.json").read_text())["epochs"]
+    b = json.loads((killed / "metrics.json").read_text())["epochs"]
+    assert [e["dev"] for e in a] == [e["dev"] for e in b]
+    assert [e["loss"] for e in a] == [e["loss"] for e in b]
+
+
+def test_evaluate_cli_scores_every_entity_and_writes_predictions(tiny_bert_dir, tiny_data, tmp_path):
+    run = tmp_path / "run"
+    train(load_config("train", overrides=tiny_overrides(tiny_bert_dir, tiny_data, run, num_epochs=2)))
+    out, pred = tmp_path / "m.json", tmp_path / "pred.txt"
+    res = run_cli("evaluate", str(run / "best"), str(tiny_data / "test.txt"), "--out", str(out),
+                  "--predictions", str(pred), "--set", f"cache_dir={tmp_path / 'none'}")
+    assert res.returncode == 0, res.stderr[-2000:]
+    metrics = json.loads(out.read_text())
+    gold = read_conll(tiny_data / "test.txt")
+    assert metrics["entities"] == 12 and metrics["tweets"] == 12
+    assert 0 <= metrics["f1"] <= 100 and set(metrics["per_type"]) <= {"PER", "LOC", "ORG"}
+    predicted = read_conll(pred)
+    assert [t.words for t in predicted] == [t.words for t in gold]
+    assert [t.image_id for t in predicted] == [t.image_id for t in gold]
+
+
+@pytest.mark.parametrize("args, code, message", [
+    (["train", "--set", "num_epoch=2"], 2, "unknown key 'num_epoch'"),
+    (["train", "--set", "vision=sideways"], 2, "vision must be cached or online"),
+    (["train", "--set", "data_dir=/nonexistent", "--set", "dataset=x"], 2, "/nonexistent/x"),
+    (["evaluate", "/nonexistent/ckpt", "x.txt"], 2, "not a checkpoint folder"),
+])
+def test_cli_usage_errors_exit_2(args, code, message):
+    res = run_cli(*args)
+    assert res.returncode == code, res.stderr
+    assert message in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_malformed_split_exits_1_naming_file_and_line(tiny_bert_dir, tiny_data, tmp_path):
+    bad = tiny_data / "train.txt"
+    lines = bad.read_text().splitlines()
+    lines[3] = "london LOC-without-tab"
+    bad.write_text("\n".join(lines) + "\n")
+    res = run_cli("train", *_set_args(tiny_overrides(tiny_bert_dir, tiny_data, tmp_path / "r")))
+    assert res.returncode == 1
+    assert "train.txt:4" in res.stderr and "Traceback" not in res.stderr
