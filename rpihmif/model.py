@@ -1,0 +1,123 @@
+"""RPIHMIF: text encoder -> first-sub-token word features (+ shape) -> HIM -> IFFE -> emissions -> CRF.
+
+Switches: text_only, him.question ("" = off), iffe.iterations (0 = concat), visual.sources; no image = text path.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .alignment import NUM_SHAPES, TextBatch
+from .config import ModelConfig
+from .crf_head import CRFHead
+from .fusion import IFFE
+from .him import HIM
+from .text_encoder import load_text_encoder
+from .visual import VisualBatch
+
+__all__ = ["ModelOutput", "RPIHMIF", "build_model"]
+
+
+@dataclass
+class ModelOutput:
+    """Forward result; visual fields are None for text-only models or when no visual batch was given."""
+
+    loss: torch.Tensor | None  # () mean CRF negative log-likelihood, when text.labels is given
+    emissions: torch.Tensor  # (B, W, L)
+    word_mask: torch.Tensor  # (B, W) bool
+    routing: torch.Tensor | None = None  # (B, W, 3) coupling mass per source (orig, grounding, rcnn); 0 rows = no image
+    gate: torch.Tensor | None = None  # (B,) text-image relevance gate, 0 where no image
+    coupling: torch.Tensor | None = None  # (B, W, C) final IFFE coupling coefficients
+    present: torch.Tensor | None = None  # (B,) bool: the row had visual tokens of a used source
+
+
+class RPIHMIF(nn.Module):
+    """The full tagger over a `transformers` encoder; build with `RPIHMIF(config, encoder)`."""
+
+    def __init__(self, config: ModelConfig, encoder: nn.Module):
+        super().__init__()
+        self.config = config
+        self.encoder = encoder
+        if getattr(encoder, "pooler", None) is not None:
+            encoder.pooler = None  # unused: word features come from last_hidden_state
+        enc_cfg = encoder.config
+        encoder_dim = enc_cfg.hidden_size
+        self.use_token_types = getattr(enc_cfg, "type_vocab_size", 0) > 1
+        max_pos = getattr(enc_cfg, "max_position_embeddings", None)
+        if max_pos is not None and config.text.max_seq > max_pos:
+            raise ValueError(f"text.max_seq {config.text.max_seq} > encoder max_position_embeddings {max_pos}")
+        tc = config.text
+        self.shape = nn.Embedding(NUM_SHAPES, tc.shape_dim, padding_idx=0) if tc.word_shape else None
+        text_dim = encoder_dim + (tc.shape_dim if tc.word_shape else 0)
+        self.him = HIM(config.him, config.visual, text_dim, encoder_dim, config.text_only)
+        self.iffe = None if config.text_only else IFFE(config.iffe, text_dim, config.him.hidden)
+        self.dropout = nn.Dropout(tc.dropout)
+        self.emission = nn.Linear(text_dim, len(config.labels))
+        self.crf = CRFHead(len(config.labels))
+
+    def forward(self, text: TextBatch, visual: VisualBatch | None = None) -> ModelOutput:
+        """text: TextBatch (B, T)/(B, W); visual: VisualBatch of the same B or None (= text path)."""
+        if visual is not None and visual.orig.size(0) != text.input_ids.size(0):
+            raise ValueError(f"visual batch has {visual.orig.size(0)} rows, text batch {text.input_ids.size(0)}")
+        types = text.token_type_ids if self.use_token_types else torch.zeros_like(text.token_type_ids)
+        # shape: (B, T, Ht)
+        states = self.encoder(input_ids=text.input_ids, attention_mask=text.attention_mask,
+                              token_type_ids=types).last_hidden_state
+        # shape: (B, W, Ht): first sub-token of each word
+        index = text.word_index.unsqueeze(-1).expand(-1, -1, states.size(-1))
+        words = torch.gather(states, 1, index)
+        if self.shape is not None:
+            # shape: (B, W, Ht + S)
+            words = torch.cat([words, self.shape(text.shape_ids)], dim=-1)
+        him = self.him(states, text.question_mask, words, text.word_mask, visual)
+        features, fused = him.text, None
+        if self.iffe is not None and him.capsules is not None:
+            fused = self.iffe(him.text, him.capsules, him.source_mass, him.gate, him.present)
+            features = fused.features
+        # shape: (B, W, L)
+        emissions = self.emission(self.dropout(features))
+        loss = self.crf.loss(emissions, text.labels, text.word_mask) if text.labels is not None else None
+        out = ModelOutput(loss=loss, emissions=emissions, word_mask=text.word_mask)
+        if fused is not None:
+            out.routing, out.coupling, out.gate, out.present = fused.routing, fused.coupling, him.gate, him.present
+        return out
+
+    def decode(self, output: ModelOutput) -> list[list[int]]:
+        """Viterbi tag ids per row (length = the row's words)."""
+        return self.crf.decode(output.emissions, output.word_mask)
+
+    def marginals(self, output: ModelOutput) -> torch.Tensor:
+        """CRF marginal probabilities (B, W, L), zero on padding."""
+        return self.crf.marginals(output.emissions, output.word_mask)
+
+    def param_groups(self, lr_text: float, lr_fusion: float, lr_crf: float, weight_decay: float) -> list[dict]:
+        """AdamW parameter groups: encoder / fusion (shape, HIM, IFFE, emissions) / CRF; no decay on biases,
+        norms and the CRF transitions. Empty groups are left out."""
+        no_decay: set[int] = set()
+        for module in self.modules():
+            if isinstance(module, nn.LayerNorm) or "LayerNorm" in type(module).__name__:
+                no_decay.update(id(p) for p in module.parameters(recurse=False))
+        for name, p in self.named_parameters():
+            if name.endswith("bias"):
+                no_decay.add(id(p))
+        groups: dict[tuple[str, bool], list[nn.Parameter]] = {}
+        for name, p in self.named_parameters():
+            if not p.requires_grad:
+                continue
+            part = "text" if name.startswith("encoder.") else "crf" if name.startswith("crf.") else "fusion"
+            decay = part != "crf" and id(p) not in no_decay
+            groups.setdefault((part, decay), []).append(p)
+        lrs = {"text": lr_text, "fusion": lr_fusion, "crf": lr_crf}
+        return [{"params": ps, "lr": lrs[part], "weight_decay": weight_decay if decay else 0.0, "name": f"{part}" + ("" if decay else "_no_decay")}
+                for (part, decay), ps in sorted(groups.items())]
+
+
+def build_model(config: ModelConfig):
+    """Fresh `(RPIHMIF, tokenizer)` with the pretrained encoder from config.text.bert_name ("" = packaged MiniLM).
+
+    Seed torch before calling: the HIM/IFFE/emission initialisation draws from the torch RNG.
+    """
+    encoder, tokenizer = load_text_encoder(config.text.bert_name)
+    return RPIHMIF(config, encoder), tokenizer
