@@ -5,6 +5,7 @@ A tweet without an image, or whose image is not cached, gets None (the model see
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -14,7 +15,6 @@ from rpihmif.visual import VisualBatch, collate_visual
 
 from .conll import Tweet
 from .dataset import BenchmarkDataset
-from .errors import UsageError
 
 __all__ = ["TweetFeatures"]
 
@@ -38,7 +38,12 @@ class TweetFeatures:
             from .online_features import OnlineFeatures
             return OnlineFeatures.from_config(cfg, dataset)
         from .feature_cache import open_cache
-        cache = open_cache(cfg["cache_dir"], None)
+        fingerprint = None
+        if cfg["vit_name"]:  # pick the cache folder of exactly this encoder
+            from .extract_features import resolve_fingerprint
+            from .online_features import vision_settings
+            fingerprint = resolve_fingerprint(vision_settings(cfg), Path(cfg["cache_dir"]))["id"]
+        cache = open_cache(cfg["cache_dir"], fingerprint)
         if cache is None:
             log.warning("no feature cache under %s: every tweet is trained with its image masked "
                         "(run extract-features first for the multimodal model)", cfg["cache_dir"])
@@ -51,6 +56,11 @@ class TweetFeatures:
             return cls(None, dataset.name, text_only=True)
         from .feature_cache import open_cache
         return cls(open_cache(cfg["cache_dir"], config.visual.fingerprint), dataset.name)
+
+    @property
+    def has_vision(self) -> bool:
+        """Whether tweets can get features at all (a cache or an online encoder)."""
+        return self.cache is not None
 
     def visual_config(self) -> VisualConfig | None:
         """Visual token layout and encoder fingerprint of the cache, for the model config."""
@@ -80,11 +90,7 @@ class TweetFeatures:
 
     def batch(self, tweets: list[Tweet], config: ModelConfig, device: torch.device) -> VisualBatch | None:
         """Padded `VisualBatch` on `device`, or None when the model is text-only or nothing is cached."""
-        if config.text_only or self.cache is None:
+        if config.text_only or not self.has_vision:
             return None
         return collate_visual(self.lookup(tweets), config.visual.spec()).to(device)
 
-    def check_fingerprint(self, expected: str) -> None:
-        if self.cache is not None and expected and self.cache.fingerprint_id != expected:
-            raise UsageError(f"feature cache {self.cache.fingerprint_id} was built by another encoder than the "
-                             f"model's {expected}; rerun extract-features with the model's vit_name")

@@ -51,11 +51,13 @@ class RPIHMIF(nn.Module):
         tc = config.text
         self.shape = nn.Embedding(NUM_SHAPES, tc.shape_dim, padding_idx=0) if tc.word_shape else None
         text_dim = encoder_dim + (tc.shape_dim if tc.word_shape else 0)
-        self.him = HIM(config.him, config.visual, text_dim, encoder_dim, config.text_only)
-        self.iffe = None if config.text_only else IFFE(config.iffe, text_dim, config.him.hidden)
+        # text-path layers are built first so that, under one seed, a model without images starts (and trains)
+        # exactly like the text-only model: the visual layers draw their initialisation afterwards
         self.dropout = nn.Dropout(tc.dropout)
         self.emission = nn.Linear(text_dim, len(config.labels))
         self.crf = CRFHead(len(config.labels))
+        self.him = HIM(config.him, config.visual, text_dim, encoder_dim, config.text_only)
+        self.iffe = None if config.text_only else IFFE(config.iffe, text_dim, config.him.hidden)
 
     def forward(self, text: TextBatch, visual: VisualBatch | None = None) -> ModelOutput:
         """text: TextBatch (B, T)/(B, W); visual: VisualBatch of the same B or None (= text path)."""

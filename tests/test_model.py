@@ -194,3 +194,20 @@ def test_tiny_model_overfits_30_tweets(tiny_model_config):
     with torch.no_grad():
         pred = [[LABELS[t] for t in p] for p in model.decode(model(text, None))]
     assert _f1(gold, pred) > 0.95, _f1(gold, pred)
+
+
+def test_model_without_images_starts_like_the_text_only_model(tiny_model_config, tiny_bert_dir):
+    """Same seed: the multimodal model's text-path weights equal the text-only model's (visual layers init last)."""
+    import dataclasses
+
+    import torch
+
+    from rpihmif.model import build_model
+
+    torch.manual_seed(3)
+    full, _ = build_model(tiny_model_config)
+    torch.manual_seed(3)
+    text_only, _ = build_model(dataclasses.replace(tiny_model_config, text_only=True))
+    full_state = full.state_dict()
+    for name, value in text_only.state_dict().items():
+        assert torch.equal(value, full_state[name]), name

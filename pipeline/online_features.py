@@ -1,0 +1,86 @@
+"""`vision: online` training: the frozen CLIP encoder runs inside the training loop, as DeepKE does.
+
+Same features as the cache would hold (same encoder settings, same stored dtype), computed per batch; for parity checks
+and for the cached-vs-online speed comparison.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from rpihmif.config import VisualConfig
+from rpihmif.vision import VisionSettings
+
+from .conll import Tweet
+from .dataset import BenchmarkDataset
+from .errors import InputError, UsageError
+from .tweet_features import TweetFeatures
+
+__all__ = ["OnlineFeatures", "vision_settings"]
+
+log = logging.getLogger("rpihmif.features")
+
+
+def vision_settings(cfg: dict[str, Any]) -> VisionSettings:
+    """Encoder settings of a train config; they match `conf/extract.yaml` defaults so fingerprints can agree."""
+    try:
+        return VisionSettings(vit_name=cfg["vit_name"], random_vit_layers=cfg["random_vit_layers"], seed=cfg["vit_seed"],
+                              image_size=cfg["image_size"], aux_size=cfg["aux_size"], rcnn_size=cfg["rcnn_size"],
+                              dtype=cfg["feature_dtype"])
+    except ValueError as exc:
+        raise UsageError(f"vision settings: {exc}") from exc
+
+
+class OnlineFeatures(TweetFeatures):
+    """Computes each tweet's features from its image and crops with an in-process `ClipFeaturizer`."""
+
+    def __init__(self, featurizer: Any, dataset: BenchmarkDataset, fingerprint_id: str):
+        super().__init__(None, dataset.name)
+        self.featurizer, self.dataset, self.fingerprint_id = featurizer, dataset, fingerprint_id
+
+    @classmethod
+    def from_config(cls, cfg: dict[str, Any], dataset: BenchmarkDataset) -> "OnlineFeatures":
+        from .extract_features import ClipFeaturizer
+        from .feature_cache import fingerprint_folders
+
+        try:
+            featurizer = ClipFeaturizer(vision_settings(cfg), device="cpu")
+        except (FileNotFoundError, OSError) as exc:
+            raise UsageError(f"vit_name {cfg['vit_name']!r}: cannot load a CLIP vision encoder: {exc}") from exc
+        fp = featurizer.fingerprint["id"]
+        cached = [p.name for p in fingerprint_folders(cfg["cache_dir"])]
+        if cached and fp not in cached:
+            log.warning("online encoder %s differs from the cached encoder(s) %s: features will not match the cache",
+                        fp, ", ".join(cached))
+        log.info("vision: online, encoder %s (%s)", fp, featurizer.fingerprint["info"]["encoder"])
+        return cls(featurizer, dataset, fp)
+
+    def visual_config(self) -> VisualConfig:
+        spec = self.featurizer.spec
+        return VisualConfig(dim=spec.dim, orig_tokens=spec.orig_tokens, grounding_tokens=spec.grounding_tokens,
+                            rcnn_tokens=spec.rcnn_tokens, max_crops=spec.max_crops, fingerprint=self.fingerprint_id)
+
+    def describe(self) -> str:
+        return f"online encoder {self.fingerprint_id}"
+
+    @property
+    def has_vision(self) -> bool:
+        return True
+
+    def lookup(self, tweets: list[Tweet]) -> list[dict | None]:
+        from .extract_features import featurize_images
+
+        items: list[dict | None] = []
+        for tweet in tweets:
+            item = None
+            try:
+                path = self.dataset.image_path(tweet.image_id)
+                if path is not None:
+                    item = featurize_images(self.featurizer, path, self.dataset.grounding_crops(None, tweet.image_id),
+                                            self.dataset.rcnn_crops(tweet.image_id), self.dataset.root)
+            except InputError as exc:
+                log.warning("%s: image of tweet %s skipped: %s", self.dataset.root, tweet.image_id, exc)
+            items.append(item)
+        hit = sum(item is not None for item in items)
+        self.found, self.missing = self.found + hit, self.missing + len(items) - hit
+        return items

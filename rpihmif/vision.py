@@ -1,0 +1,207 @@
+"""The frozen CLIP vision encoder: loading (local folder or seeded random init), CLIP preprocessing, forward at any size.
+
+`encoder_fingerprint` names an encoder + sizes + dtype so that features of two encoders never mix in one cache.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from transformers import CLIPVisionConfig, CLIPVisionModel
+
+from .visual import VisualSpec
+
+__all__ = [
+    "CLIP_MEAN", "CLIP_STD", "VisionSettings", "Preprocessor", "load_vision_encoder", "random_vit_config",
+    "encode", "weights_sha256", "encoder_fingerprint", "fingerprint_id", "visual_spec",
+]
+
+log = logging.getLogger("rpihmif.vision")
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP pixel mean (RGB)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)  # OpenAI CLIP pixel std (RGB)
+FINGERPRINT_VERSION = 1  # bump when the meaning of stored features changes (preprocessing, layout)
+
+
+@dataclass
+class VisionSettings:
+    """What decides the features: encoder source, input sizes and stored dtype (mirrors conf/extract.yaml)."""
+
+    vit_name: str = ""  # local CLIPVisionModel folder; "" = seeded random-init ViT-B/32-shaped encoder
+    random_vit_layers: int = 12  # layers of the random-init encoder
+    random_vit_hidden: int = 768  # hidden size of the random-init encoder (heads = hidden / 64, at least 1)
+    seed: int = 0  # seeds the random-init encoder
+    image_size: int = 224  # originals: resize shortest side + center crop to this
+    aux_size: int = 128  # grounding crops
+    rcnn_size: int = 64  # RCNN crops
+    max_crops: int = 3  # crops of each kind
+    dtype: str = "float16"  # stored feature dtype: float16 | float32
+
+    def __post_init__(self) -> None:
+        if self.dtype not in ("float16", "float32"):
+            raise ValueError(f"expected dtype float16 or float32, got {self.dtype!r}")
+        for name in ("image_size", "aux_size", "rcnn_size"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"expected {name} > 0, got {getattr(self, name)}")
+        if self.max_crops < 1:
+            raise ValueError(f"expected max_crops >= 1, got {self.max_crops}")
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> "VisionSettings":
+        """Pick the known keys out of a stage config dict (missing keys keep their defaults)."""
+        names = cls.__dataclass_fields__
+        return cls(**{k: config[k] for k in names if k in config})
+
+
+def random_vit_config(layers: int = 12, hidden: int = 768, image_size: int = 224, patch_size: int = 32) -> CLIPVisionConfig:
+    """A ViT-B/32-shaped CLIPVisionConfig (12 layers, 768 hidden, 12 heads, MLP 4x) with `layers`/`hidden` changed."""
+    if layers < 1 or hidden < 1:
+        raise ValueError(f"expected layers >= 1 and hidden >= 1, got {layers}, {hidden}")
+    heads = max(1, hidden // 64)
+    while hidden % heads:
+        heads -= 1
+    return CLIPVisionConfig(hidden_size=hidden, intermediate_size=4 * hidden, num_hidden_layers=layers,
+                            num_attention_heads=heads, image_size=image_size, patch_size=patch_size,
+                            hidden_act="quick_gelu", projection_dim=512)
+
+
+def load_vision_encoder(settings: VisionSettings) -> CLIPVisionModel:
+    """Load the frozen encoder in eval mode: from `settings.vit_name`, or seeded random init when it is ""."""
+    if settings.vit_name:
+        folder = Path(settings.vit_name)
+        if not (folder / "config.json").is_file():
+            raise FileNotFoundError(f"vit_name {folder}: no config.json; expected a CLIPVisionModel/CLIPModel folder "
+                                    "saved with save_pretrained (e.g. a copy of openai/clip-vit-base-patch32)")
+        model = CLIPVisionModel.from_pretrained(str(folder))
+    else:
+        config = random_vit_config(settings.random_vit_layers, settings.random_vit_hidden, settings.image_size)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(settings.seed)
+            model = CLIPVisionModel(config)
+        log.warning("vision encoder: RANDOM-INIT ViT-B/32-shaped CLIP (%d layers, hidden %d, seed %d) -- no vit_name "
+                    "given; features carry no visual meaning. Pass --set vit_name=<CLIP folder> for real features.",
+                    settings.random_vit_layers, settings.random_vit_hidden, settings.seed)
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+class Preprocessor:
+    """CLIP preprocessing of a PIL image: resize the shortest side (bicubic), center crop, scale, mean/std."""
+
+    def __init__(self, mean: tuple[float, ...] = CLIP_MEAN, std: tuple[float, ...] = CLIP_STD):
+        self.mean = tuple(float(m) for m in mean)
+        self.std = tuple(float(s) for s in std)
+        self._mean = np.asarray(self.mean, np.float32).reshape(3, 1, 1)
+        self._std = np.asarray(self.std, np.float32).reshape(3, 1, 1)
+
+    @classmethod
+    def for_encoder(cls, vit_name: str) -> "Preprocessor":
+        """Mean/std from `<vit_name>/preprocessor_config.json` when present, else OpenAI CLIP's."""
+        path = Path(vit_name) / "preprocessor_config.json" if vit_name else None
+        if path is not None and path.is_file():
+            data = json.loads(path.read_text(encoding="utf-8"))
+            return cls(tuple(data.get("image_mean", CLIP_MEAN)), tuple(data.get("image_std", CLIP_STD)))
+        return cls()
+
+    def info(self) -> dict[str, Any]:
+        return {"mean": list(self.mean), "std": list(self.std), "resize": "shortest-side bicubic + center crop"}
+
+    def __call__(self, image: Image.Image, size: int) -> torch.Tensor:
+        """RGB PIL image -> float32 tensor (3, size, size)."""
+        if image.mode != "RGB":
+            raise ValueError(f"expected an RGB image, got mode {image.mode}")
+        w, h = image.size
+        scale = size / min(w, h)
+        nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+        if (nw, nh) != (w, h):
+            image = image.resize((nw, nh), Image.Resampling.BICUBIC)
+        left, top = (nw - size) // 2, (nh - size) // 2
+        image = image.crop((left, top, left + size, top + size))
+        # shape: (3, size, size)
+        arr = np.asarray(image, np.float32).transpose(2, 0, 1) / 255.0
+        arr = (arr - self._mean) / self._std
+        return torch.from_numpy(np.ascontiguousarray(arr))
+
+
+def encode(model: CLIPVisionModel, pixel_values: torch.Tensor) -> torch.Tensor:
+    """pixel_values (B, 3, S, S) -> last_hidden_state (B, 1 + (S/patch)^2, Dv), position embeddings interpolated
+    when S differs from the model's image size. Call under torch.inference_mode()."""
+    if pixel_values.dim() != 4 or pixel_values.shape[1] != 3:
+        raise ValueError(f"expected pixel_values (B, 3, S, S), got {tuple(pixel_values.shape)}")
+    size = model.config.image_size
+    interpolate = pixel_values.shape[-1] != size or pixel_values.shape[-2] != size
+    return model(pixel_values=pixel_values, interpolate_pos_encoding=interpolate).last_hidden_state
+
+
+def weights_sha256(model: torch.nn.Module) -> str:
+    """SHA-256 over parameter and buffer names, shapes, dtypes and bytes (sorted by name)."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{name}|{tuple(t.shape)}|{t.dtype}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def _tokens(size: int, patch: int) -> int:
+    return (size // patch) ** 2 + 1
+
+
+def visual_spec(model_config: CLIPVisionConfig, settings: VisionSettings) -> VisualSpec:
+    """Token layout of the features this encoder + sizes produce."""
+    p = model_config.patch_size
+    for name in ("image_size", "aux_size", "rcnn_size"):
+        if getattr(settings, name) < p:
+            raise ValueError(f"{name} {getattr(settings, name)} is smaller than the encoder's patch size {p}")
+    return VisualSpec(dim=model_config.hidden_size, orig_tokens=_tokens(settings.image_size, p),
+                      grounding_tokens=_tokens(settings.aux_size, p), rcnn_tokens=_tokens(settings.rcnn_size, p),
+                      max_crops=settings.max_crops)
+
+
+_CONFIG_KEYS_IGNORED = {"_name_or_path", "transformers_version", "architectures", "torch_dtype", "dtype",
+                        "_attn_implementation", "_attn_implementation_autoset", "name_or_path", "output_attentions",
+                        "output_hidden_states", "return_dict", "use_cache"}
+
+
+def encoder_fingerprint(model: CLIPVisionModel, settings: VisionSettings, preprocessor: Preprocessor,
+                        weights_hash: str | None = None) -> dict[str, Any]:
+    """Everything that decides the stored features, as a JSON-able dict; `fingerprint_id` hashes it.
+
+    `info` (not hashed) is the readable part: encoder kind ("random-init" or the folder it came from), spec.
+    """
+    cfg = {k: v for k, v in sorted(model.config.to_dict().items()) if k not in _CONFIG_KEYS_IGNORED}
+    spec = visual_spec(model.config, settings)
+    random_init = not settings.vit_name
+    hashed = {
+        "version": FINGERPRINT_VERSION,
+        "model_config": cfg,
+        "weights_sha256": weights_hash or weights_sha256(model),
+        "random_init": random_init,
+        "image_size": settings.image_size,
+        "aux_size": settings.aux_size,
+        "rcnn_size": settings.rcnn_size,
+        "max_crops": settings.max_crops,
+        "dtype": settings.dtype,
+        "preprocess": preprocessor.info(),
+    }
+    info = {
+        "encoder": (f"random-init ViT (seed {settings.seed}, {model.config.num_hidden_layers} layers, "
+                    f"hidden {model.config.hidden_size})" if random_init else f"CLIPVisionModel from {settings.vit_name}"),
+        "spec": spec.__dict__,
+    }
+    return {"id": fingerprint_id(hashed), "hashed": hashed, "info": info}
+
+
+def fingerprint_id(hashed: dict[str, Any]) -> str:
+    """Short id (16 hex) of the hashed part of a fingerprint; prefixed "rand-" for random-init encoders."""
+    digest = hashlib.sha256(json.dumps(hashed, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
+    return f"rand-{digest}" if hashed.get("random_init") else digest
