@@ -40,7 +40,7 @@ class OnlineFeatures(TweetFeatures):
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any], dataset: BenchmarkDataset) -> "OnlineFeatures":
-        from .extract_features import ClipFeaturizer
+        from .clip_featurizer import ClipFeaturizer
         from .feature_cache import fingerprint_folders
 
         try:
@@ -68,7 +68,7 @@ class OnlineFeatures(TweetFeatures):
         return True
 
     def lookup(self, tweets: list[Tweet]) -> list[dict | None]:
-        from .extract_features import featurize_images
+        from .clip_featurizer import featurize_images
 
         items: list[dict | None] = []
         for tweet in tweets:

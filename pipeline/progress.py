@@ -1,6 +1,6 @@
 """Progress and logging for long loops: a tqdm bar on a terminal, plain periodic log lines under cron.
 
-`progress()` wraps an iterable; `setup_logging()` sends log lines to stderr and, optionally, a log file.
+`progress()` wraps an iterable, `Progress` counts batches of n; `setup_logging()` sends log lines to stderr and a file.
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Iterable, Iterator, TypeVar
 
 from tqdm import tqdm
 
-__all__ = ["progress", "setup_logging", "is_terminal"]
+__all__ = ["progress", "Progress", "setup_logging", "is_terminal"]
 
 T = TypeVar("T")
 log = logging.getLogger("rpihmif")
@@ -22,24 +22,47 @@ def is_terminal() -> bool:
     return sys.stderr.isatty()
 
 
+class Progress:
+    """A count advanced by `update(n)`: a tqdm bar with rate on a terminal, a log line every `every_s` seconds otherwise.
+
+    For loops that finish several units per step (images per batch); `close()` when done.
+    """
+
+    def __init__(self, total: int | None = None, desc: str = "", unit: str = "it", every_s: float = 30.0):
+        self.total, self.desc, self.unit, self.every_s = total, desc, unit, every_s
+        self.done = 0
+        self.start = self.last = time.monotonic()
+        self.bar = tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True) if is_terminal() else None
+
+    def update(self, n: int = 1) -> None:
+        self.done += n
+        if self.bar is not None:
+            self.bar.update(n)
+            return
+        now = time.monotonic()
+        if now - self.last >= self.every_s:
+            self.last = now
+            of = f"/{self.total}" if self.total else ""
+            log.info("%s: %d%s %s (%.1f %s/s)", self.desc, self.done, of, self.unit,
+                     self.done / max(now - self.start, 1e-9), self.unit)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
 def progress(items: Iterable[T], total: int | None = None, desc: str = "", unit: str = "it",
              every_s: float = 30.0) -> Iterator[T]:
     """Yield from `items`, showing a bar with rate on a terminal or a log line every `every_s` seconds."""
     if is_terminal():
         yield from tqdm(items, total=total, desc=desc, unit=unit, dynamic_ncols=True)
         return
-    start = last = time.monotonic()
-    done = 0
+    counter = Progress(total, desc, unit, every_s)
     for item in items:
         yield item
-        done += 1
-        now = time.monotonic()
-        if now - last >= every_s:
-            last = now
-            of = f"/{total}" if total else ""
-            log.info("%s: %d%s %s (%.1f %s/s)", desc, done, of, unit, done / (now - start), unit)
-    if done:
-        log.info("%s: %d %s in %.1fs", desc, done, unit, time.monotonic() - start)
+        counter.update()
+    if counter.done:
+        log.info("%s: %d %s in %.1fs", desc, counter.done, unit, time.monotonic() - counter.start)
 
 
 def setup_logging(log_file: str | Path | None = None, level: int = logging.INFO) -> None:

@@ -40,7 +40,7 @@ class TweetFeatures:
         from .feature_cache import open_cache
         fingerprint = None
         if cfg["vit_name"]:  # pick the cache folder of exactly this encoder
-            from .extract_features import resolve_fingerprint
+            from .clip_featurizer import resolve_fingerprint
             from .online_features import vision_settings
             fingerprint = resolve_fingerprint(vision_settings(cfg), Path(cfg["cache_dir"]))["id"]
         cache = open_cache(cfg["cache_dir"], fingerprint)

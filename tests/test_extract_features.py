@@ -136,7 +136,7 @@ def test_rerun_computes_nothing_and_is_fast(env, inprocess):
 
 
 def test_copies_cost_one_forward_and_dumps(env, monkeypatch):
-    import pipeline.extract_features as ef
+    import pipeline.clip_featurizer as ef  # ClipFeaturizer calls `encode` from there
 
     tmp, clip = env
     seen = []

@@ -1,0 +1,136 @@
+"""On-disk format of the HDF5 feature cache: names, fingerprint checks and the alias/reject tables of a file.
+
+Shared by the reader (`feature_cache`), the index (`cache_index`) and the writer (`cache_writer`).
+
+Layout of `<cache_dir>/<fingerprint id>/`:
+  fingerprint.json        the encoder fingerprint (id, hashed part, readable info) -- written once, checked on every read
+  shard-<ns>-<pid>-<n>.h5  finished shards; each holds rows of features, the aliases and rejects it committed, and the
+                          fingerprint as an attribute. A shard is visible only after its rename, so readers never see
+                          half a shard; the aliases of a key are always in the key's shard or a later one.
+  index.h5                a rebuildable summary of the shards it names (keys -> shard/row, aliases, rejects); shards
+                          it does not name are scanned directly, so a lost or stale index is only slower, never wrong.
+  rejects.jsonl           one line per rejected image or crop with its reason (regenerated from the shards)
+  .lock                   held by the single writer run (a second writer exits 3)
+Shard datasets: keys (N,) S64; orig (N, Lo, Dv); orig_mask (N,); grounding (N, K, Lg, Dv); grounding_mask (N, K);
+rcnn (N, K, Lr, Dv); rcnn_mask (N, K); alias_source/alias_id/alias_key (M,) str ("" key = no image); rejects (R,) JSON str.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterable
+
+import h5py
+import numpy as np
+
+from rpihmif.visual import VisualSpec
+
+from .errors import UsageError
+from .runtime import atomic_write_text
+
+__all__ = ["FORMAT_VERSION", "FEATURE_NAMES", "NO_IMAGE", "SHARD_GLOB", "feature_shapes", "canonical", "describe",
+           "spec_of", "read_fingerprint", "check_fingerprint", "fsync_path", "write_text_durably", "decode_strings",
+           "write_strings", "write_alias_tables", "read_alias_tables"]
+
+FORMAT_VERSION = 1
+FEATURE_NAMES = ("orig", "orig_mask", "grounding", "grounding_mask", "rcnn", "rcnn_mask")
+NO_IMAGE = ""  # alias value of a tweet whose image is missing or rejected
+SHARD_GLOB = "shard-*.h5"
+_STR = h5py.string_dtype("utf-8")
+
+
+def feature_shapes(spec: VisualSpec) -> dict[str, tuple[int, ...]]:
+    """Per-key shape of each FEATURE_NAMES array (no leading N axis); "*_mask" arrays are bool, the rest float."""
+    k = spec.max_crops
+    return {"orig": (spec.orig_tokens, spec.dim), "orig_mask": (),
+            "grounding": (k, spec.grounding_tokens, spec.dim), "grounding_mask": (k,),
+            "rcnn": (k, spec.rcnn_tokens, spec.dim), "rcnn_mask": (k,)}
+
+
+# ---- fingerprints ------------------------------------------------------------------------------------------------
+def canonical(fingerprint: dict[str, Any]) -> str:
+    """The part of a fingerprint that must match, as a canonical JSON string."""
+    return json.dumps({"id": fingerprint["id"], "hashed": fingerprint["hashed"]}, sort_keys=True, separators=(",", ":"))
+
+
+def describe(fingerprint: dict[str, Any]) -> str:
+    """One readable line: id, encoder, sizes, dtype and the start of the weights hash."""
+    info = fingerprint.get("info", {})
+    h = fingerprint.get("hashed", {})
+    return (f"{fingerprint.get('id')} [{info.get('encoder', '?')}; sizes {h.get('image_size')}/{h.get('aux_size')}/"
+            f"{h.get('rcnn_size')}; {h.get('dtype')}; weights {str(h.get('weights_sha256', '?'))[:12]}]")
+
+
+def spec_of(fingerprint: dict[str, Any]) -> VisualSpec:
+    return VisualSpec(**fingerprint["info"]["spec"])
+
+
+def read_fingerprint(folder: Path) -> dict[str, Any]:
+    """`folder/fingerprint.json`; UsageError naming the folder to delete when it is unreadable or incomplete."""
+    path = folder / "fingerprint.json"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        data["id"], data["hashed"], data["info"]["spec"]  # noqa: B018 -- required fields
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UsageError(f"{path}: unreadable feature-cache fingerprint ({exc}); delete the folder {folder} "
+                         "and rerun extract-features") from exc
+    return data
+
+
+def check_fingerprint(attrs: Any, path: Path, fingerprint: dict[str, Any]) -> None:
+    """UsageError unless the HDF5 file at `path` (its `attrs`) was written by the encoder of `fingerprint`."""
+    found = attrs.get("fingerprint")
+    found = found.decode() if isinstance(found, bytes) else found
+    if found != canonical(fingerprint):
+        try:
+            full = attrs.get("fingerprint_full")
+            other = json.loads(full.decode() if isinstance(full, bytes) else full or found)
+            other.setdefault("info", {})
+            desc = describe(other)
+        except (TypeError, ValueError):
+            desc = repr(found)[:200]
+        raise UsageError(f"{path}: written by encoder {desc}, but this cache folder is for "
+                         f"{describe(fingerprint)}; features of two encoders never mix: move {path.name} "
+                         f"to its own cache folder or delete it and rerun extract-features")
+
+
+# ---- durable files -----------------------------------------------------------------------------------------------
+def fsync_path(path: Path, directory: bool = False) -> None:
+    """fsync a file, or (directory=True) a folder so that renames inside it survive a crash."""
+    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_text_durably(path: Path, text: str) -> None:
+    """`runtime.atomic_write_text`, then fsync the folder so the rename itself is on disk."""
+    atomic_write_text(path, text)
+    fsync_path(path.parent, directory=True)
+
+
+# ---- string tables -----------------------------------------------------------------------------------------------
+def decode_strings(values: np.ndarray) -> list[str]:
+    return [v.decode() if isinstance(v, bytes) else str(v) for v in values]
+
+
+def write_strings(f: h5py.File, name: str, values: Iterable[str]) -> None:
+    """A (N,) UTF-8 string dataset `name` in `f`."""
+    f.create_dataset(name, data=np.array(list(values), dtype=object), dtype=_STR)
+
+
+def write_alias_tables(f: h5py.File, aliases: list[tuple[str, str, str]], rejects: list[dict[str, Any]]) -> None:
+    """Datasets alias_source/alias_id/alias_key (M,) from (source, image id, key) and rejects (R,) as JSON."""
+    write_strings(f, "alias_source", (a[0] for a in aliases))
+    write_strings(f, "alias_id", (a[1] for a in aliases))
+    write_strings(f, "alias_key", (a[2] for a in aliases))
+    write_strings(f, "rejects", (json.dumps(r, sort_keys=True) for r in rejects))
+
+
+def read_alias_tables(f: h5py.File) -> tuple[list[tuple[str, str, str]], list[dict[str, Any]]]:
+    """(aliases as (source, image id, key), reject records) of a shard or index file, in stored order."""
+    aliases = list(zip(decode_strings(f["alias_source"][()]), decode_strings(f["alias_id"][()]),
+                       decode_strings(f["alias_key"][()])))
+    return aliases, [json.loads(r) for r in decode_strings(f["rejects"][()])]

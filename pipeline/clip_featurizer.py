@@ -1,0 +1,195 @@
+"""The model step of extract-features: the frozen CLIP vision encoder as a callable class, and its fingerprint.
+
+`ClipFeaturizer` runs as a Ray actor or in-process (`featurize_images`); `resolve_fingerprint` names the encoder.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from rpihmif.vision import (Preprocessor, VisionSettings, encode, encoder_fingerprint, load_vision_encoder,
+                            visual_spec)
+
+from .cache_format import FEATURE_NAMES, feature_shapes
+from .errors import InputError, UsageError
+from .images import DEFAULT_MAX_PIXELS, decode_image, resolve_in_root, sha256_bytes
+from .runtime import atomic_write_text
+
+__all__ = ["ClipFeaturizer", "featurize_images", "resolve_fingerprint", "pad_crops"]
+
+
+def pad_crops(paths: list[str], k: int) -> list[str]:
+    """`paths` cut or padded with "" (no crop) to exactly `k` entries."""
+    return (list(paths) + [""] * k)[:k]
+
+
+class ClipFeaturizer:
+    """Frozen CLIP encoder + CLIP preprocessing; loads once in `__init__`, featurizes a batch of paths in `__call__`.
+
+    Works as a Ray actor and in-process (`vision: online` training, `workers: 0`).
+    """
+
+    def __init__(self, settings: dict[str, Any] | VisionSettings, max_image_pixels: int = DEFAULT_MAX_PIXELS,
+                 device: str = "cpu", threads: int | None = None, expected_fingerprint: str | None = None):
+        self.settings = settings if isinstance(settings, VisionSettings) else VisionSettings(**settings)
+        if threads:
+            torch.set_num_threads(threads)
+        self.max_image_pixels = max_image_pixels
+        self.device = torch.device(device)
+        self.model = load_vision_encoder(self.settings).to(self.device)
+        self.preprocess = Preprocessor.for_encoder(self.settings.vit_name)
+        self.spec = visual_spec(self.model.config, self.settings)
+        self.np_dtype = np.dtype(self.settings.dtype)
+        self.forwards = 0  # images (originals + crops) run through the encoder, for tests and benchmarks
+        if expected_fingerprint is not None:
+            fp = encoder_fingerprint(self.model, self.settings, self.preprocess)
+            if fp["id"] != expected_fingerprint:
+                raise RuntimeError(f"worker encoder fingerprint {fp['id']} != driver's {expected_fingerprint}: the "
+                                   "encoder differs between machines (vit_name folder or torch version); fix that first")
+
+    @property
+    def fingerprint(self) -> dict[str, Any]:
+        return encoder_fingerprint(self.model, self.settings, self.preprocess)
+
+    def _load(self, path: str, key: str, size: int) -> tuple[torch.Tensor | None, str | None]:
+        """Read, verify the content key (when given), decode, preprocess -> (3, size, size) or (None, reason)."""
+        try:
+            data = Path(path).read_bytes()
+        except FileNotFoundError:
+            return None, "missing"
+        except IsADirectoryError:
+            return None, "not_a_file"
+        except OSError:
+            return None, "unreadable"
+        if key and sha256_bytes(data) != key:
+            return None, "changed"
+        image, reason = decode_image(data, self.max_image_pixels, draft_size=size)
+        if image is None:
+            return None, reason
+        return self.preprocess(image, size), None
+
+    def _forward(self, pixels: list[torch.Tensor]) -> np.ndarray | None:
+        if not pixels:
+            return None
+        # shape: (N, 3, S, S) -> (N, L, Dv)
+        x = torch.stack(pixels).to(self.device)
+        self.forwards += len(pixels)
+        return encode(self.model, x).float().cpu().numpy().astype(self.np_dtype)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """batch: "key" (B,) sha256 hex or "", "path" (B,) resolved image paths, "grounding"/"rcnn" (B, K) resolved
+        crop paths ("" = none). Returns "key", the FEATURE_NAMES arrays (B, ...), "reason" (B,) ("" = ok) and
+        "grounding_reason"/"rcnn_reason" (B, K) per crop ("" = ok or none)."""
+        keys = [str(k) for k in batch["key"]]
+        b, k = len(keys), self.spec.max_crops
+        out: dict[str, np.ndarray] = {
+            "key": np.array(keys, dtype=object),
+            **{name: np.zeros((b,) + shape, bool if name.endswith("_mask") else self.np_dtype)
+               for name, shape in feature_shapes(self.spec).items()},
+            "reason": np.full(b, "", dtype=object),
+            "grounding_reason": np.full((b, k), "", dtype=object), "rcnn_reason": np.full((b, k), "", dtype=object),
+        }
+        with torch.inference_mode():
+            orig, rows = [], []
+            for i, (key, path) in enumerate(zip(keys, batch["path"])):
+                x, reason = self._load(str(path), key, self.settings.image_size)
+                if x is None:
+                    out["reason"][i] = reason
+                else:
+                    orig.append(x)
+                    rows.append(i)
+            feats = self._forward(orig)
+            if feats is not None:
+                out["orig"][rows] = feats
+                out["orig_mask"][rows] = True
+            for kind, size in (("grounding", self.settings.aux_size), ("rcnn", self.settings.rcnn_size)):
+                crops, slots = [], []
+                paths = np.asarray(batch[kind], dtype=object).reshape(b, -1)
+                for i in rows:  # crops only for images that are kept
+                    slot = 0
+                    for path in paths[i][:k]:
+                        if not path:
+                            continue
+                        x, reason = self._load(str(path), "", size)
+                        if x is None:
+                            out[f"{kind}_reason"][i, slot] = f"{reason}\t{path}"
+                            continue
+                        crops.append(x)
+                        slots.append((i, slot))
+                        slot += 1
+                feats = self._forward(crops)
+                for j, (i, slot) in enumerate(slots):
+                    out[kind][i, slot] = feats[j]
+                    out[f"{kind}_mask"][i, slot] = True
+        return out
+
+
+def featurize_images(featurizer: ClipFeaturizer, orig_path: str | Path, grounding_paths: list[str | Path],
+                     rcnn_paths: list[str | Path], root: str | Path) -> dict[str, np.ndarray] | None:
+    """Features of one image and its crops, in-process (no Ray, no cache): None when the original is unusable.
+
+    Paths are resolved inside `root`; an escaping, missing or bad crop is left out (its mask is False).
+    """
+    def safe(p: str | Path) -> str:
+        try:
+            return str(resolve_in_root(root, p))
+        except InputError:
+            return ""
+
+    path = safe(orig_path)
+    if not path:
+        return None
+    k = featurizer.spec.max_crops
+    out = featurizer({"key": np.array([""]), "path": np.array([path], dtype=object),
+                      "grounding": np.array([pad_crops([safe(p) for p in grounding_paths], k)], dtype=object),
+                      "rcnn": np.array([pad_crops([safe(p) for p in rcnn_paths], k)], dtype=object)})
+    if out["reason"][0]:
+        return None
+    return {name: out[name][0] for name in FEATURE_NAMES}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# fingerprint (memoised so a rerun on a complete cache does not build the encoder)
+# ---------------------------------------------------------------------------------------------------------------
+def _source_signature(settings: VisionSettings) -> dict[str, Any]:
+    """What identifies the encoder's weights without loading them: folder files (size, mtime) or random-init seed."""
+    sig: dict[str, Any] = {"settings": settings.__dict__, "torch": torch.__version__}
+    if settings.vit_name:
+        folder = Path(settings.vit_name).resolve()
+        sig["folder"] = str(folder)
+        sig["files"] = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in folder.iterdir() if p.is_file()) \
+            if folder.is_dir() else []
+    else:
+        import transformers
+        sig["transformers"] = transformers.__version__
+    return sig
+
+
+def resolve_fingerprint(settings: VisionSettings, cache_dir: Path) -> dict[str, Any]:
+    """The encoder fingerprint; memoised in `<cache_dir>/.fingerprints.json` by `_source_signature`."""
+    memo_path = cache_dir / ".fingerprints.json"
+    sig = json.dumps(_source_signature(settings), sort_keys=True)
+    memo: dict[str, Any] = {}
+    if memo_path.is_file():
+        try:
+            memo = json.loads(memo_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            memo = {}
+    if sig in memo:
+        return memo[sig]
+    try:
+        model = load_vision_encoder(settings)
+    except (FileNotFoundError, OSError, ValueError) as exc:
+        raise UsageError(f"vit_name {settings.vit_name!r}: cannot load a CLIP vision encoder ({exc}); give a local "
+                         "folder saved with save_pretrained, or leave vit_name empty for the random-init encoder") from exc
+    try:
+        fp = encoder_fingerprint(model, settings, Preprocessor.for_encoder(settings.vit_name))
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+    memo[sig] = fp
+    atomic_write_text(memo_path, json.dumps(memo, sort_keys=True))  # creates cache_dir when needed
+    return fp

@@ -1,0 +1,176 @@
+"""Work items of extract-features: the images (and crops) that benchmark splits and tweet dumps reference.
+
+Items are resolved safely inside their roots, hashed to their content key, and cut into `ClipFeaturizer` batches.
+"""
+from __future__ import annotations
+
+import logging
+import re
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from .clip_featurizer import pad_crops
+from .errors import InputError
+from .images import resolve_in_root, sha256_file
+
+__all__ = ["DUMP_SOURCE", "WorkItem", "benchmark_items", "dump_items", "hash_items", "item_batches"]
+
+log = logging.getLogger("rpihmif.extract")
+
+DUMP_SOURCE = "dump"  # alias source of dump images: ("dump", image path string as in the record)
+_IMGID = re.compile(r"^\ufeff?IMGID:(.*)$")
+
+
+@dataclass
+class WorkItem:
+    """One image reference (a tweet's image): where it is, its crops and the alias it is known by."""
+
+    source: str
+    image_id: str
+    path: Path | None  # resolved; None when rejected before reading
+    grounding: list[str] = field(default_factory=list)  # resolved existing crop paths
+    rcnn: list[str] = field(default_factory=list)
+    reason: str = ""  # reject reason of the original ("" = fine so far)
+    key: str = ""
+
+
+def _split_image_ids(path: Path) -> list[str]:
+    """IMGIDs of a CoNLL split in file order (only the IMGID lines are read: labels do not matter here)."""
+    ids: list[str] = []
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            m = _IMGID.match(line.rstrip("\r\n"))
+            if m and m.group(1).strip():
+                ids.append(m.group(1).strip())
+    return ids
+
+
+def _crop_reject(source: str, image_id: str, kind: str, path: str, reason: str, **extra: Any) -> dict[str, Any]:
+    return {"source": source, "image_id": image_id, "kind": kind, "path": path, "reason": reason, **extra}
+
+
+def benchmark_items(config: dict[str, Any], crop_rejects: list[dict[str, Any]]) -> Iterator[WorkItem]:
+    """One item per distinct image of the configured splits; missing or unsafe crops go to `crop_rejects`."""
+    from .dataset import BenchmarkDataset, UnsafePathError
+
+    ds = BenchmarkDataset(config["data_dir"], config["dataset"])
+    k = config["max_crops"]
+    present = ds.splits()
+    if not ds.images_dir.is_dir():
+        log.warning("%s: no images folder (%s): text-only dataset, no benchmark images to encode", ds.root,
+                    ds.images_dir.name)
+        return
+    seen: set[str] = set()
+    for split in config["splits"]:
+        split = ds.canonical_split(split)
+        if split not in present:
+            log.info("%s: no %s split; skipped", ds.root, split)
+            continue
+        for image_id in _split_image_ids(ds.split_file(split)):
+            alias = ds.image_name(image_id)
+            if alias in seen:
+                continue
+            seen.add(alias)
+            item = WorkItem(ds.name, alias, None)
+            try:
+                item.path = ds.image_path(image_id)
+                if item.path is None:
+                    item.reason = "missing"
+            except UnsafePathError:
+                item.reason = "unsafe_path"
+            if not item.reason:
+                for kind, entries in (("grounding", lambda: ds.grounding_entries(split, image_id)),
+                                      ("rcnn", lambda: ds.rcnn_entries(image_id))):
+                    try:
+                        listed = entries()[:k]
+                    except UnsafePathError as exc:
+                        crop_rejects.append(_crop_reject(ds.name, alias, kind, "", "unsafe_path",
+                                                         detail=str(exc)[:300]))
+                        continue
+                    for name, path in listed:
+                        if path.is_file():
+                            getattr(item, kind).append(str(path))
+                        else:
+                            crop_rejects.append(_crop_reject(ds.name, alias, kind, str(name), "missing"))
+            yield item
+
+
+def dump_items(config: dict[str, Any], dumps: list[Path], crop_rejects: list[dict[str, Any]],
+               record_rejects: list[dict[str, Any]]) -> Iterator[WorkItem]:
+    """One item per distinct image path of the dumps; bad records -> `record_rejects`, bad crops -> `crop_rejects`."""
+    from .dump_reader import DumpFields, Reject, iter_dump
+
+    dcfg = config["dump"]
+    fields = DumpFields.from_config(dcfg)
+    k = config["max_crops"]
+    seen: set[str] = set()
+    for dump in dumps:
+        dump = Path(dump)
+        if not dump.is_file():
+            raise InputError(f"{dump}: dump file not found; pass existing JSONL(.gz) files with --dump")
+        root = Path(dcfg["image_root"]) if dcfg["image_root"] else dump.resolve().parent
+        for rec in iter_dump(dump, fields):
+            if isinstance(rec, Reject):
+                record_rejects.append({"source": DUMP_SOURCE, "kind": "record", "file": rec.file, "line": rec.line,
+                                       "id": rec.id, "reason": rec.reason})
+                continue
+            if not rec.image or rec.image in seen:
+                continue
+            seen.add(rec.image)
+            item = WorkItem(DUMP_SOURCE, rec.image, None)
+            try:
+                item.path = resolve_in_root(root, rec.image)
+            except InputError:
+                item.reason = "unsafe_path"
+            if not item.reason:
+                for kind, paths in (("grounding", rec.crops), ("rcnn", rec.rcnn)):
+                    for p in paths[:k]:
+                        try:
+                            resolved = resolve_in_root(root, p)
+                        except InputError:
+                            crop_rejects.append(_crop_reject(DUMP_SOURCE, rec.image, kind, p, "unsafe_path"))
+                            continue
+                        if resolved.is_file():
+                            getattr(item, kind).append(str(resolved))
+                        else:
+                            crop_rejects.append(_crop_reject(DUMP_SOURCE, rec.image, kind, p, "missing"))
+            yield item
+
+
+def _hash_one(p: str) -> tuple[str, str]:
+    """(sha256, "") of a readable non-empty file, or ("", reject reason)."""
+    path = Path(p)
+    try:
+        if not path.exists():
+            return "", "missing"
+        if not path.is_file():
+            return "", "not_a_file"
+        if path.stat().st_size == 0:
+            return "", "empty"
+        return sha256_file(path), ""
+    except OSError:
+        return "", "unreadable"
+
+
+def hash_items(items: list[WorkItem], threads: int = 4) -> None:
+    """Fill `key` (sha256 of the file) or `reason` for each item; one hash per distinct path."""
+    paths = sorted({str(it.path) for it in items if it.path is not None and not it.reason})
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        result = dict(zip(paths, pool.map(_hash_one, paths)))
+    for it in items:
+        if it.path is not None and not it.reason:
+            it.key, it.reason = result[str(it.path)]
+
+
+def item_batches(items: list[WorkItem], batch_size: int, k: int) -> Iterator[dict[str, np.ndarray]]:
+    """`ClipFeaturizer` input batches of `batch_size` items: "key", "path" (B,), "grounding"/"rcnn" (B, k)."""
+    for start in range(0, len(items), batch_size):
+        chunk = items[start:start + batch_size]
+        yield {"key": np.array([it.key for it in chunk], dtype=object),
+               "path": np.array([str(it.path) for it in chunk], dtype=object),
+               "grounding": np.array([pad_crops(it.grounding, k) for it in chunk], dtype=object).reshape(len(chunk), k),
+               "rcnn": np.array([pad_crops(it.rcnn, k) for it in chunk], dtype=object).reshape(len(chunk), k)}
