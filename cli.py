@@ -128,7 +128,7 @@ def evaluate_cmd(
 def tag_corpus_cmd(
     inputs: List[Path] = Arg(..., help="JSONL / JSONL.gz tweet dumps, or folders of them."),
     model: Optional[Path] = Opt(None, "--model", help="Checkpoint folder (config: load_path)."),
-    out: Optional[Path] = Opt(None, "--out", help="Output folder: one Parquet per input, _manifest.json, rejects.jsonl."),
+    out: Optional[Path] = Opt(None, "--out", help="Output folder: one Parquet per input, _manifest.json, _rejects.jsonl (the _ prefix keeps the folder readable by Parquet readers)."),
     config: Optional[Path] = Opt(None, "--config", help=CONFIG_HELP),
     set_: List[str] = Opt([], "--set", help=SET_HELP),
     workers: Optional[int] = Opt(None, "--workers", help="Ray inference actors (config: workers)."),
@@ -148,7 +148,7 @@ def tag_corpus_cmd(
 def report_cmd(
     out_dir: Path = Arg(..., help="A tag-corpus output folder."),
 ) -> None:
-    """Write OUT_DIR/report.html: entity counts, top entities, highlighted sample tweets, routing per visual source."""
+    """Write OUT_DIR/_report.html: entity counts, top entities, highlighted sample tweets, routing per visual source."""
     from pipeline.report import write_report
     setup_logging()
     with exit_codes():

@@ -1,0 +1,184 @@
+"""Streaming reader of tweet dumps (JSON Lines, optionally gzip) for tag-corpus and extract-features.
+
+Yields one `DumpRecord` per good line and one `Reject` (file, line, reason) per unusable one, never
+holding more than one line in memory; a gzip that ends early keeps the records before the cut.
+"""
+from __future__ import annotations
+
+import gzip
+import json
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO, Iterator
+
+from .errors import InputError
+
+__all__ = ["DumpFields", "DumpRecord", "Reject", "iter_dump", "expand_inputs", "DUMP_SUFFIXES"]
+
+DUMP_SUFFIXES = (".jsonl", ".jsonl.gz", ".json.gz", ".ndjson", ".ndjson.gz")
+_CHUNK = 1 << 16
+
+
+@dataclass(frozen=True)
+class DumpFields:
+    """Names of the record fields; `image`/`crops`/`rcnn` may be absent or null in a record."""
+
+    id: str = "id"
+    text: str = "text"
+    image: str = "image"
+    crops: str = "crops"
+    rcnn: str = "rcnn_crops"
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> "DumpFields":
+        return cls(config.get("id_field", "id"), config.get("text_field", "text"),
+                   config.get("image_field", "image"), config.get("crops_field", "crops"),
+                   config.get("rcnn_field", "rcnn_crops"))
+
+
+@dataclass
+class DumpRecord:
+    """One good tweet: `line` is 1-based in the (decompressed) file."""
+
+    file: str
+    line: int
+    id: str
+    text: str
+    image: str | None = None
+    crops: list[str] = field(default_factory=list)
+    rcnn: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Reject:
+    """One unusable record (or the truncated tail of a gzip) and why."""
+
+    file: str
+    line: int
+    reason: str
+    id: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"file": self.file, "line": self.line, "id": self.id, "reason": self.reason}
+
+
+def expand_inputs(inputs: list[str | Path]) -> list[Path]:
+    """Files as given plus the dump files (by suffix, sorted, recursive) of each folder; duplicates dropped."""
+    found: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found.extend(sorted(p for p in path.rglob("*") if p.is_file() and p.name.endswith(DUMP_SUFFIXES)
+                                and not p.name.startswith((".", "_"))))
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise InputError(f"{path}: no such file or folder; pass JSONL(.gz) files or folders of them")
+    seen: set[Path] = set()
+    return [p for p in found if not (p.resolve() in seen or seen.add(p.resolve()))]
+
+
+def _open(path: Path) -> BinaryIO:
+    with open(path, "rb") as fh:
+        magic = fh.read(2)
+    if magic == b"\x1f\x8b" or path.name.endswith(".gz"):
+        return gzip.open(path, "rb")  # type: ignore[return-value]
+    return open(path, "rb")
+
+
+def _lines(fh: BinaryIO, max_bytes: int) -> Iterator[tuple[bytes | None, int]]:
+    """Yield (line, length); an over-long line yields (None, its length) after being skipped in chunks."""
+    while True:
+        line = fh.readline(max_bytes + 1)
+        if not line:
+            return
+        if len(line) <= max_bytes or line.endswith(b"\n") and len(line) == max_bytes + 1:
+            yield line, len(line)
+            continue
+        size = len(line)
+        while not line.endswith(b"\n"):
+            line = fh.readline(_CHUNK)
+            if not line:
+                break
+            size += len(line)
+        yield None, size
+
+
+def _str_list(value: Any) -> list[str] | None:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return value
+    return None
+
+
+def _has_surrogate(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def parse_record(raw: bytes, name: str, line: int, fields: DumpFields) -> DumpRecord | Reject:
+    """Validate one JSON line into a record or a reject whose reason says what is wrong and where."""
+    try:
+        decoded = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return Reject(name, line, f"invalid UTF-8 at byte {exc.start}; re-encode the dump as UTF-8")
+    try:
+        obj = json.loads(decoded)
+    except json.JSONDecodeError as exc:
+        return Reject(name, line, f"bad JSON: {exc.msg} (column {exc.colno})")
+    if not isinstance(obj, dict):
+        return Reject(name, line, f"expected a JSON object, got {type(obj).__name__}")
+    rid = obj.get(fields.id)
+    if rid is None:
+        return Reject(name, line, f"missing id field {fields.id!r}; set id_field to the dump's id key")
+    if isinstance(rid, bool) or not isinstance(rid, (str, int)):
+        return Reject(name, line, f"id field {fields.id!r} must be a string or integer, got {type(rid).__name__}")
+    rid = str(rid)
+    text = obj.get(fields.text)
+    if text is None:
+        return Reject(name, line, f"missing text field {fields.text!r}; set text_field to the dump's text key", rid)
+    if not isinstance(text, str):
+        return Reject(name, line, f"text field {fields.text!r} must be a string, got {type(text).__name__}", rid)
+    if not text.strip():
+        return Reject(name, line, "empty text", rid)
+    if _has_surrogate(text) or _has_surrogate(rid):
+        return Reject(name, line, "invalid UTF-8: unpaired surrogate escape (\\ud8xx) in the text or id", rid)
+    image = obj.get(fields.image)
+    if image is not None and not isinstance(image, str):
+        return Reject(name, line, f"image field {fields.image!r} must be a path string, got {type(image).__name__}", rid)
+    crops, rcnn = _str_list(obj.get(fields.crops)), _str_list(obj.get(fields.rcnn))
+    if crops is None or rcnn is None:
+        bad = fields.crops if crops is None else fields.rcnn
+        return Reject(name, line, f"field {bad!r} must be a list of path strings", rid)
+    return DumpRecord(name, line, rid, text, image or None, crops, rcnn)
+
+
+def iter_dump(path: Path, fields: DumpFields = DumpFields(), max_record_bytes: int = 100_000,
+              name: str | None = None) -> Iterator[DumpRecord | Reject]:
+    """Stream records and rejects of one JSONL(.gz) file; blank lines are skipped silently.
+
+    `name` is what records and rejects report as their file (default: the path as given).
+    """
+    name = name or str(path)
+    line = 0
+    try:
+        with _open(path) as fh:
+            for raw, size in _lines(fh, max_record_bytes):
+                line += 1
+                if raw is None:
+                    yield Reject(name, line, f"record of {size} bytes is longer than max_record_bytes="
+                                             f"{max_record_bytes}; raise it with --set max_record_bytes=N")
+                    continue
+                if raw.strip():
+                    yield parse_record(raw, name, line, fields)
+    except EOFError:
+        yield Reject(name, line + 1, "gzip stream ends early (truncated file); the records before it were kept")
+    except (gzip.BadGzipFile, zlib.error) as exc:
+        yield Reject(name, line + 1, f"corrupt gzip data ({exc}); the records before it were kept")

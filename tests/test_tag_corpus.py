@@ -1,0 +1,263 @@
+"""tag-corpus end to end with a trained tiny checkpoint: Parquet rows, rejects, manifest, lock, crash safety, Ray.
+
+Slow tests (SIGKILL, Ray embedded and a real `ray start --head` on loopback) are marked and kept in the suite.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+import tag_fixtures as tf
+from pipeline.config import load_config
+from pipeline.errors import LockHeldError, UsageError
+from pipeline.lock import OutputLock
+from pipeline.parquet_writer import SCHEMA
+from pipeline.report import write_report
+from pipeline.tag_corpus import REJECTS_NAME, run_tag
+
+REPO = Path(__file__).resolve().parent.parent
+BAD_LINES = [b'{"id": "b1", "text": "cut', b'{"id": "b2"}', b'{"id": "b3", "text": "bad \xff"}',
+             b'{"id": "b4", "text": " "}', b'{"id": "b5", "text": "' + b"y" * 3000 + b'"}']
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, tiny_bert_dir):
+    """A trained tiny checkpoint, a dump folder with images (2 of 3 cached) and the feature cache."""
+    from rpihmif.config import HIMConfig, IFFEConfig, ModelConfig, TextEncoderConfig, VisualConfig
+
+    root = tmp_path_factory.mktemp("tagworld")
+    cfg = ModelConfig(  # the same tiny model as conftest's tiny_model_config (module scope needs its own)
+        text=TextEncoderConfig(bert_name=tiny_bert_dir, max_seq=48, shape_dim=8, dropout=0.0),
+        him=HIMConfig(question="which entities ?", num_capsules=4, hidden=16, heads=2), iffe=IFFEConfig(iterations=3),
+        visual=VisualConfig(dim=8, orig_tokens=5, grounding_tokens=3, rcnn_tokens=2, max_crops=2))
+    ckpt = tf.train_tiny_checkpoint(cfg, root / "ckpt")
+    images = tf.draw_images(root / "dumps", 3)
+    tf.make_feature_cache(root / "cache", cfg.visual.spec(), images[:2])
+    return {"root": root, "ckpt": ckpt, "cache": root / "cache", "images": images}
+
+
+def _config(world, out, **extra):
+    sets = {"load_path": str(world["ckpt"]), "out": str(out), "cache_dir": str(world["cache"]),
+            "batch_size": 8, "bucket_size": 32, "row_group_size": 16, "max_record_bytes": 2000, "threads": 1,
+            **extra}
+    return load_config("tag", overrides=[f"{k}={v}" for k, v in sets.items()])
+
+
+def _dump(world, name, n, bad=()):
+    return tf.write_dump(world["root"] / "dumps" / name, tf.tweets(n, world["images"]), list(bad))
+
+
+def _rows(out):
+    df = pd.read_parquet(out).sort_values(["id"]).reset_index(drop=True)
+    return df
+
+
+def _same_rows(a, b):
+    """Equal rows; scores and routing compared to 1e-5 (another process may sum floats in another order)."""
+    assert a.drop(columns=["entities"]).equals(b.drop(columns=["entities"]))
+    for ea, eb in zip(a["entities"], b["entities"]):
+        assert len(ea) == len(eb)
+        for x, y in zip(ea, eb):
+            for key in x:
+                if isinstance(x[key], float):
+                    assert y[key] == pytest.approx(x[key], abs=1e-5), key
+                else:
+                    assert x[key] == y[key], key
+
+
+def test_end_to_end_rows_rejects_and_schema(world, tmp_path):
+    dump = _dump(world, "e2e.jsonl.gz", 40, BAD_LINES)
+    summary = run_tag([dump], _config(world, tmp_path / "out"))
+    assert (summary["rows"], summary["rejects"], summary["tagged"]) == (40, len(BAD_LINES), 1)
+    assert summary["images_missing"] > 0 and summary["images_used"] > 0
+    part = tmp_path / "out" / "e2e.parquet"
+    table = pq.read_table(part)
+    assert table.schema.remove_metadata().equals(SCHEMA)
+    assert pq.ParquetFile(part).metadata.num_row_groups == 3  # 16 + 16 + 8 rows, written as they came
+    df = pd.read_parquet(tmp_path / "out")  # the whole folder: _manifest/_rejects/.lock are skipped
+    assert list(df["id"]) == [f"t{i}" for i in range(40)] and len(df) == 40
+    n_ents = 0
+    for row in df.itertuples():
+        assert len(row.tokens) > 0 and all(tok in row.text for tok in row.tokens)
+        for ent in row.entities:
+            n_ents += 1
+            assert row.text[ent["start_char"]:ent["end_char"]] == ent["text"]
+            assert " ".join(row.tokens[ent["start_token"]:ent["end_token"]]).replace(" ", "") == \
+                ent["text"].replace(" ", "")
+            assert 0.0 < ent["score"] <= 1.0
+            assert (ent["routing_orig"] is None) == (not row.image_used)
+        cached = row.image in world["images"][:2]
+        assert row.image_used == cached
+    assert n_ents > 20
+    rejects = [json.loads(x) for x in (tmp_path / "out" / REJECTS_NAME).read_text().splitlines()]
+    assert [r["line"] for r in rejects] == [41, 42, 43, 44, 45]
+    assert [r["id"] for r in rejects] == [None, "b2", None, "b4", None]
+    for r, word in zip(rejects, ["bad JSON", "missing text", "invalid UTF-8", "empty text", "max_record_bytes"]):
+        assert word in r["reason"]
+    entry = json.loads((tmp_path / "out" / "_manifest.json").read_text())["inputs"][str(dump.resolve())]
+    assert entry["rows"] == 40 and entry["output"] == "e2e.parquet" and len(entry["sha256"]) == 64
+
+
+def test_scores_lower_for_ambiguous_tokens_and_long_tweets_windowed(world, tmp_path):
+    recs = [{"id": "a", "text": "paris in london today"}, {"id": "b", "text": "rt paris is at the game today"},
+            {"id": "long", "text": "the game " * 40 + "obama in london today"}]  # 84 words > max_seq 48
+    dump = tf.write_dump(tmp_path / "amb.jsonl", recs)
+    run_tag([dump], _config(world, tmp_path / "out"))
+    rows = _rows(tmp_path / "out").set_index("id")
+    ents = {(i, e["text"]): e["score"] for i, r in rows.iterrows() for e in r.entities}
+    assert ents[("a", "london")] > 0.9
+    assert ents[("a", "paris")] < ents[("a", "london")] - 0.15
+    assert len(rows.loc["long", "tokens"]) == 84  # never cut: the tail is tagged from a later window
+    tail = [e for e in rows.loc["long", "entities"] if e["start_token"] >= 80]
+    assert [(e["text"], e["type"]) for e in tail] == [("obama", "PER"), ("london", "LOC")]
+
+
+def test_manifest_skip_and_retag_on_change(world, tmp_path):
+    dump = _dump(world, "inc.jsonl", 10)
+    out = tmp_path / "out"
+    first = run_tag([dump], _config(world, out))
+    mtime = (out / "inc.parquet").stat().st_mtime_ns
+    again = run_tag([dump], _config(world, out))
+    assert (again["tagged"], again["skipped"], again["rows"]) == (0, 1, 0)
+    assert (out / "inc.parquet").stat().st_mtime_ns == mtime
+    with open(dump, "ab") as fh:  # appended records: the file is re-tagged whole
+        fh.write(json.dumps({"id": "new", "text": "obama in london"}).encode() + b"\n")
+    third = run_tag([dump], _config(world, out))
+    assert (third["tagged"], third["rows"]) == (1, first["rows"] + 1)
+    assert len(_rows(out)) == 11 and len(list(out.glob("*.parquet"))) == 1
+
+
+def test_require_images_rejects_uncached(world, tmp_path):
+    dump = _dump(world, "req.jsonl", 9)
+    summary = run_tag([dump], _config(world, tmp_path / "out", require_images="true"))
+    assert summary["rows"] == 6 and summary["rejects"] == 3
+    assert all(_rows(tmp_path / "out")["image_used"])
+
+
+def test_usage_errors(world, tmp_path):
+    dump = _dump(world, "u.jsonl", 2)
+    with pytest.raises(UsageError, match="not a checkpoint folder"):
+        run_tag([dump], _config(world, tmp_path / "o", load_path=str(tmp_path)))
+    with pytest.raises(UsageError, match="--out"):
+        run_tag([dump], _config(world, ""))
+
+
+def test_second_concurrent_run_exits_3(world, tmp_path):
+    out = tmp_path / "out"
+    dump = _dump(world, "lock.jsonl", 3)
+    holder = subprocess.Popen([sys.executable, "-c", "import sys,time; from pipeline.lock import OutputLock; "
+                               f"l = OutputLock({str(out)!r}).acquire(); print('held', flush=True); time.sleep(60)"],
+                              cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(LockHeldError, match=f"pid {holder.pid}") as err:
+            run_tag([dump], _config(world, out))
+        assert err.value.exit_code == 3
+        t0 = time.monotonic()
+        cli = subprocess.run([sys.executable, "cli.py", "tag-corpus", str(dump), "--model", str(world["ckpt"]),
+                              "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=120)
+        assert cli.returncode == 3, cli.stderr
+        assert f"pid {holder.pid}" in cli.stderr and time.monotonic() - t0 < 60
+    finally:
+        holder.kill()
+        holder.wait()
+    assert run_tag([dump], _config(world, out))["rows"] == 3  # the lock died with its holder
+    with OutputLock(out):  # and the API refuses a second holder in-process as well
+        with pytest.raises(LockHeldError):
+            OutputLock(out).acquire()
+
+
+RUNNER = "import json,sys; from pipeline.tag_corpus import run_tag; run_tag([sys.argv[1]], json.loads(sys.argv[2]))"
+
+
+@pytest.mark.slow
+def test_sigkill_leaves_no_partial_parquet_and_rerun_is_identical(world, tmp_path):
+    dump = _dump(world, "kill.jsonl.gz", 1500)
+    ref, out = tmp_path / "ref", tmp_path / "out"
+    run_tag([dump], _config(world, ref))
+    conf = _config(world, out)
+    proc = subprocess.Popen([sys.executable, "-c", RUNNER, str(dump), json.dumps(conf)], cwd=REPO,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:  # kill once row groups are being written
+        temps = [p for p in out.glob(".*.inprogress") if p.stat().st_size > 20000] if out.exists() else []
+        if temps:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "run finished before it could be killed; use a bigger dump"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not list(out.glob("*.parquet")), "a killed run must leave no visible Parquet"
+    assert not (out / "_manifest.json").exists()
+    summary = run_tag([dump], conf)
+    assert summary["rows"] == 1500
+    assert not [p for p in out.iterdir() if p.name.endswith(".inprogress")]
+    _same_rows(_rows(ref), _rows(out))
+
+
+@pytest.mark.slow
+def test_ray_embedded_matches_in_process(world, tmp_path):
+    dump = _dump(world, "ray.jsonl", 60, BAD_LINES[:2])
+    run_tag([dump], _config(world, tmp_path / "local"))
+    summary = run_tag([dump], _config(world, tmp_path / "ray", workers=2, use_ray="true"))
+    assert summary["rows"] == 60 and summary["rejects"] == 2
+    _same_rows(_rows(tmp_path / "local"), _rows(tmp_path / "ray"))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_real_ray_cluster_on_loopback_matches_embedded(world, tmp_path):
+    ray_bin = Path(sys.executable).parent / "ray"
+    port, temp = _free_port(), Path(f"/tmp/rt{os.getpid()}")
+    dump = _dump(world, "cluster.jsonl", 40)
+    run_tag([dump], _config(world, tmp_path / "embedded", workers=2, use_ray="true"))
+    env = {**os.environ, "RAY_ADDRESS": ""}
+    head = subprocess.Popen([str(ray_bin), "start", "--head", "--block", f"--port={port}", "--num-cpus=2",
+                             "--node-ip-address=127.0.0.1", "--include-dashboard=false", f"--temp-dir={temp}",
+                             "--disable-usage-stats"], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        conf = _config(world, tmp_path / "cluster", workers=2, ray_address=f"127.0.0.1:{port}")
+        for _ in range(60):  # the head needs a few seconds before it accepts drivers
+            run = subprocess.run([sys.executable, "-c", RUNNER, str(dump), json.dumps(conf)], cwd=REPO, env=env,
+                                 capture_output=True, text=True, timeout=300)
+            if run.returncode == 0 or "ConnectionError" not in run.stderr + run.stdout:
+                break
+            time.sleep(2)
+        assert run.returncode == 0, run.stderr[-3000:]
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)  # only the processes of the head we started
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+        shutil.rmtree(temp, ignore_errors=True)
+    _same_rows(_rows(tmp_path / "embedded"), _rows(tmp_path / "cluster"))
+
+
+def test_report_is_self_contained(world, tmp_path):
+    dump = _dump(world, "rep.jsonl", 12, BAD_LINES[:1])
+    run_tag([dump], _config(world, tmp_path / "out"))
+    page = write_report(tmp_path / "out").read_text(encoding="utf-8")
+    assert page.startswith("<!DOCTYPE html>") and "data:image/jpeg;base64," in page
+    assert "http://" not in page.split("<body>")[1].replace("http://t.co", "")  # nothing fetched from outside
+    for word in ("Entities per type", "Top entities", "routing mass", "grounding", "RCNN", "bad JSON"):
+        assert word in page
+    assert "<script" not in page
+    assert len(pd.read_parquet(tmp_path / "out")) == 12  # the report does not disturb Parquet readers
