@@ -17,7 +17,6 @@ rcnn (N, K, Lr, Dv); rcnn_mask (N, K); alias_source/alias_id/alias_key (M,) str 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -27,7 +26,7 @@ import numpy as np
 from rpihmif.visual import VisualSpec
 
 from .errors import UsageError
-from .runtime import atomic_write_text
+from .runtime import atomic_write_text, fsync_path
 
 __all__ = ["FORMAT_VERSION", "FEATURE_NAMES", "NO_IMAGE", "SHARD_GLOB", "feature_shapes", "canonical", "describe",
            "spec_of", "read_fingerprint", "check_fingerprint", "fsync_path", "write_text_durably", "decode_strings",
@@ -96,15 +95,6 @@ def check_fingerprint(attrs: Any, path: Path, fingerprint: dict[str, Any]) -> No
 
 
 # ---- durable files -----------------------------------------------------------------------------------------------
-def fsync_path(path: Path, directory: bool = False) -> None:
-    """fsync a file, or (directory=True) a folder so that renames inside it survive a crash."""
-    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_text_durably(path: Path, text: str) -> None:
     """`runtime.atomic_write_text`, then fsync the folder so the rename itself is on disk."""
     atomic_write_text(path, text)

@@ -12,6 +12,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .runtime import fsync_path
+
 __all__ = ["ENTITY_TYPE", "SCHEMA", "PartWriter", "temp_name", "is_temp_name"]
 
 # One entity; routing_* = share of the IFFE coupling mass (averaged over the entity's words) that went to
@@ -55,14 +57,6 @@ def is_temp_name(name: str) -> bool:
     return name.startswith(_TMP_PREFIX) and name.endswith(_TMP_SUFFIX)
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class PartWriter:
     """Write rows (dicts with the SCHEMA's fields) to `final` in row groups of `row_group_size` rows."""
 
@@ -100,9 +94,9 @@ class PartWriter:
         """Flush, close, fsync and rename to the final name; returns the rows written."""
         self._flush(full_groups_only=False)
         self._writer.close()
-        _fsync(self.tmp)
+        fsync_path(self.tmp)
         os.replace(self.tmp, self.final)
-        _fsync(self.final.parent)
+        fsync_path(self.final.parent, directory=True)
         return self.rows
 
     def abort(self) -> None:

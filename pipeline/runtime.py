@@ -16,7 +16,7 @@ import torch
 
 from .errors import UsageError
 
-__all__ = ["seed_everything", "resolve_device", "atomic_dir", "atomic_write_text", "recover_dir"]
+__all__ = ["seed_everything", "resolve_device", "atomic_dir", "atomic_write_text", "recover_dir", "fsync_path"]
 
 
 def seed_everything(seed: int) -> None:
@@ -39,8 +39,9 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
+def fsync_path(path: Path, directory: bool = False) -> None:
+    """fsync a file, or (directory=True) a folder so that renames inside it survive a crash."""
+    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
     try:
         os.fsync(fd)
     finally:
@@ -79,7 +80,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         if path.exists():
             path.rename(old)
         tmp.rename(path)
-        _fsync_dir(path.parent)
+        fsync_path(path.parent, directory=True)
         if old.exists():
             shutil.rmtree(old)
     finally:
