@@ -13,6 +13,7 @@ from seqeval.metrics import classification_report
 
 from rpihmif.labels import ENTITY_TYPES
 
+from .checkpoints import checkpoint_info
 from .errors import UsageError
 from .runtime import atomic_write_text, resolve_device
 
@@ -58,8 +59,7 @@ def evaluate_file(checkpoint: Path, split_file: Path, cfg: dict[str, Any], out: 
     from .dataset import BenchmarkDataset
     from .tweet_features import TweetFeatures
 
-    if not Path(checkpoint, "config.json").is_file():
-        raise UsageError(f"{checkpoint} is not a checkpoint folder (no config.json); pass a run's best/ folder")
+    checkpoint_info(checkpoint)
     if not Path(split_file).is_file():
         raise UsageError(f"split file {split_file} not found")
     tagger = Tagger.from_pretrained(checkpoint, device=resolve_device(cfg["device"]))

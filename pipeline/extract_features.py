@@ -126,11 +126,15 @@ def run_extract(config: dict[str, Any], dumps: list[Path] | None = None) -> dict
     featurizer_kwargs = {"settings": settings.__dict__, "max_image_pixels": int(config["max_image_pixels"]),
                          "device": str(device), "expected_fingerprint": fp["id"]}
     n_workers = max(1, workers)
-    todo.sort(key=lambda it: str(it.path))  # deterministic batches
-    batches = item_batches(todo, int(config["batch_size"]), settings.max_crops)
-    crop_reject_count = sum(r["kind"] in ("grounding", "rcnn") for r in new_rejects)
     t_compute = time.monotonic()
     with CacheWriter(cache_dir, fp, shard_size=int(config["shard_size"]), dtype=settings.dtype) as writer:
+        # another run may have committed shards between the plan above and taking the lock: never store twice
+        fresh = FeatureCache(folder).index
+        if len(fresh.shards) != (len(existing.index.shards) if existing else 0):
+            todo, new_aliases, new_rejects = _replan(fresh, todo, by_key, new_aliases, new_rejects, summary)
+        todo.sort(key=lambda it: str(it.path))  # deterministic batches
+        batches = item_batches(todo, int(config["batch_size"]), settings.max_crops)
+        crop_reject_count = sum(r["kind"] in ("grounding", "rcnn") for r in new_rejects)
         for r in new_rejects:
             writer.add_reject(r)
         for a in new_aliases:
@@ -173,6 +177,22 @@ def run_extract(config: dict[str, Any], dumps: list[Path] | None = None) -> dict
     log.info("extract-features: %s", json.dumps({k: summary[k] for k in (
         "computed", "reused", "deduplicated", "rejected", "rejected_crops", "seconds")}))
     return summary
+
+
+def _replan(fresh: Any, todo: list[WorkItem], by_key: dict[str, list[WorkItem]], aliases: list[tuple[str, str, str]],
+            rejects: list[dict[str, Any]], summary: dict[str, Any]) -> tuple[list, list, list]:
+    """Drop from the plan what another run committed meanwhile (`fresh`: the index read under the lock)."""
+    done = [it for it in todo if it.key in fresh.keys or it.key in fresh.rejected_keys]
+    for it in done:
+        for other in by_key[it.key]:
+            aliases.append((other.source, other.image_id, it.key if it.key in fresh.keys else ""))
+    have = {_reject_sig(r) for r in fresh.rejects}
+    summary["reused"] += len(done)
+    done_ids = {id(it) for it in done}
+    todo = [it for it in todo if id(it) not in done_ids]
+    summary["to_compute"] = len(todo)
+    return (todo, [a for a in aliases if fresh.aliases.get((a[0], a[1])) != a[2]],
+            [r for r in rejects if _reject_sig(r) not in have])
 
 
 def _reasons(counts: Counter, extra: dict[str, int] | None = None) -> dict[str, int]:

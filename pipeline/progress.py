@@ -65,15 +65,26 @@ def progress(items: Iterable[T], total: int | None = None, desc: str = "", unit:
         log.info("%s: %d %s in %.1fs", desc, counter.done, unit, time.monotonic() - counter.start)
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever `sys.stderr` is at emit time (test runners and daemons swap it)."""
+
+    @property  # type: ignore[override]
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def setup_logging(log_file: str | Path | None = None, level: int = logging.INFO) -> None:
     """Log to stderr (and `log_file`, appended) with timestamps; idempotent across calls."""
     root = logging.getLogger()
     root.setLevel(level)
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%d %H:%M:%S")
-    if not any(getattr(h, "_rpihmif", False) for h in root.handlers):
-        handler = logging.StreamHandler(sys.stderr)
+    if not any(isinstance(h, _StderrHandler) for h in root.handlers):
+        handler = _StderrHandler()
         handler.setFormatter(fmt)
-        handler._rpihmif = True  # type: ignore[attr-defined]
         root.addHandler(handler)
     if log_file is not None:
         path = Path(log_file).resolve()

@@ -48,13 +48,30 @@ def fsync_path(path: Path, directory: bool = False) -> None:
         os.close(fd)
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def recover_dir(path: Path) -> None:
-    """Finish an interrupted `atomic_dir` swap: bring back `<path>.old` when `path` is missing."""
+    """Finish an interrupted `atomic_dir` swap: bring back `<path>.old` when `path` is missing.
+
+    Temp folders `.<name>.tmp-<pid>` of dead processes (a killed save) are removed.
+    """
     old = path.with_name(path.name + ".old")
     if old.exists() and not path.exists():
         old.rename(path)
     elif old.exists():
         shutil.rmtree(old)
+    for stale in path.parent.glob(f".{path.name}.tmp-*"):
+        pid = stale.name.rsplit("-", 1)[1]
+        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
 
 
 @contextmanager

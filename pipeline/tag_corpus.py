@@ -16,6 +16,7 @@ from itertools import islice
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+from .checkpoints import checkpoint_info
 from .dump_reader import DumpFields, DumpRecord, Reject, expand_inputs, iter_dump
 from .errors import UsageError
 from .lock import OutputLock
@@ -76,17 +77,6 @@ def resolve_model_path(config: dict[str, Any]) -> Path:
     if not (path / "config.json").is_file():
         raise UsageError(f"{raw}: not a checkpoint folder (no config.json); pass the best/ folder of a train run")
     return path
-
-
-def _model_info(load_path: Path) -> tuple[str, Any]:
-    """(model id, ModelConfig) read from the checkpoint without loading its weights."""
-    from rpihmif.checkpoint import model_id, read_checkpoint_config
-
-    try:
-        model_config, _ = read_checkpoint_config(load_path)
-        return model_id(load_path), model_config
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"{load_path}: unusable checkpoint ({exc})") from exc
 
 
 def _open_feature_cache(config: dict[str, Any], model_config: Any) -> Any:
@@ -250,7 +240,7 @@ def run_tag(inputs: list[Path], config: dict[str, Any]) -> dict[str, Any]:
     if not files:
         raise UsageError(f"no JSONL(.gz) dumps found in {', '.join(map(str, inputs))}")
     out = Path(config["out"])
-    mid, model_config = _model_info(load_path)
+    mid, model_config = checkpoint_info(load_path)
     total, per_file, tagged_s = _Counts(), [], 0.0
     with OutputLock(out, "tag-corpus"):
         _clean_temps(out)

@@ -168,6 +168,8 @@ class Trainer:
                     save_checkpoint(tmp, self.model, self.tokenizer, metrics=self.metrics())
             self._save_last()
             atomic_write_text(self.run_dir / "metrics.json", json.dumps(self.metrics(), indent=2) + "\n")
+        # a run killed between saving last/ and metrics.json resumes with no epoch left: write it here too
+        atomic_write_text(self.run_dir / "metrics.json", json.dumps(self.metrics(), indent=2) + "\n")
         return self.metrics()
 
     def _train_epoch(self) -> float:
@@ -218,6 +220,8 @@ def train(cfg: dict[str, Any]) -> dict[str, Any]:
     setup_logging(run_dir / "train.log")
     if cfg["log_dir"]:
         setup_logging(Path(cfg["log_dir"]) / "train.log")
+    for name in ("best", "last", "metrics.json"):  # finish or drop what a killed run left half-swapped
+        recover_dir(run_dir / name)
     trainer = Trainer(cfg)
     if cfg["load_path"]:
         trainer.resume(cfg["load_path"])

@@ -77,7 +77,11 @@ def load_checkpoint(folder: str | Path, device: str = "cpu", expected_labels: li
         raise ValueError(f"{folder / CONFIG}: encoder config has no model_type")
     encoder = AutoModel.from_config(AutoConfig.for_model(model_type, **encoder_dict))
     model = RPIHMIF(config, encoder)
-    load_model(model, str(weights), strict=True)
+    try:
+        load_model(model, str(weights), strict=True)
+    except RuntimeError as exc:
+        raise ValueError(f"{weights}: weights do not match {folder / CONFIG} ({len(config.labels)} labels); "
+                         f"the checkpoint folder was altered or mixed: {str(exc)[:300]}") from exc
     tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
     return model.to(device).eval(), tokenizer, config
 
