@@ -29,7 +29,7 @@ from .errors import UsageError
 from .runtime import atomic_write_text, fsync_path
 
 __all__ = ["FORMAT_VERSION", "FEATURE_NAMES", "NO_IMAGE", "SHARD_GLOB", "feature_shapes", "canonical", "describe",
-           "spec_of", "read_fingerprint", "check_fingerprint", "fsync_path", "write_text_durably", "decode_strings",
+           "spec_of", "read_fingerprint", "check_fingerprint", "write_text_durably", "decode_strings",
            "write_strings", "write_alias_tables", "read_alias_tables"]
 
 FORMAT_VERSION = 1

@@ -14,9 +14,10 @@ from typing import Any, Iterable
 import h5py
 import numpy as np
 
-from .cache_format import (FORMAT_VERSION, SHARD_GLOB, canonical, check_fingerprint, decode_strings, fsync_path,
+from .cache_format import (FORMAT_VERSION, SHARD_GLOB, canonical, check_fingerprint, decode_strings,
                            read_alias_tables, write_alias_tables, write_strings, write_text_durably)
 from .errors import PipelineError
+from .runtime import fsync_path
 
 __all__ = ["CacheIndex", "load_index", "write_index"]
 

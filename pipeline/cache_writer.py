@@ -15,10 +15,11 @@ from typing import Any
 import h5py
 import numpy as np
 
-from .cache_format import (FEATURE_NAMES, FORMAT_VERSION, NO_IMAGE, canonical, describe, feature_shapes, fsync_path,
+from .cache_format import (FEATURE_NAMES, FORMAT_VERSION, NO_IMAGE, canonical, describe, feature_shapes,
                            read_fingerprint, spec_of, write_alias_tables, write_text_durably)
 from .cache_index import load_index, write_index
 from .errors import LockHeldError, UsageError
+from .runtime import fsync_path, naming_path
 
 __all__ = ["CacheWriter"]
 
@@ -145,6 +146,10 @@ class CacheWriter:
         """Finish the current shard (rows + pending aliases/rejects): flush, fsync, rename. None if nothing pending."""
         if self._file is None and not self._aliases and not self._rejects:
             return None
+        with naming_path(self._tmp or self.folder):
+            return self._commit()
+
+    def _commit(self) -> Path:
         if self._file is None:
             self._open_shard()
         f, tmp = self._file, self._tmp

@@ -12,7 +12,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .runtime import fsync_path
+from .runtime import fsync_path, naming_path
 
 __all__ = ["ENTITY_TYPE", "SCHEMA", "PartWriter", "temp_name", "is_temp_name"]
 
@@ -75,6 +75,10 @@ class PartWriter:
 
     def add(self, rows: list[dict[str, Any]]) -> None:
         """Buffer rows as an Arrow batch; write every full row group at once."""
+        with naming_path(self.tmp):
+            self._add(rows)
+
+    def _add(self, rows: list[dict[str, Any]]) -> None:
         if rows:
             self._pending.append(pa.RecordBatch.from_pylist(rows, schema=self.schema))
             self._pending_rows += len(rows)
@@ -92,9 +96,10 @@ class PartWriter:
 
     def commit(self) -> int:
         """Flush, close, fsync and rename to the final name; returns the rows written."""
-        self._flush(full_groups_only=False)
-        self._writer.close()
-        fsync_path(self.tmp)
+        with naming_path(self.tmp):
+            self._flush(full_groups_only=False)
+            self._writer.close()
+            fsync_path(self.tmp)
         os.replace(self.tmp, self.final)
         fsync_path(self.final.parent, directory=True)
         return self.rows

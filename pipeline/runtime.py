@@ -16,7 +16,7 @@ import torch
 
 from .errors import UsageError
 
-__all__ = ["seed_everything", "resolve_device", "atomic_dir", "atomic_write_text", "recover_dir", "fsync_path"]
+__all__ = ["seed_everything", "resolve_device", "atomic_dir", "atomic_write_text", "recover_dir", "fsync_path", "naming_path"]
 
 
 def seed_everything(seed: int) -> None:
@@ -103,6 +103,18 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextmanager
+def naming_path(path: str | Path) -> Iterator[None]:
+    """Re-raise an OSError that names no file (ENOSPC from write/fsync) with `path`, so the user knows where."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename:
+            raise
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise OSError(exc.errno, f"{reason} (while writing; free space and rerun)", str(path)) from exc
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

@@ -1,7 +1,7 @@
 """Generator of a small multimodal Twitter-2015-style sample in the exact DeepKE layout, deterministic by seed.
 
 For most tweets the entity type is decided by the image: the same ambiguous name in the same words is PER, LOC,
-ORG or MISC by what the picture shows (a dominant colour + shape per type, with noise, also visible in the crops).
+ORG or MISC by what one visual source shows (a colour + shape per type): the original, the grounding or the RCNN crops.
 """
 from __future__ import annotations
 
@@ -21,13 +21,16 @@ from pipeline.conll import Tweet, write_conll
 from pipeline.errors import UsageError
 from rpihmif.labels import ENTITY_TYPES
 
-__all__ = ["make_sample", "TYPE_STYLE", "DATASET", "SIZES"]
+__all__ = ["make_sample", "TYPE_STYLE", "DATASET", "SIZES", "CUE_SOURCES", "CUES_FILE"]
 
 DATASET = "twitter2015"
 SIZES = {"train": 300, "valid": 100, "test": 100}  # tweets per split
 IMAGE_SIZE, GROUNDING_SIZE, RCNN_SIZE = 160, 64, 48  # px (small: generation takes seconds)
 IMAGE_DECIDED_SHARE = 0.6  # tweets whose entity type only the image tells
 MARKER = "sample.json"  # written into the dataset folder; a rerun replaces only a folder that has it
+CUES_FILE = "sample_cues.json"  # {"<image_id>": {"type", "cue_source"}} of image-decided tweets (not DeepKE layout)
+CUE_SOURCES = ("orig", "grounding", "rcnn")  # the one visual source that shows an image-decided tweet's type cue
+TINY_CUE_RADIUS = 2  # px at IMAGE_SIZE: the cue object in an original whose cue is in the crops (~noise at 224 px)
 _DICT_TAG = {"train": "train", "valid": "val", "test": "test"}
 
 # type -> (dominant RGB colour, shape): very distinct so even a random-init frozen encoder separates them
@@ -76,6 +79,7 @@ class _Item:
     labels: list[str]
     kind: str  # image | text | none (no entity) | retweet
     image: str | None  # PER/LOC/ORG/MISC (type cue), "neutral", or None (no image file)
+    cue_source: str | None = None  # image-decided: orig | grounding | rcnn, the only source showing the cue
     copy_of: int | None = None  # index of the item whose image bytes a retweet reuses
     n_grounding: int = 0  # crops listed in the dictionary
     n_rcnn: int = 0
@@ -109,18 +113,21 @@ def _plan_split(n: int, rng: random.Random) -> list[_Item]:
     items: list[_Item] = []
     n_pairs = int(n * IMAGE_DECIDED_SHARE) // 2
     n_retweets = max(1, n // 40)
+    # cue sources of the image-decided tweets: evenly orig / grounding / rcnn, in a seeded random order
+    cue_sources = [CUE_SOURCES[i % len(CUE_SOURCES)] for i in range(2 * n_pairs)]
+    rng.shuffle(cue_sources)
     for _ in range(n_pairs):
         template, name = rng.choice(NEUTRAL_TEMPLATES), rng.choice(AMBIGUOUS)
         pair_seed = rng.random()
         for etype in rng.sample(ENTITY_TYPES, 2):  # same words, two types: only the image tells them apart
             rng_words = random.Random(pair_seed)  # identical URLs / prefixes for both tweets of the pair
             words, labels = _fill(template, {"{X}": (name, etype)}, rng_words)
-            items.append(_Item(words, labels, "image", etype))
+            items.append(_Item(words, labels, "image", etype, cue_sources[len(items)]))
     for _ in range(n_retweets):
         src = rng.randrange(2 * n_pairs)  # an image-decided original, never another retweet
         orig = items[src]
         items.append(_Item(["RT", rng.choice(USERS), ":"] + orig.words, ["O"] * 3 + orig.labels, "retweet",
-                           orig.image, copy_of=src))
+                           orig.image, orig.cue_source, copy_of=src))
     while len(items) < n:
         r = rng.random()
         if r < 0.1:
@@ -143,10 +150,13 @@ def _plan_split(n: int, rng: random.Random) -> list[_Item]:
             continue
         item.n_grounding, item.n_rcnn = rng.choice([1, 2, 3, 3, 4]), rng.choice([1, 2, 3, 3, 5])
         u = rng.random()
-        if u < 0.2:  # images with missing crops: listed but absent files, or no dictionary entry at all
-            item.missing = {rng.choice(["grounding_files", "grounding_entry", "rcnn_files", "rcnn_entry"])}
+        # images with missing crops: listed but absent files, or no dictionary entry at all; never the crops
+        # that carry an image-decided tweet's cue (its type must stay decidable from the sample)
+        kinds = [k for k in ("grounding", "rcnn") if k != item.cue_source]
+        if u < 0.2:
+            item.missing = {f"{rng.choice(kinds)}_{rng.choice(['files', 'entry'])}"}
         elif u < 0.25:
-            item.missing = {"grounding_entry", "rcnn_entry"}
+            item.missing = {f"{k}_entry" for k in kinds}
     order = list(range(len(items)))
     rng.shuffle(order)
     pos = {old: new for new, old in enumerate(order)}
@@ -157,8 +167,35 @@ def _plan_split(n: int, rng: random.Random) -> list[_Item]:
     return out
 
 
-def _draw(cue: str, rng: np.random.Generator) -> tuple[Image.Image, tuple[int, int, int, int]]:
-    """An IMAGE_SIZE² picture with the type cue (or a neutral scene) and the bounding box of its main object."""
+def _shape(draw: ImageDraw.ImageDraw, shape: str, cx: int, cy: int, r: int, colour: tuple[int, int, int]) -> None:
+    """Draw a type shape of radius r centred at (cx, cy)."""
+    box = (cx - r, cy - r, cx + r, cy + r)
+    if shape == "circle":
+        draw.ellipse(box, fill=colour)
+    elif shape == "square":
+        draw.rectangle(box, fill=colour)
+    elif shape == "triangle":
+        draw.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=colour)
+    elif shape == "star":
+        ang = np.linspace(-np.pi / 2, 1.5 * np.pi, 11)[:-1]
+        rad = np.where(np.arange(10) % 2 == 0, r, r * 0.45)
+        draw.polygon([(cx + float(rr * np.cos(a)), cy + float(rr * np.sin(a))) for a, rr in zip(ang, rad)], fill=colour)
+
+
+def _noise(img: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """Add uniform pixel noise (+-18 per channel)."""
+    # shape: (h, w, 3)
+    arr = np.asarray(img, dtype=np.int16) + rng.integers(-18, 19, (img.height, img.width, 3), dtype=np.int16)
+    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
+
+
+def _draw(cue: str, rng: np.random.Generator, tiny: str | None = None
+          ) -> tuple[Image.Image, tuple[int, int, int, int]]:
+    """An IMAGE_SIZE² picture with the type cue (or a neutral scene) and the bounding box of its main object.
+
+    cue: a type (tinted background + large shape) or "neutral" (grey scene with lines). tiny: a type drawn as a
+    TINY_CUE_RADIUS object into the neutral scene (its cue is in the crops); the box is then that object's.
+    """
     s = IMAGE_SIZE
     if cue in TYPE_STYLE:
         base = np.array(TYPE_STYLE[cue][0])
@@ -180,23 +217,38 @@ def _draw(cue: str, rng: np.random.Generator) -> tuple[Image.Image, tuple[int, i
     cx, cy = (int(v) for v in rng.integers(r + 4, s - r - 4, 2))
     box = (cx - r, cy - r, cx + r, cy + r)
     colour = tuple(int(v) for v in np.clip(fg, 0, 255))
-    if shape == "circle":
-        draw.ellipse(box, fill=colour)
-    elif shape == "square":
-        draw.rectangle(box, fill=colour)
-    elif shape == "triangle":
-        draw.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=colour)
-    elif shape == "star":
-        ang = np.linspace(-np.pi / 2, 1.5 * np.pi, 11)[:-1]
-        rad = np.where(np.arange(10) % 2 == 0, r, r * 0.45)
-        draw.polygon([(cx + float(rr * np.cos(a)), cy + float(rr * np.sin(a))) for a, rr in zip(ang, rad)], fill=colour)
-    else:
+    if shape == "lines":
         for _ in range(6):
             pts = [tuple(int(v) for v in rng.integers(0, s, 2)) for _ in range(2)]
             draw.line(pts, fill=colour, width=int(rng.integers(2, 6)))
-    # shape: (s, s, 3) pixel noise
-    arr = np.asarray(img, dtype=np.int16) + rng.integers(-18, 19, (s, s, 3), dtype=np.int16)
-    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)), box
+    else:
+        _shape(draw, shape, cx, cy, r, colour)
+    if tiny is not None:  # a far-away cue object: a few pixels here, only a crop (a zoomed detection) shows it
+        t = TINY_CUE_RADIUS
+        tx, ty = (int(v) for v in rng.integers(t + 8, s - t - 8, 2))
+        tfg = np.array(TYPE_STYLE[tiny][0]) + rng.integers(-20, 21, 3)
+        _shape(draw, TYPE_STYLE[tiny][1], tx, ty, t, tuple(int(v) for v in np.clip(tfg, 0, 255)))
+        box = (tx - t, ty - t, tx + t, ty + t)
+    return _noise(img, rng), box
+
+
+def _closeup(cue: str | None, size: int, rng: np.random.Generator) -> Image.Image:
+    """A size² crop as a detector returns it at full resolution: the cue object of type `cue` filling most of a
+    grey surround, or (cue None) a neutral grey object (a distractor) on grey."""
+    grey = int(rng.integers(90, 170))
+    bg = np.array([grey, grey, grey]) + rng.integers(-6, 7, 3)
+    img = Image.new("RGB", (size, size), tuple(int(v) for v in np.clip(bg, 0, 255)))
+    draw = ImageDraw.Draw(img)
+    r = int(size * rng.uniform(0.36, 0.48))
+    cx, cy = (int(v) for v in rng.integers(r, size - r + 1, 2))
+    if cue is None:
+        g = int(rng.integers(60, 200))
+        w, h = int(r * rng.uniform(1.2, 2.0)), int(r * rng.uniform(0.8, 1.6))
+        draw.rectangle([cx - w // 2, cy - h // 2, cx + w // 2, cy + h // 2], fill=(g, g, g))
+    else:
+        fg = np.array(TYPE_STYLE[cue][0]) + rng.integers(-20, 21, 3)
+        _shape(draw, TYPE_STYLE[cue][1], cx, cy, r, tuple(int(v) for v in np.clip(fg, 0, 255)))
+    return _noise(img, rng)
 
 
 def _crop_boxes(box: tuple[int, int, int, int], n: int, rng: np.random.Generator) -> list[tuple[int, int, int, int]]:
@@ -235,7 +287,10 @@ def _write_images(root: Path, split: str, items: list[_Item], seed: int, split_n
             continue
         if k not in drawn and item.copy_of is None:
             rng = np.random.default_rng([seed, split_no, k])
-            img, box = _draw(item.image, rng)
+            if item.cue_source in ("grounding", "rcnn"):  # a neutral-looking original: the cue is in the crops
+                img, box = _draw("neutral", rng, tiny=item.image)
+            else:
+                img, box = _draw(item.image, rng)
             drawn[k] = (img, box, _encode(img, "JPEG"))
     for k, item in enumerate(items):
         if item.image is None:
@@ -245,6 +300,13 @@ def _write_images(root: Path, split: str, items: list[_Item], seed: int, split_n
         (images_dir / f"{item.image_id}.jpg").write_bytes(jpeg)  # a retweet shares the exact image bytes
         counts["images_found"] += 1
         rng = np.random.default_rng([seed, split_no, k, 1])
+
+        def crop_of(kind: str, b: tuple[int, int, int, int], size: int) -> Image.Image:
+            if item.cue_source is None:  # text-decided or neutral picture: plain crops of the original
+                return img.crop(b).resize((size, size), Image.BILINEAR)
+            # image-decided: only the crops of the cue source show the cue object; the others neutral objects
+            return _closeup(item.image if kind == item.cue_source else None, size, rng)
+
         if "grounding_entry" not in item.missing:
             names = [f"{item.image_id}_pred_yolo_crop_{n}.png" for n in range(item.n_grounding)]
             grounding[f"{item.image_id}.jpg"] = names
@@ -253,7 +315,7 @@ def _write_images(root: Path, split: str, items: list[_Item], seed: int, split_n
                 if "grounding_files" in item.missing:
                     counts["grounding_missing"] += listed
                     continue
-                crop = img.crop(b).resize((GROUNDING_SIZE, GROUNDING_SIZE), Image.BILINEAR)
+                crop = crop_of("grounding", b, GROUNDING_SIZE)
                 (crops_dir / n).write_bytes(_encode(crop, "PNG"))
                 counts["grounding_found"] += listed
         if "rcnn_entry" not in item.missing:
@@ -264,7 +326,7 @@ def _write_images(root: Path, split: str, items: list[_Item], seed: int, split_n
                 if "rcnn_files" in item.missing:
                     counts["rcnn_missing"] += listed
                     continue
-                crop = img.crop(b).resize((RCNN_SIZE, RCNN_SIZE), Image.BILINEAR)
+                crop = crop_of("rcnn", b, RCNN_SIZE)
                 (root / n).write_bytes(_encode(crop, "JPEG"))
                 counts["rcnn_found"] += listed
     return grounding, rcnn, counts
@@ -290,9 +352,14 @@ def make_sample(out: str | os.PathLike, seed: int = 0, sizes: dict[str, int] | N
 
     Layout: {train,valid,test}.txt, twitter2015_images/<id>.jpg, twitter2015_{train,val,test}_dict.pth with
     grounding crops under twitter2015_aux_images/<train|val|test>/crops/, twitter15_detect/twitter15_img2crop.pth
-    with RCNN crops under twitter15_detect/crops/, and sample.json (the summary without paths). Image-decided
-    tweets come in pairs with the same words and two entity types; text-decided tweets have a matching, unrelated
-    or no image; some images lack crops (listed files absent or no entry); retweets share image bytes.
+    with RCNN crops under twitter15_detect/crops/, sample.json (the summary without paths) and sample_cues.json
+    ({"<image_id>": {"type", "cue_source"}} of the image-decided tweets, retweets included). Image-decided tweets
+    come in pairs with the same words and two entity types; each shows its type cue in one visual source only,
+    drawn evenly from orig / grounding / rcnn (orig: a tinted picture with a large shape, crops of neutral grey
+    objects; grounding or rcnn: a neutral picture with a few-pixel cue object, the crops of that kind zoom on it,
+    the other kind shows neutral objects; the cue crops are never among the missing ones). Text-decided tweets
+    have a matching, unrelated or no image; some images lack crops (listed files absent or no entry); retweets
+    share image bytes.
     Same seed -> byte-identical files. An existing out/twitter2015 is replaced only if it holds sample.json.
     """
     out = Path(out)
@@ -309,6 +376,7 @@ def make_sample(out: str | os.PathLike, seed: int = 0, sizes: dict[str, int] | N
     summary: dict = {"dataset": DATASET, "seed": seed, "image_size": IMAGE_SIZE, "splits": {}}
     records: list[dict] = []
     rcnn_all: dict[str, list[str]] = {}
+    cues: dict[str, dict[str, str]] = {}
     try:
         for split_no, split in enumerate(("train", "valid", "test")):
             items = _plan_split(sizes[split], rng)
@@ -319,12 +387,16 @@ def make_sample(out: str | os.PathLike, seed: int = 0, sizes: dict[str, int] | N
             _save_dict(tmp_root / f"{DATASET}_{_DICT_TAG[split]}_dict.pth", grounding)
             write_conll(tmp_root / f"{split}.txt", [Tweet(i.image_id, i.words, i.labels, 0) for i in items])
             kinds = {k: sum(1 for i in items if i.kind == k) for k in ("image", "retweet", "text", "none")}
+            for item in items:
+                if item.cue_source is not None:
+                    cues[item.image_id] = {"type": item.image, "cue_source": item.cue_source}
             summary["splits"][split] = {
                 "tweets": len(items), "image_decided": kinds["image"] + kinds["retweet"], "retweets": kinds["retweet"],
                 "text_decided": kinds["text"], "no_entity": kinds["none"],
                 "entities": sum(1 for i in items for x in i.labels if x.startswith("B-")),
                 "neutral_images": sum(1 for i in items if i.image == "neutral"), **counts,
                 "images_missing_crops": sum(1 for i in items if i.image is not None and i.missing),
+                "cue_sources": {c: sum(1 for i in items if i.cue_source == c) for c in CUE_SOURCES},
             }
             base = f"{DATASET}/{DATASET}_aux_images/{_DICT_TAG[split]}/crops/"
             for item in items:
@@ -339,6 +411,7 @@ def make_sample(out: str | os.PathLike, seed: int = 0, sizes: dict[str, int] | N
         n_all = sum(s["tweets"] for s in summary["splits"].values())
         summary["tweets"] = n_all
         summary["image_decided_share"] = round(sum(s["image_decided"] for s in summary["splits"].values()) / n_all, 4)
+        (tmp_root / CUES_FILE).write_text(json.dumps(cues, indent=1, sort_keys=True) + "\n")
         (tmp_root / MARKER).write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
         if root.exists():
             shutil.rmtree(root)

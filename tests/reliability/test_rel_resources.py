@@ -109,4 +109,5 @@ def test_memory_cap_too_small_for_torch_fails_fast_not_hangs(tmp_path):
                           "--set", f"cache_dir={tmp_path}"], cwd=ROOT, env=env, preexec_fn=limit,
                          capture_output=True, text=True, timeout=120)
     assert res.returncode != 0
-    assert "MemoryError" in res.stderr or "memory" in res.stderr.lower() or "Cannot allocate" in res.stderr
+    # torch's shared libraries cannot even be mapped under the cap: the loader's error ends the run at once
+    assert any(m in res.stderr for m in ("MemoryError", "memory", "Cannot allocate", "failed to map segment"))
