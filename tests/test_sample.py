@@ -18,7 +18,7 @@ from pipeline.conll import read_conll
 from pipeline.data_stats import data_stats
 from pipeline.dataset import BenchmarkDataset, load_crop_dict
 from pipeline.errors import UsageError
-from pipeline.sample import SIZES, TYPE_STYLE, make_sample
+from pipeline.sample import CUE_SOURCES, CUES_FILE, SIZES, TYPE_STYLE, make_sample
 
 SMALL = {"train": 30, "valid": 12, "test": 12}
 
@@ -29,15 +29,19 @@ def sample(tmp_path_factory):
     return out, make_sample(out, seed=0)
 
 
-def _cue(path: Path) -> str | None:
-    """The type whose colour direction the picture's mean colour points to (None for a grey picture)."""
+def _colour(path: Path) -> tuple[str, float]:
+    """The type whose colour direction the picture's mean colour points to, and how far from grey it is."""
     m = np.asarray(Image.open(path).convert("RGB"), dtype=np.float32).reshape(-1, 3).mean(0)
     v = m - m.mean()
-    if np.linalg.norm(v) < 8:
-        return None
     sims = {t: float(v @ (np.array(c) - np.mean(c))) / np.linalg.norm(np.array(c) - np.mean(c))
             for t, (c, _) in TYPE_STYLE.items()}
-    return max(sims, key=sims.get)
+    return max(sims, key=sims.get), float(np.linalg.norm(v))
+
+
+def _cue(path: Path) -> str | None:
+    """The type cue a picture shows (None for a grey, neutral-looking picture)."""
+    etype, strength = _colour(path)
+    return etype if strength >= 8 else None
 
 
 def test_layout_complete(sample):
@@ -85,15 +89,46 @@ def test_image_decided_share_and_cues(sample):
             by_words[tuple(t.words)].add(tuple(t.labels))
         ambiguous = [t for t in tweets if len(by_words[tuple(t.words)]) > 1]
         assert len(ambiguous) / len(tweets) >= 0.5  # same words, different types: text alone cannot decide
+        cues = json.loads((out / "twitter2015" / CUES_FILE).read_text())
         for t in ambiguous:
             etype = next(x[2:] for x in t.labels if x.startswith("B-"))
-            assert _cue(ds.image_path(t.image_id)) == etype  # the picture decides
-            crops = ds.grounding_crops(split, t.image_id) + ds.rcnn_crops(t.image_id)
-            if crops:
-                assert _cue(crops[0]) == etype  # and the main crop shows the cue too
+            assert cues[t.image_id]["type"] == etype  # the picture decides (sources checked below)
         s = summary["splits"][split]
         assert s["text_decided"] > 0 and s["images_missing"] > 0 and s["images_missing_crops"] > 0
         assert s["retweets"] > 0 and s["neutral_images"] > 0
+
+
+def test_cue_in_one_source_only(sample):
+    """Each image-decided tweet shows its type in exactly its recorded cue source; the other sources look neutral."""
+    out, summary = sample
+    ds = BenchmarkDataset(out, "twitter2015")
+    cues = json.loads((out / "twitter2015" / CUES_FILE).read_text())
+    assert all(set(c) == {"type", "cue_source"} and c["cue_source"] in CUE_SOURCES for c in cues.values())
+    for split in ds.splits():
+        tweets = {t.image_id: t for t in ds.read(split)}
+        decided = [i for i in tweets if i in cues]
+        assert len(decided) == summary["splits"][split]["image_decided"]
+        counts = summary["splits"][split]["cue_sources"]
+        assert sum(counts.values()) == len(decided) and max(counts.values()) - min(counts.values()) <= 6  # even
+        for image_id in decided:
+            t, cue = tweets[image_id], cues[image_id]
+            assert next(x[2:] for x in t.labels if x.startswith("B-")) == cue["type"]
+            views = {"orig": [ds.image_path(image_id)], "grounding": ds.grounding_crops(split, image_id),
+                     "rcnn": ds.rcnn_crops(image_id)}
+            assert views[cue["cue_source"]], f"{image_id}: the {cue['cue_source']} crops carrying the cue are missing"
+            for source, paths in views.items():
+                for path in paths:
+                    etype, strength = _colour(path)
+                    if source == cue["cue_source"]:
+                        assert etype == cue["type"] and strength > (30 if source == "orig" else 12), (path, strength)
+                    else:  # neutral: a grey picture (at most a few-pixel cue object) or a grey object
+                        assert strength < (20 if source == "orig" else 10), (path, strength)
+    # retweets repeat their original's image bytes and cue
+    by_bytes = defaultdict(list)
+    for image_id, cue in cues.items():
+        by_bytes[ds.image_path(image_id).read_bytes()].append((cue["type"], cue["cue_source"]))
+    shared = [v for v in by_bytes.values() if len(v) > 1]
+    assert len(shared) >= 3 and all(len(set(v)) == 1 for v in shared)
 
 
 def test_retweets_share_image_bytes(sample):

@@ -1,0 +1,193 @@
+"""Ablation table on the generated sample: text-only vs full RPI-HMIF vs no-HIM, IFFE rounds, single visual sources.
+
+Prints one JSON object: dev F1 (all entities and image-decided ones) per config, the multimodal gain over text-only,
+and whether the routing mass of image-decided entities sits on their cue source (sample_cues.json) above chance.
+
+    python benchmarks/ablation_sample.py --vit-layers 4 --epochs 8      # quick (random-init 4-layer ViT)
+    python benchmarks/ablation_sample.py                                  # the random-init ViT-B/32-shaped encoder
+
+Every config trains the packaged MiniLM with the same seed, epochs and learning rates; features are extracted once.
+Not run by CI.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import tempfile
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pipeline.config import load_config  # noqa: E402
+from pipeline.dataset import BenchmarkDataset  # noqa: E402
+from pipeline.evaluate import entity_scores  # noqa: E402
+from pipeline.extract_features import run_extract  # noqa: E402
+from pipeline.sample import CUES_FILE, DATASET, make_sample  # noqa: E402
+from pipeline.trainer import train  # noqa: E402
+from pipeline.tweet_features import TweetFeatures  # noqa: E402
+from rpihmif.labels import bio_spans  # noqa: E402
+from rpihmif.predictor import Tagger  # noqa: E402
+from rpihmif.visual import SOURCES  # noqa: E402
+
+# name -> train overrides (on top of the shared ones); "full" is the default model (iffe.iterations 3, all sources)
+CONFIGS: dict[str, list[str]] = {
+    "text_only": ["text_only=true"],
+    "full": [],
+    "no_him": ["him.question="],
+    "iterations_0": ["iffe.iterations=0"],
+    "iterations_1": ["iffe.iterations=1"],
+    "iterations_3": ["iffe.iterations=3"],  # = full; trained again only if asked for explicitly
+    "only_orig": ["visual.sources=[orig]"],
+    "only_grounding": ["visual.sources=[grounding]"],
+    "only_rcnn": ["visual.sources=[rcnn]"],
+}
+DEFAULT_CONFIGS = ["text_only", "full", "no_him", "iterations_0", "iterations_1", "only_orig", "only_grounding",
+                   "only_rcnn"]
+
+
+def _present_sources(feat: dict | None, used: list[str]) -> list[str]:
+    """The used visual sources that have at least one real (unmasked) view in a cached feature dict."""
+    if feat is None:
+        return []
+    out = []
+    for s in used:
+        mask = feat.get(f"{s}_mask")
+        if mask is not None and bool(mask.any()):
+            out.append(s)
+    return out
+
+
+def evaluate_run(run_dir: Path, train_cfg: dict[str, Any], cues: dict[str, dict[str, str]]) -> dict[str, Any]:
+    """Dev scores of run/best: all entities, image-decided tweets only, and the routing of image-decided entities."""
+    tagger = Tagger.from_pretrained(run_dir / "best")
+    dataset = BenchmarkDataset(train_cfg["data_dir"], train_cfg["dataset"])
+    dev = dataset.read("valid")
+    features = TweetFeatures.for_model(train_cfg, dataset, tagger.config)
+    feats = features.lookup(dev)
+    preds = tagger.predict([t.words for t in dev], feats, batch_size=64)
+    decided = [i for i, t in enumerate(dev) if t.image_id in cues]
+    out: dict[str, Any] = {
+        "dev": entity_scores([t.labels for t in dev], [p.labels for p in preds]),
+        "dev_image_decided": entity_scores([dev[i].labels for i in decided], [preds[i].labels for i in decided]),
+    }
+    out["dev_f1"], out["dev_image_decided_f1"] = out["dev"]["f1"], out["dev_image_decided"]["f1"]
+    if tagger.config.text_only:
+        return out
+    used = [s for s in SOURCES if s in tagger.config.visual.sources]
+    # routing: image-decided gold entities predicted with the exact span and the right type
+    hits, total, chance_sum, no_routing = 0, 0, 0.0, 0
+    confusion: dict[str, Counter] = defaultdict(Counter)
+    mass_on_cue: list[float] = []
+    for i in decided:
+        tweet, pred = dev[i], preds[i]
+        cue = cues[tweet.image_id]
+        present = _present_sources(feats[i], used)
+        if cue["cue_source"] not in present:
+            continue  # the cue source is not visible to this model (single-source ablations)
+        by_span = {(e.start, e.end): e for e in pred.entities}
+        for etype, start, end in bio_spans(tweet.labels):
+            ent = by_span.get((start, end))
+            if ent is None or ent.type != etype:
+                continue
+            if ent.routing is None:
+                no_routing += 1
+                continue
+            mass = {s: ent.routing[s] for s in present}
+            best = max(mass, key=mass.get)
+            total += 1
+            hits += best == cue["cue_source"]
+            chance_sum += 1.0 / len(present)
+            confusion[cue["cue_source"]][best] += 1
+            mass_on_cue.append(ent.routing[cue["cue_source"]] / max(sum(mass.values()), 1e-9))
+    if len(used) > 1:
+        out["routing"] = {
+            "entities": total,
+            "accuracy": round(100 * hits / total, 2) if total else None,
+            "chance": round(100 * chance_sum / total, 2) if total else None,
+            "mean_mass_on_cue_source": round(100 * sum(mass_on_cue) / len(mass_on_cue), 2) if mass_on_cue else None,
+            "argmax_by_cue_source": {k: dict(v) for k, v in sorted(confusion.items())},
+            "without_routing": no_routing,
+        }
+    return out
+
+
+def main() -> None:
+    # fmt: off
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--data", help="folder holding twitter2015/ from make-sample (default: generate into --work)")
+    ap.add_argument("--work", help="folder for the sample, cache and runs (default: a temporary folder)")
+    ap.add_argument("--sample-seed", type=int, default=0, help="make-sample seed")
+    ap.add_argument("--vit-layers", type=int, default=12, help="layers of the random-init ViT-B/32-shaped encoder")
+    ap.add_argument("--epochs", type=int, default=8, help="training epochs (every config)")
+    ap.add_argument("--seed", type=int, default=1, help="training seed (every config)")
+    ap.add_argument("--configs", default=",".join(DEFAULT_CONFIGS), help=f"comma list of {list(CONFIGS)}")
+    ap.add_argument("--set", action="append", default=[], dest="sets",
+                    help="extra train override for EVERY config, e.g. fusion_learning_rate=3e-3 (repeatable)")
+    ap.add_argument("--workers", type=int, default=0, help="extract-features workers (0 = in-process, no Ray)")
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default; 1 helps on busy CPUs)")
+    # fmt: on
+    args = ap.parse_args()
+    names = [c for c in args.configs.split(",") if c]
+    unknown = [c for c in names if c not in CONFIGS]
+    if unknown:
+        ap.error(f"unknown configs {unknown}; use {list(CONFIGS)}")
+    if args.threads:
+        import torch
+        torch.set_num_threads(args.threads)
+    work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="ablation_sample_"))
+    work.mkdir(parents=True, exist_ok=True)
+    t0 = time.monotonic()
+    data = Path(args.data) if args.data else work / "data"
+    if not args.data:
+        make_sample(data, seed=args.sample_seed)
+    cues = json.loads((data / DATASET / CUES_FILE).read_text())
+    cache = work / "cache"
+    extract_cfg = load_config("extract", overrides=[f"data_dir={data}", f"dataset={DATASET}", f"cache_dir={cache}",
+                                                    f"random_vit_layers={args.vit_layers}",
+                                                    f"workers={args.workers}"])
+    extract = run_extract(extract_cfg)
+    t_extract = time.monotonic() - t0
+    shared = [f"data_dir={data}", f"dataset={DATASET}", f"cache_dir={cache}", f"num_epochs={args.epochs}",
+              f"seed={args.seed}", "device=cpu", *args.sets]
+    results: dict[str, Any] = {}
+    for name in names:
+        start = time.monotonic()
+        run = work / "runs" / name
+        cfg = load_config("train", overrides=[*shared, f"save_path={run}", *CONFIGS[name]])
+        summary = train(cfg)
+        for h in list(logging.getLogger().handlers):  # one train.log per run, not appended to the next runs'
+            if isinstance(h, logging.FileHandler):
+                logging.getLogger().removeHandler(h)
+                h.close()
+        res = evaluate_run(run, cfg, cues)
+        res["best_epoch"] = summary["best_epoch"]
+        res["train_seconds"] = round(time.monotonic() - start, 1)
+        results[name] = res
+        print(json.dumps({name: {k: res[k] for k in ("dev_f1", "dev_image_decided_f1", "best_epoch",
+                                                      "train_seconds")} | ({"routing": res["routing"]}
+                                                                           if "routing" in res else {})}),
+              file=sys.stderr, flush=True)
+    table = {name: {k: v for k, v in r.items() if k not in ("dev", "dev_image_decided")} for name, r in results.items()}
+    out: dict[str, Any] = {
+        "data": str(data), "work": str(work), "vit": f"random-init ViT-B/32-shaped, {args.vit_layers} layers",
+        "fingerprint": extract.get("fingerprint_id"), "epochs": args.epochs, "seed": args.seed,
+        "shared_overrides": shared[3:], "extract_seconds": round(t_extract, 1),
+        "dev_tweets": len(BenchmarkDataset(data, DATASET).read("valid")),
+        "table": table,
+        "per_type": {name: r["dev"]["per_type"] for name, r in results.items()},
+    }
+    if "text_only" in results and "full" in results:
+        out["multimodal_gain_f1"] = round(results["full"]["dev_f1"] - results["text_only"]["dev_f1"], 2)
+        out["multimodal_gain_image_decided_f1"] = round(
+            results["full"]["dev_image_decided_f1"] - results["text_only"]["dev_image_decided_f1"], 2)
+    out["seconds"] = round(time.monotonic() - t0, 1)
+    print(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()
