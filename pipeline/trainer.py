@@ -106,6 +106,9 @@ class Trainer:
             raise UsageError(f"bert_name {cfg['bert_name']!r}: cannot load a text encoder: {exc}") from exc
         self.model_config = build_model_config(cfg, self.features.visual_config())
         self.model = RPIHMIF(self.model_config, encoder).to(self.device)
+        # reseed: dropout and shuffling must not depend on how many layers the model drew at initialisation, so a
+        # multimodal model with no image anywhere trains exactly like the text-only model
+        seed_everything(cfg["seed"])
         self.text_encoder = TweetEncoder.for_model(self.tokenizer, self.model_config)
         self.tagger = Tagger(self.model, self.tokenizer, self.model_config, device=self.device)
         self.encoded = self._encode(self.train_set)

@@ -13,7 +13,7 @@ from .visual import SOURCES, VisualSpec
 
 __all__ = ["TextEncoderConfig", "HIMConfig", "IFFEConfig", "VisualConfig", "ModelConfig"]
 
-DEFAULT_QUESTION = "Which people, locations, organizations and other named entities does this tweet mention?"
+TASK_QUESTION = "Which people, locations, organizations and other named entities does this tweet mention?"
 
 
 @dataclass
@@ -28,7 +28,7 @@ class TextEncoderConfig:
 
 @dataclass
 class HIMConfig:
-    question: str = DEFAULT_QUESTION  # task question encoded as [CLS] question [SEP] tweet [SEP]; "" = off
+    question: str = ""  # task question (e.g. TASK_QUESTION) encoded as [CLS] question [SEP] tweet [SEP]; "" = off
     num_capsules: int = 8  # task-guided visual capsules pooled from the heterogeneous visual tokens
     hidden: int = 256  # size of capsules and fused features
     heads: int = 4  # attention heads of question/tweet -> visual attention

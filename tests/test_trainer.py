@@ -143,3 +143,15 @@ def test_malformed_split_exits_1_naming_file_and_line(tiny_bert_dir, tiny_data, 
     res = run_cli("train", *_set_args(tiny_overrides(tiny_bert_dir, tiny_data, tmp_path / "r")))
     assert res.returncode == 1
     assert "train.txt:4" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_multimodal_model_without_images_trains_exactly_like_text_only(tiny_bert_dir, tiny_data, tmp_path):
+    """No cache anywhere: the full model's masks make it the text path, and it trains to the same numbers."""
+    full = train(load_config("train", overrides=tiny_overrides(tiny_bert_dir, tiny_data, tmp_path / "full",
+                                                               num_epochs=2, dropout=0.1)))
+    text = train(load_config("train", overrides=tiny_overrides(tiny_bert_dir, tiny_data, tmp_path / "text",
+                                                               num_epochs=2, dropout=0.1, text_only="true")))
+    a = json.loads((tmp_path / "full" / "metrics.json").read_text())["epochs"]
+    b = json.loads((tmp_path / "text" / "metrics.json").read_text())["epochs"]
+    assert [e["loss"] for e in a] == [e["loss"] for e in b]
+    assert full["best_dev"] == text["best_dev"]
