@@ -307,28 +307,23 @@ def _write_images(root: Path, split: str, items: list[_Item], seed: int, split_n
             # image-decided: only the crops of the cue source show the cue object; the others neutral objects
             return _closeup(item.image if kind == item.cue_source else None, size, rng)
 
+        def write_crops(kind: str, names: list[str], folder: Path, size: int, fmt: str) -> None:
+            for n, b in zip(names, _crop_boxes(box, len(names), rng)):
+                listed = n in names[:3]
+                if f"{kind}_files" in item.missing:
+                    counts[f"{kind}_missing"] += listed
+                    continue
+                (folder / n).write_bytes(_encode(crop_of(kind, b, size), fmt))
+                counts[f"{kind}_found"] += listed
+
         if "grounding_entry" not in item.missing:
             names = [f"{item.image_id}_pred_yolo_crop_{n}.png" for n in range(item.n_grounding)]
             grounding[f"{item.image_id}.jpg"] = names
-            for n, b in zip(names, _crop_boxes(box, len(names), rng)):
-                listed = n in names[:3]
-                if "grounding_files" in item.missing:
-                    counts["grounding_missing"] += listed
-                    continue
-                crop = crop_of("grounding", b, GROUNDING_SIZE)
-                (crops_dir / n).write_bytes(_encode(crop, "PNG"))
-                counts["grounding_found"] += listed
+            write_crops("grounding", names, crops_dir, GROUNDING_SIZE, "PNG")
         if "rcnn_entry" not in item.missing:
             rels = [f"twitter15_detect/crops/{item.image_id}_{n}.jpg" for n in range(item.n_rcnn)]
             rcnn[item.image_id] = rels
-            for n, b in zip(rels, _crop_boxes(box, len(rels), rng)):
-                listed = n in rels[:3]
-                if "rcnn_files" in item.missing:
-                    counts["rcnn_missing"] += listed
-                    continue
-                crop = crop_of("rcnn", b, RCNN_SIZE)
-                (root / n).write_bytes(_encode(crop, "JPEG"))
-                counts["rcnn_found"] += listed
+            write_crops("rcnn", rels, root, RCNN_SIZE, "JPEG")
     return grounding, rcnn, counts
 
 
