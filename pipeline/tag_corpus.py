@@ -72,11 +72,7 @@ def resolve_model_path(config: dict[str, Any]) -> Path:
     if not raw:
         raise UsageError("no model: pass --model CHECKPOINT (or --set load_path=CHECKPOINT)")
     path = Path(raw)
-    if path.is_file() and (path.parent / "config.json").is_file():
-        path = path.parent
-    if not (path / "config.json").is_file():
-        raise UsageError(f"{raw}: not a checkpoint folder (no config.json); pass the best/ folder of a train run")
-    return path
+    return path.parent if path.is_file() else path  # checkpoint_info() validates the folder
 
 
 def _open_feature_cache(config: dict[str, Any], model_config: Any) -> Any:

@@ -86,7 +86,7 @@ def load_vision_encoder(settings: VisionSettings) -> CLIPVisionModel:
             torch.manual_seed(settings.seed)
             model = CLIPVisionModel(config)
         log.warning("vision encoder: RANDOM-INIT ViT-B/32-shaped CLIP (%d layers, hidden %d, seed %d) -- no vit_name "
-                    "given; features carry no visual meaning. Pass --set vit_name=<CLIP folder> for real features.",
+                    "given; features are random projections without pretrained semantics. Pass --set vit_name=<CLIP folder> for real CLIP features.",
                     settings.random_vit_layers, settings.random_vit_hidden, settings.seed)
     model.eval()
     for p in model.parameters():
