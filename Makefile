@@ -8,7 +8,7 @@ STAMP   := $(VENV)/.installed
 # the sample is small: a faster fusion rate than the real-data defaults; a 6-layer random ViT keeps it under 10 min
 DEMO_TRAIN ?= --set num_epochs=6 --set fusion_learning_rate=3e-3
 
-.PHONY: demo test venv clean
+.PHONY: demo test test-fast venv clean
 
 $(VPY):
 	$(PY) -m venv $(VENV)
@@ -25,6 +25,10 @@ venv: $(STAMP)
 
 test: $(STAMP)
 	$(VPY) -m pytest -q
+
+# everything but the tests marked slow (CI runs `make test`, all of them)
+test-fast: $(STAMP)
+	$(VPY) -m pytest -q -m "not slow"
 
 demo: $(STAMP)
 	mkdir -p $(DEMO) && $(VPY) cli.py make-sample $(DEMO)/data --seed 0 > $(DEMO)/sample.json

@@ -19,8 +19,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from pipeline.config import load_config  # noqa: E402
-from pipeline.errors import PipelineError  # noqa: E402
-from pipeline.progress import setup_logging  # noqa: E402
+from pipeline.runtime.progress import setup_logging  # noqa: E402
+from rpihmif.errors import PipelineError  # noqa: E402
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Multimodal NER on tweets with RPI-HMIF: cache CLIP features, train, tag large dumps.")
@@ -59,7 +59,7 @@ def make_sample_cmd(
     seed: int = Opt(0, "--seed", help="Seed: the same seed writes byte-identical files."),
 ) -> None:
     """Generate a small multimodal sample in the DeepKE benchmark layout, where some types only the image decides."""
-    from pipeline.sample import make_sample
+    from pipeline.io.sample import make_sample
     setup_logging()
     with exit_codes():
         _print_json(make_sample(out, seed=seed))
@@ -86,7 +86,7 @@ def extract_features_cmd(
     ray_address: Optional[str] = Opt(None, "--ray-address", help="Existing Ray cluster host:port; default starts Ray embedded."),
 ) -> None:
     """Run the frozen CLIP vision encoder over images and crops once; store features in the HDF5 cache."""
-    from pipeline.extract_features import run_extract
+    from pipeline.extract.stage import run_extract
     setup_logging()
     with exit_codes():
         cfg = load_config("extract", config, set_, {"workers": workers, "ray_address": ray_address})
@@ -100,7 +100,7 @@ def train_cmd(
     lenient: Optional[bool] = Opt(None, "--lenient/--strict", help="Repair malformed BIO with a warning (default: strict, fail)."),
 ) -> None:
     """Train text encoder + HIM + IFFE + CRF; keep the best epoch on valid; resume with --set load_path=RUN/last."""
-    from pipeline.trainer import train
+    from pipeline.train.trainer import train
     with exit_codes():
         cfg = load_config("train", config, set_, {"lenient": lenient})
         _print_json(train(cfg))
@@ -117,7 +117,7 @@ def evaluate_cmd(
     lenient: Optional[bool] = Opt(None, "--lenient/--strict", help="Repair malformed BIO with a warning."),
 ) -> None:
     """Entity-level micro P/R/F1 (seqeval) and per type over every gold entity of SPLIT_FILE."""
-    from pipeline.evaluate import evaluate_file
+    from pipeline.train.evaluate import evaluate_file
     setup_logging()
     with exit_codes():
         cfg = load_config("train", config, set_, {"lenient": lenient})
@@ -136,7 +136,7 @@ def tag_corpus_cmd(
     require_images: Optional[bool] = Opt(None, "--require-images/--allow-missing-images", help="Reject tweets whose image is not cached."),
 ) -> None:
     """Tag large tweet dumps into Parquet entities; reruns skip inputs already done (cron-safe, locked)."""
-    from pipeline.tag_corpus import run_tag
+    from pipeline.tag.stage import run_tag
     setup_logging()
     with exit_codes():
         named = {"load_path": str(model) if model else None, "out": str(out) if out else None,
@@ -149,7 +149,7 @@ def report_cmd(
     out_dir: Path = Arg(..., help="A tag-corpus output folder."),
 ) -> None:
     """Write OUT_DIR/_report.html: entity counts, top entities, highlighted sample tweets, routing per visual source."""
-    from pipeline.report import write_report
+    from pipeline.tag.report import write_report
     setup_logging()
     with exit_codes():
         typer.echo(str(write_report(out_dir)))

@@ -24,12 +24,12 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.config import load_config  # noqa: E402
-from pipeline.dataset import BenchmarkDataset  # noqa: E402
-from pipeline.evaluate import entity_scores  # noqa: E402
-from pipeline.extract_features import run_extract  # noqa: E402
-from pipeline.sample import CUES_FILE, DATASET, make_sample  # noqa: E402
-from pipeline.trainer import train  # noqa: E402
-from pipeline.tweet_features import TweetFeatures  # noqa: E402
+from pipeline.extract.stage import run_extract  # noqa: E402
+from pipeline.io.dataset import BenchmarkDataset  # noqa: E402
+from pipeline.io.sample import CUES_FILE, DATASET, make_sample  # noqa: E402
+from pipeline.train.cached_features import TweetFeatures  # noqa: E402
+from pipeline.train.evaluate import entity_scores  # noqa: E402
+from pipeline.train.trainer import train  # noqa: E402
 from rpihmif.labels import bio_spans  # noqa: E402
 from rpihmif.predictor import Tagger  # noqa: E402
 from rpihmif.visual import SOURCES  # noqa: E402

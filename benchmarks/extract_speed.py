@@ -20,8 +20,8 @@ from PIL import Image, ImageDraw
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pipeline.config import load_config  # noqa: E402
-from pipeline.extract_features import run_extract  # noqa: E402
-from rpihmif.vision import Preprocessor, VisionSettings, encode, load_vision_encoder  # noqa: E402
+from pipeline.extract.clip_encoder import Preprocessor, VisionSettings, encode, load_vision_encoder  # noqa: E402
+from pipeline.extract.stage import run_extract  # noqa: E402
 
 
 def _draw(path: Path, seed: int, size: tuple[int, int]) -> None:

@@ -26,7 +26,7 @@ CHILD = """
 import json, resource, sys, time
 sys.path.insert(0, {repo!r})
 from pipeline.config import load_config
-from pipeline.tag_corpus import run_tag
+from pipeline.tag.stage import run_tag
 conf = load_config("tag", overrides=["load_path=" + sys.argv[2], "out=" + sys.argv[3], "batch_size=" + sys.argv[4],
                                     "threads=" + sys.argv[5]])
 t0 = time.perf_counter(); first = run_tag([sys.argv[1]], conf); t1 = time.perf_counter()
@@ -77,7 +77,7 @@ def bare_forward(model: Path, n: int, texts: list[str], batch_size: int, threads
     """Tagger.predict alone on pre-tokenized batches (same tokenizer, batch size and threads, no I/O)."""
     import torch
 
-    from pipeline.tweet_tokenizer import token_texts
+    from pipeline.tag.tweet_tokenizer import token_texts
     from rpihmif.predictor import Tagger
 
     if threads > 0:

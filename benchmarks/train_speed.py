@@ -23,7 +23,7 @@ def one_epoch(args: argparse.Namespace) -> None:
     import torch
 
     from pipeline.config import load_config
-    from pipeline.trainer import Trainer
+    from pipeline.train.trainer import Trainer
 
     cfg = load_config("train", overrides=[f"data_dir={args.data}", "dataset=twitter2015", f"cache_dir={args.cache}",
                                           f"vision={args.mode}", f"save_path={args.data.parent / 'run'}", "device=cpu",
@@ -50,8 +50,8 @@ def main() -> None:
         return one_epoch(args)
 
     from pipeline.config import load_config
-    from pipeline.extract_features import run_extract
-    from pipeline.sample import make_sample
+    from pipeline.extract.stage import run_extract
+    from pipeline.io.sample import make_sample
 
     with tempfile.TemporaryDirectory(prefix="train_speed_") as tmp:
         data, cache = Path(tmp) / "data", Path(tmp) / "cache"

@@ -10,7 +10,8 @@ from typing import Any
 
 import yaml
 
-from .errors import UsageError
+from cache.location import resolve_cache_dir
+from rpihmif.errors import UsageError
 
 __all__ = ["load_config", "parse_override", "apply_overrides"]
 
@@ -90,6 +91,8 @@ def load_config(stage: str, path: str | Path | None = None, overrides: list[str]
         config = apply_overrides(config, {k: v for k, v in named.items() if v is not None}, source="option")
     if overrides:
         config = apply_overrides(config, dict(parse_override(o) for o in overrides))
+    if "cache_dir" in config:  # absolute, and never relative to the working folder by default
+        config["cache_dir"] = str(resolve_cache_dir(config["cache_dir"]))
     return config
 
 

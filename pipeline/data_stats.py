@@ -7,8 +7,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pipeline.conll import read_conll_report
-from pipeline.dataset import BenchmarkDataset, UnsafePathError
+from pipeline.io.conll import read_conll_report
+from pipeline.io.dataset import BenchmarkDataset
+from pipeline.io.safe_paths import UnsafePathError
 from rpihmif.labels import ENTITY_TYPES, bio_spans
 
 __all__ = ["data_stats"]

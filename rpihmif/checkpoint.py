@@ -12,8 +12,8 @@ from typing import Any
 
 from safetensors.torch import load_model, save_model
 
-from .config import ModelConfig
-from .model import RPIHMIF
+from rpihmif.config import ModelConfig
+from rpihmif.model import RPIHMIF
 
 __all__ = ["FORMAT", "save_checkpoint", "load_checkpoint", "read_checkpoint_config", "model_id"]
 

@@ -8,8 +8,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from .labels import LABELS
-from .visual import SOURCES, VisualSpec
+from rpihmif.labels import LABELS
+from rpihmif.visual import SOURCES, VisualSpec
 
 __all__ = ["TextEncoderConfig", "HIMConfig", "IFFEConfig", "VisualConfig", "ModelConfig"]
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .config import IFFEConfig
+from rpihmif.config import IFFEConfig
 
 __all__ = ["FusionOutput", "IFFE"]
 

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .config import HIMConfig, VisualConfig
-from .visual import SOURCES, VisualBatch
+from rpihmif.config import HIMConfig, VisualConfig
+from rpihmif.visual import SOURCES, VisualBatch
 
 __all__ = ["HIMOutput", "QuestionAwareText", "VisualCapsules", "HIM", "masked_mean"]
 

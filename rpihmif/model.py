@@ -9,13 +9,13 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .alignment import NUM_SHAPES, TextBatch
-from .config import ModelConfig
-from .crf_head import CRFHead
-from .fusion import IFFE
-from .him import HIM
-from .text_encoder import load_text_encoder
-from .visual import VisualBatch
+from rpihmif.alignment import NUM_SHAPES, TextBatch
+from rpihmif.config import ModelConfig
+from rpihmif.crf_head import CRFHead
+from rpihmif.fusion import IFFE
+from rpihmif.him import HIM
+from rpihmif.text_encoder import load_text_encoder
+from rpihmif.visual import VisualBatch
 
 __all__ = ["ModelOutput", "RPIHMIF", "build_model"]
 

@@ -10,12 +10,13 @@ from typing import Any, Sequence
 
 import torch
 
-from .alignment import EncodedWindow, TweetEncoder, merge_windows
-from .checkpoint import load_checkpoint, model_id as checkpoint_model_id
-from .config import ModelConfig
-from .labels import bio_spans, repair_bio
-from .model import RPIHMIF
-from .visual import SOURCES, VisualSpec, collate_visual
+from rpihmif.alignment import EncodedWindow, TweetEncoder, merge_windows
+from rpihmif.checkpoint import load_checkpoint
+from rpihmif.checkpoint import model_id as checkpoint_model_id
+from rpihmif.config import ModelConfig
+from rpihmif.labels import bio_spans, repair_bio
+from rpihmif.model import RPIHMIF
+from rpihmif.visual import SOURCES, VisualSpec, collate_visual
 
 __all__ = ["Entity", "Prediction", "Tagger"]
 
@@ -55,7 +56,7 @@ class Tagger:
         self.model = model.to(self.device)
         self.tokenizer = tokenizer
         self.config = config
-        self.encoder = TweetEncoder.for_model(tokenizer, config)
+        self.tweet_encoder = TweetEncoder.for_model(tokenizer, config)
         self.model_id = model_id
 
     @classmethod
@@ -87,7 +88,7 @@ class Tagger:
             features = [None] * len(words)
         if len(features) != len(words):
             raise ValueError(f"expected {len(words)} feature entries (one per tweet), got {len(features)}")
-        jobs: list[tuple[int, EncodedWindow]] = [(i, w) for i, ws in enumerate(words) for w in self.encoder.encode_predict(ws)]
+        jobs: list[tuple[int, EncodedWindow]] = [(i, w) for i, ws in enumerate(words) for w in self.tweet_encoder.encode_predict(ws)]
         order = sorted(range(len(jobs)), key=lambda j: len(jobs[j][1].input_ids))  # less padding per batch
         outputs: list[list[_WordOut]] = [[] for _ in jobs]
         was_training, step = self.model.training, max(1, batch_size)
@@ -108,7 +109,7 @@ class Tagger:
 
     @torch.inference_mode()
     def _run(self, windows: list[EncodedWindow], feats: list[dict | None]) -> list[list[_WordOut]]:
-        text = self.encoder.collate(windows).to(self.device)
+        text = self.tweet_encoder.collate(windows).to(self.device)
         visual = None
         if self.uses_vision and any(f is not None for f in feats):
             visual = collate_visual(list(feats), self.visual_spec).to(self.device)

@@ -43,3 +43,12 @@ def tiny_model_config(tiny_bert_dir):
         iffe=IFFEConfig(iterations=3),
         visual=VisualConfig(dim=8, orig_tokens=5, grounding_tokens=3, rcnn_tokens=2, max_crops=2),
     )
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_user_cache(tmp_path_factory):
+    """The default feature-cache root of every test run is a temp folder, never the user's ~/.cache."""
+    import os
+
+    os.environ["RPIHMIF_CACHE"] = str(tmp_path_factory.mktemp("user_cache"))
+    yield

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from pipeline.config import load_config, parse_override
-from pipeline.errors import UsageError
+from rpihmif.errors import UsageError
 
 
 def test_defaults_and_dotted_override():

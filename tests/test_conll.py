@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.conll import Tweet, read_conll, read_conll_report, write_conll
-from pipeline.errors import InputError
+from pipeline.io.conll import Tweet, read_conll, read_conll_report, write_conll
+from rpihmif.errors import InputError
 
 GOOD = (
     "IMGID:101\nRT\tO\n@user\tO\nGeorge\tB-PER\nZimmerman\tI-PER\nin\tO\nNew\tB-LOC\nYork\tI-LOC\n\n"
@@ -75,7 +75,7 @@ def test_lenient_repairs_and_counts(tmp_path, caplog):
     text = ("A\tB-PER\n\n"  # tokens before any IMGID: kept without image
             "IMGID:1\nx\tO\ny\tI-LOC\nz\tI-LOC\nbad line\n\tO\nw\tB-XYZ\nv\tB-ORG\nu\tI-PER\n\n"
             "IMGID:2\n\nIMGID:3\nok\tO\n")
-    with caplog.at_level(logging.WARNING, logger="pipeline.conll"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.io.conll"):
         tweets, report = read_conll_report(_write(tmp_path, text), lenient=True)
     assert [t.image_id for t in tweets] == ["", "1", "3"]
     assert tweets[1].words == ["x", "y", "z", "w", "v", "u"]

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.dataset import BenchmarkDataset, UnsafePathError, load_crop_dict, safe_resolve
-from pipeline.errors import InputError, UsageError
+from pipeline.io.dataset import BenchmarkDataset, load_crop_dict
+from pipeline.io.safe_paths import UnsafePathError, safe_resolve
+from rpihmif.errors import InputError, UsageError
 
 SPLIT = "IMGID:{id}\nJordan\tB-PER\nrocks\tO\n\n"
 

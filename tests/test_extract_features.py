@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from _vision_helpers import draw_image, make_dataset, make_tiny_clip, write_dump
+
+from cache.reader import open_cache
 from pipeline.config import load_config
-from pipeline.extract_features import ClipFeaturizer, featurize_images, run_extract
-from pipeline.feature_cache import open_cache
+from pipeline.extract.stage import ClipFeaturizer, featurize_images, run_extract
 
 REPO = Path(__file__).resolve().parent.parent
 BAD = {"b_empty": b"", "b_text": b"not an image at all", "b_trunc": None}
@@ -98,7 +98,8 @@ def test_inprocess_run_summary_rejects_and_dedup(env, inprocess):
 def test_features_equal_a_direct_clip_forward(env, inprocess):
     from PIL import Image
     from transformers import CLIPVisionModel
-    from rpihmif.vision import Preprocessor
+
+    from pipeline.extract.clip_encoder import Preprocessor
 
     tmp, clip = env
     _, cache = inprocess
@@ -136,7 +137,7 @@ def test_rerun_computes_nothing_and_is_fast(env, inprocess):
 
 
 def test_copies_cost_one_forward_and_dumps(env, monkeypatch):
-    import pipeline.clip_featurizer as ef  # ClipFeaturizer calls `encode` from there
+    import pipeline.extract.featurizer as ef  # ClipFeaturizer calls `encode` from there
 
     tmp, clip = env
     seen = []
@@ -171,8 +172,8 @@ def _kill_script(config: dict, kill_after_rows: int) -> str:
     return textwrap.dedent(f"""
         import json, os, signal, sys
         sys.path[:0] = [{str(REPO)!r}, {str(REPO / 'tests')!r}]
-        from pipeline import feature_cache
-        from pipeline.extract_features import run_extract
+        from cache import writer as feature_cache
+        from pipeline.extract.stage import run_extract
         real = feature_cache.CacheWriter.add_rows
         def add_rows(self, batch):
             real(self, batch)
@@ -199,12 +200,12 @@ def test_sigkill_mid_run_then_rerun_equals_uninterrupted(env, inprocess):
             pass
     assert proc.returncode == -signal.SIGKILL, err.decode()[-2000:]
     folder = open_cache(tmp / "cache_killed").folder
-    assert list(folder.glob(".shard-*.tmp")), "the half shard should be on disk, hidden"
+    assert list(folder.glob(".shard-*.tmp-*")), "the half shard should be on disk, hidden"
     visible = open_cache(tmp / "cache_killed")
     assert 0 < len(visible) < 7 and len(visible) % 4 == 0  # whole shards only
     rerun = run_extract(_config(tmp, clip, "cache_killed"))
     assert rerun["computed"] == 7 - len(visible) and rerun["reused"] == len(visible)
-    assert not list(folder.glob(".shard-*.tmp"))
+    assert not list(folder.glob(".shard-*.tmp-*"))
     _assert_same(_dump_cache(open_cache(tmp / "cache_killed")), _dump_cache(inprocess[1]))
 
 

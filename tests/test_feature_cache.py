@@ -11,10 +11,10 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-
 from _vision_helpers import fake_fingerprint, fake_rows
-from pipeline.errors import LockHeldError, UsageError
-from pipeline.feature_cache import CacheWriter, FeatureCache, open_cache
+
+from cache.reader import CacheWriter, open_cache
+from rpihmif.errors import LockHeldError, UsageError
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -120,7 +120,7 @@ def test_killed_writer_leaves_no_visible_half_shard(tmp_path):
         import os, signal, sys
         sys.path[:0] = [{str(REPO)!r}, {str(REPO / 'tests')!r}]
         from _vision_helpers import fake_fingerprint, fake_rows
-        from pipeline.feature_cache import CacheWriter
+        from cache.reader import CacheWriter
         w = CacheWriter({str(tmp_path)!r}, fake_fingerprint(), shard_size=3)
         w.add_rows(fake_rows(["a" * 64, "b" * 64, "c" * 64]))   # one full shard: committed
         w.add_rows(fake_rows(["d" * 64, "e" * 64]))             # half a shard in the temp file
@@ -130,13 +130,13 @@ def test_killed_writer_leaves_no_visible_half_shard(tmp_path):
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=120)
     assert proc.returncode == -9, proc.stderr.decode()
     folder = tmp_path / fake_fingerprint()["id"]
-    assert len(list(folder.glob(".shard-*.tmp"))) == 1
+    assert len(list(folder.glob(".shard-*.tmp-*"))) == 1
     cache = open_cache(tmp_path)
     assert sorted(cache.keys()) == ["a" * 64, "b" * 64, "c" * 64]
     with h5py.File(next(folder.glob("shard-*.h5")), "r") as f:
         assert f.attrs["rows"] == 3
     CacheWriter(tmp_path, fake_fingerprint()).close()  # the next writer removes the stale temp file
-    assert not list(folder.glob(".shard-*.tmp"))
+    assert not list(folder.glob(".shard-*.tmp-*"))
 
 
 def test_reader_is_fork_and_pickle_safe(tmp_path):

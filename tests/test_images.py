@@ -4,13 +4,13 @@ from __future__ import annotations
 import io
 import struct
 import zlib
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.images import REJECT_REASONS, decode_image, load_image, read_image_bytes, sha256_file
+from cache.durable import sha256_file
+from pipeline.io.images import REJECT_REASONS, decode_image, load_image, read_image_bytes
 
 
 def _png_header_only(width: int, height: int) -> bytes:
@@ -61,7 +61,7 @@ def test_good_image_and_content_key(root):
     assert why is None and image.mode == "RGB" and image.size == (64, 48)
     data, path, _ = read_image_bytes(root, "good.jpg")
     import hashlib
-    assert sha256_file(path) == hashlib.sha256(data).hexdigest()
+    assert sha256_file(path)[0] == hashlib.sha256(data).hexdigest()
 
 
 def test_decompression_bomb_warning_level_is_rejected_too():

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from pipeline.config import load_config
-from pipeline.errors import UsageError
-from pipeline.extract_features import run_extract
-from pipeline.sample import make_sample
-from pipeline.trainer import Trainer, train
+from pipeline.extract.stage import run_extract
+from pipeline.io.sample import make_sample
+from pipeline.train.trainer import Trainer, train
+from rpihmif.errors import UsageError
 from tests._vision_helpers import make_tiny_clip
 
 
@@ -51,7 +51,7 @@ def _unique_image_tweets(trainer: Trainer, dataset_dir: Path) -> list[int]:
 
 
 def _first_batch_loss(trainer: Trainer, idx: list[int]) -> float:
-    text = trainer.text_encoder.collate([trainer.encoded[i][0] for i in idx], [trainer.encoded[i][1] for i in idx])
+    text = trainer.tweet_encoder.collate([trainer.encoded[i][0] for i in idx], [trainer.encoded[i][1] for i in idx])
     visual = trainer.features.batch([trainer.train_set[i] for i in idx], trainer.model_config, trainer.device)
     assert visual is not None and bool(visual.orig_mask.any())
     trainer.model.eval()

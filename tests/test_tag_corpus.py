@@ -17,14 +17,15 @@ from pathlib import Path
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-
 import tag_fixtures as tf
+
+from cache.durable import FileLock
 from pipeline.config import load_config
-from pipeline.errors import LockHeldError, UsageError
-from pipeline.lock import OutputLock
-from pipeline.parquet_writer import SCHEMA
-from pipeline.report import write_report
-from pipeline.tag_corpus import REJECTS_NAME, run_tag
+from pipeline.tag.manifest import REJECTS_NAME
+from pipeline.tag.parquet_parts import SCHEMA
+from pipeline.tag.report import write_report
+from pipeline.tag.stage import run_tag
+from rpihmif.errors import LockHeldError, UsageError
 
 REPO = Path(__file__).resolve().parent.parent
 BAD_LINES = [b'{"id": "b1", "text": "cut', b'{"id": "b2"}', b'{"id": "b3", "text": "bad \xff"}',
@@ -156,8 +157,8 @@ def test_usage_errors(world, tmp_path):
 def test_second_concurrent_run_exits_3(world, tmp_path):
     out = tmp_path / "out"
     dump = _dump(world, "lock.jsonl", 3)
-    holder = subprocess.Popen([sys.executable, "-c", "import sys,time; from pipeline.lock import OutputLock; "
-                               f"l = OutputLock({str(out)!r}).acquire(); print('held', flush=True); time.sleep(60)"],
+    holder = subprocess.Popen([sys.executable, "-c", "import sys,time; from cache.durable import FileLock; "
+                               f"l = FileLock({str(out)!r}).acquire(); print('held', flush=True); time.sleep(60)"],
                               cwd=REPO, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
@@ -173,12 +174,12 @@ def test_second_concurrent_run_exits_3(world, tmp_path):
         holder.kill()
         holder.wait()
     assert run_tag([dump], _config(world, out))["rows"] == 3  # the lock died with its holder
-    with OutputLock(out):  # and the API refuses a second holder in-process as well
+    with FileLock(out):  # and the API refuses a second holder in-process as well
         with pytest.raises(LockHeldError):
-            OutputLock(out).acquire()
+            FileLock(out).acquire()
 
 
-RUNNER = "import json,sys; from pipeline.tag_corpus import run_tag; run_tag([sys.argv[1]], json.loads(sys.argv[2]))"
+RUNNER = "import json,sys; from pipeline.tag.stage import run_tag; run_tag([sys.argv[1]], json.loads(sys.argv[2]))"
 
 
 @pytest.mark.slow
@@ -191,7 +192,7 @@ def test_sigkill_leaves_no_partial_parquet_and_rerun_is_identical(world, tmp_pat
                             stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and proc.poll() is None:  # kill once row groups are being written
-        temps = [p for p in out.glob(".*.inprogress") if p.stat().st_size > 20000] if out.exists() else []
+        temps = [p for p in out.glob(".*.parquet.tmp-*") if p.stat().st_size > 20000] if out.exists() else []
         if temps:
             break
         time.sleep(0.05)
@@ -202,7 +203,7 @@ def test_sigkill_leaves_no_partial_parquet_and_rerun_is_identical(world, tmp_pat
     assert not (out / "_manifest.json").exists()
     summary = run_tag([dump], conf)
     assert summary["rows"] == 1500
-    assert not [p for p in out.iterdir() if p.name.endswith(".inprogress")]
+    assert not [p for p in out.iterdir() if ".tmp-" in p.name]
     _same_rows(_rows(ref), _rows(out))
 
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from pipeline.config import load_config
-from pipeline.conll import read_conll
-from pipeline.trainer import train
+from pipeline.io.conll import read_conll
+from pipeline.train.trainer import train
 
 ROOT = Path(__file__).resolve().parents[1]
 NAMES = {"PER": ["john smith", "obama"], "LOC": ["london", "paris", "new york"], "ORG": ["google", "apple", "nba"]}

@@ -9,7 +9,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 import tag_fixtures as tf
 from _vision_helpers import draw_image, make_dataset, make_tiny_clip
 

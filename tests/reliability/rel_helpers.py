@@ -84,10 +84,10 @@ def hidden_leftovers(folder: Path) -> list[str]:
 
 def cache_snapshot(cache_dir: Path) -> dict:
     """Every fingerprint folder's keys -> feature arrays, aliases, reject records; asserts no key is stored twice."""
-    from pipeline.cache_format import SHARD_GLOB
-    from pipeline.feature_cache import FeatureCache, fingerprint_folders
-
     import h5py
+
+    from cache.format import SHARD_GLOB
+    from cache.reader import FeatureCache, fingerprint_folders
 
     snap = {}
     for folder in fingerprint_folders(cache_dir):
@@ -122,7 +122,7 @@ def assert_same_cache(a: dict, b: dict) -> None:
 
 def readable_cache_state(cache_dir: Path) -> int:
     """What a reader sees now: every indexed key readable; returns the number of keys (only finished shards)."""
-    from pipeline.feature_cache import FeatureCache, fingerprint_folders
+    from cache.reader import FeatureCache, fingerprint_folders
 
     n = 0
     for folder in fingerprint_folders(cache_dir):

@@ -13,11 +13,9 @@ import zlib
 from pathlib import Path
 
 import pandas as pd
-import pytest
-from PIL import Image
-
 import tag_fixtures as tf
 from _vision_helpers import draw_image, make_dataset
+from PIL import Image
 from rel_helpers import cli, extract_sets, sets, tag_sets
 
 
@@ -99,7 +97,7 @@ def test_extract_mixed_adversarial_dataset_and_dumps(tiny_clip_dir, tmp_path):
                                                        cache, batch_size=4, shard_size=8)),
               "--dump", main, "--dump", ddir / "empty.jsonl", "--dump", ddir / "cut.jsonl.gz")
     assert res.exit_code == 0, res.stderr
-    from pipeline.feature_cache import open_cache
+    from cache.reader import open_cache
 
     index = open_cache(cache).index
     rejects = [json.loads(x) for x in next(cache.iterdir()).joinpath("rejects.jsonl").read_text().splitlines()]

@@ -4,14 +4,20 @@ A run is parked at an exact point (fault runner "wait") so the overlap is determ
 """
 from __future__ import annotations
 
-import json
-
 import pandas as pd
 import pytest
-
 import tag_fixtures as tf
-from rel_helpers import (cache_snapshot, cli, extract_sets, finish, readable_cache_state, sets, spawn, tag_sets,
-                         wait_file)
+from rel_helpers import (
+    cache_snapshot,
+    cli,
+    extract_sets,
+    finish,
+    readable_cache_state,
+    sets,
+    spawn,
+    tag_sets,
+    wait_file,
+)
 
 
 @pytest.mark.slow
@@ -19,7 +25,7 @@ def test_second_tag_corpus_on_same_output_exits_3(tag_world, tmp_path):
     dump = tf.write_dump(tmp_path / "d" / "a.jsonl", tf.tweets(40, tag_world["images"]))
     out, log, ready, go = tmp_path / "out", tmp_path / "a.log", tmp_path / "ready", tmp_path / "go"
     args = ["tag-corpus", dump, "--model", tag_world["ckpt"], "--out", out, *sets(**tag_sets(tag_world, out))]
-    proc = spawn(args, log, {"target": "pipeline.parquet_writer:PartWriter.add", "nth": 2, "when": "after",
+    proc = spawn(args, log, {"target": "pipeline.tag.parquet_parts:PartWriter.add", "nth": 2, "when": "after",
                              "action": "wait", "ready": str(ready), "until": str(go)})
     try:
         wait_file(ready, proc, log)  # first run holds the lock, mid-file
@@ -38,7 +44,7 @@ def test_two_extract_runs_on_one_cache(tiny_clip_dir, extract_inputs, tmp_path):
     args = ["extract-features", *sets(**extract_sets(tiny_clip_dir, extract_inputs, cache)),
             "--dump", extract_inputs["dump"]]
     # A: parked mid-shard, lock held, one shard already committed
-    proc = spawn(args, log, {"target": "pipeline.cache_writer:CacheWriter.add_rows", "nth": 2, "when": "after",
+    proc = spawn(args, log, {"target": "cache.writer:CacheWriter.add_rows", "nth": 2, "when": "after",
                              "action": "wait", "ready": str(ready), "until": str(go)})
     try:
         wait_file(ready, proc, log)
@@ -53,7 +59,7 @@ def test_two_extract_runs_on_one_cache(tiny_clip_dir, extract_inputs, tmp_path):
     # C planned its work before A finished and takes the lock after: it must not store A's rows a second time
     cache2, ready2, go2 = tmp_path / "cache2", tmp_path / "ready2", tmp_path / "go2"
     args2 = [a.replace(str(cache), str(cache2)) for a in map(str, args)]
-    proc = spawn(args2, log, {"target": "pipeline.cache_writer:CacheWriter.__init__", "nth": 1, "when": "before",
+    proc = spawn(args2, log, {"target": "cache.writer:CacheWriter.__init__", "nth": 1, "when": "before",
                               "action": "wait", "ready": str(ready2), "until": str(go2)})
     try:
         wait_file(ready2, proc, log)

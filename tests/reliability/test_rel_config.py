@@ -7,8 +7,6 @@ from __future__ import annotations
 import json
 import shutil
 
-import pytest
-
 import tag_fixtures as tf
 from _vision_helpers import fake_fingerprint
 from rel_helpers import cli, sets, tag_sets
@@ -62,7 +60,7 @@ def test_checkpoint_of_another_label_set(tag_world, tmp_path):
 
 
 def test_cache_of_another_encoder(tag_world, tmp_path):
-    from pipeline.feature_cache import CacheWriter
+    from cache.reader import CacheWriter
 
     other = tmp_path / "cache"
     with CacheWriter(other, fake_fingerprint("otherencoder0000"), shard_size=4) as w:

@@ -7,9 +7,18 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-from rel_helpers import (assert_same_cache, cache_snapshot, cli, extract_sets, finish, hidden_leftovers, kill_when,
-                         readable_cache_state, sets, spawn)
+from rel_helpers import (
+    assert_same_cache,
+    cache_snapshot,
+    cli,
+    extract_sets,
+    finish,
+    hidden_leftovers,
+    kill_when,
+    readable_cache_state,
+    sets,
+    spawn,
+)
 
 
 def _folder(cache: Path) -> Path:
@@ -35,13 +44,13 @@ def test_extract_killed_at_each_point_then_rerun_equals_uninterrupted(tiny_clip_
 
     # 2. mid-shard: polled until a temp shard is on disk, then killed
     proc = spawn(args, log)
-    kill_when(proc, lambda: bool(list(cache.glob("*/.shard-*.tmp"))), log)
+    kill_when(proc, lambda: bool(list(cache.glob("*/.shard-*.tmp-*"))), log)
     seen_mid = readable_cache_state(cache)  # only finished shards are visible; every key reads back
 
     # 3. during the rename: killed with the next shard complete under its temp name
     proc = spawn(args, log, {"target": "os.replace", "match": "/.shard-", "nth": 1, "when": "before", "action": "kill"})
     assert finish(proc, log) == -9, log.read_text()[-3000:]
-    assert list(_folder(cache).glob(".shard-*.tmp")), "the kill should leave a finished temp shard"
+    assert list(_folder(cache).glob(".shard-*.tmp-*")), "the kill should leave a finished temp shard"
     assert readable_cache_state(cache) == seen_mid  # the finished temp shard is invisible
 
     # 4. after the rename, before the index: a shard index.h5 does not name yet

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
 import tag_fixtures as tf
 from rel_helpers import cli, finish, kill_when, sets, spawn, tag_sets
 
@@ -38,11 +37,11 @@ def test_tag_killed_at_each_point_then_rerun_equals_uninterrupted(tag_world, tmp
 
     # 1. early: polled until the temp Parquet of the first input appears
     proc = spawn(args, log)
-    kill_when(proc, lambda: out.exists() and bool(list(out.glob(".a.parquet.*.inprogress"))), log)
+    kill_when(proc, lambda: out.exists() and bool(list(out.glob(".a.parquet.tmp-*"))), log)
     assert _visible(out) == []
 
     # 2. mid-row-group: right after the first row group went into the temp file
-    proc = spawn(args, log, {"target": "pipeline.parquet_writer:PartWriter._flush", "nth": 1, "when": "after",
+    proc = spawn(args, log, {"target": "pipeline.tag.parquet_parts:PartWriter._flush", "nth": 1, "when": "after",
                              "action": "kill"})
     assert finish(proc, log) == -9, log.read_text()[-3000:]
     assert _visible(out) == [] and not (out / "_manifest.json").exists()
@@ -54,7 +53,7 @@ def test_tag_killed_at_each_point_then_rerun_equals_uninterrupted(tag_world, tmp
     assert _visible(out) == ["a.parquet"] and len(_rows(out)) == 70  # complete, never half
 
     # 4. a re-tagged and recorded; killed during b's rename (its temp Parquet complete)
-    proc = spawn(args, log, {"target": "os.replace", "match": ".inprogress", "nth": 2, "when": "before",
+    proc = spawn(args, log, {"target": "os.replace", "match": ".parquet.tmp-", "nth": 2, "when": "before",
                              "action": "kill"})
     assert finish(proc, log) == -9, log.read_text()[-3000:]
     assert _visible(out) == ["a.parquet"]

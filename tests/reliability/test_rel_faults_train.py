@@ -9,9 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from safetensors.numpy import load_file
-
 from rel_helpers import cli, finish, spawn
+from safetensors.numpy import load_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from test_trainer import tiny_overrides, write_split  # noqa: E402  (the trainer tests' tiny data and settings)

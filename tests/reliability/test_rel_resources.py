@@ -5,7 +5,6 @@ A full disk must fail with exit 1 naming the file, leave no corrupted output, an
 from __future__ import annotations
 
 import errno
-import json
 import os
 import resource
 import subprocess
@@ -13,7 +12,6 @@ import sys
 
 import pandas as pd
 import pytest
-
 import tag_fixtures as tf
 from rel_helpers import ROOT, cache_snapshot, cli, extract_sets, readable_cache_state, sets, tag_sets
 
@@ -51,7 +49,7 @@ def test_tag_disk_full_then_rerun(tag_world, tmp_path, monkeypatch):
     out = tmp_path / "out"
     args = ["tag-corpus", dump, "--model", tag_world["ckpt"], "--out", out, *sets(**tag_sets(tag_world, out))]
     with monkeypatch.context() as m:
-        _enospc_on_fsync(m, ".inprogress")
+        _enospc_on_fsync(m, ".a.parquet.tmp-")
         res = cli(*args)
     assert res.exit_code == 1, res.stderr
     assert "No space left on device" in res.stderr and "a.parquet" in res.stderr, res.stderr

@@ -15,21 +15,22 @@ import numpy as np
 import torch
 from transformers import get_linear_schedule_with_warmup
 
+from cache.durable import atomic_dir, atomic_write_text, recover_dir
+from pipeline.io.conll import Tweet
+from pipeline.io.dataset import BenchmarkDataset
+from pipeline.runtime.device import resolve_device, seed_everything
+from pipeline.runtime.progress import progress, setup_logging
+from pipeline.train.cached_features import TweetFeatures
+from pipeline.train.evaluate import entity_scores
+from pipeline.train.online_features import OnlineFeatures
+from rpihmif.alignment import TweetEncoder
 from rpihmif.checkpoint import load_checkpoint, save_checkpoint
 from rpihmif.config import HIMConfig, IFFEConfig, ModelConfig, TextEncoderConfig, VisualConfig
+from rpihmif.errors import UsageError
 from rpihmif.labels import LABEL2ID
 from rpihmif.model import RPIHMIF
-from rpihmif.alignment import TweetEncoder
 from rpihmif.predictor import Tagger
 from rpihmif.text_encoder import load_text_encoder
-
-from .conll import Tweet
-from .dataset import BenchmarkDataset
-from .errors import UsageError
-from .evaluate import entity_scores
-from .progress import progress, setup_logging
-from .runtime import atomic_dir, atomic_write_text, recover_dir, resolve_device, seed_everything
-from .tweet_features import TweetFeatures
 
 __all__ = ["train", "build_model_config"]
 
@@ -84,6 +85,13 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
 
 
+
+def training_features(cfg: dict[str, Any], dataset: BenchmarkDataset) -> TweetFeatures:
+    """Where training reads visual features: the feature cache, or the CLIP encoder in the loop (`vision: online`)."""
+    if cfg["vision"] == "online" and not cfg["text_only"]:
+        return OnlineFeatures.from_config(cfg, dataset)
+    return TweetFeatures.for_training(cfg, dataset)
+
 class Trainer:
     """Holds the model, data and optimizer of one run; `fit()` runs the remaining epochs."""
 
@@ -99,7 +107,7 @@ class Trainer:
         dataset = BenchmarkDataset(cfg["data_dir"], cfg["dataset"])
         self.train_set = dataset.read("train", lenient=cfg["lenient"], fix_bio=cfg["fix_bio"])
         self.dev_set = dataset.read("valid", lenient=cfg["lenient"], fix_bio=cfg["fix_bio"])
-        self.features = TweetFeatures.for_training(cfg, dataset)
+        self.features = training_features(cfg, dataset)
         try:
             encoder, self.tokenizer = load_text_encoder(cfg["bert_name"])
         except (OSError, ValueError) as exc:
@@ -109,7 +117,7 @@ class Trainer:
         # reseed: dropout and shuffling must not depend on how many layers the model drew at initialisation, so a
         # multimodal model with no image anywhere trains exactly like the text-only model
         seed_everything(cfg["seed"])
-        self.text_encoder = TweetEncoder.for_model(self.tokenizer, self.model_config)
+        self.tweet_encoder = TweetEncoder.for_model(self.tokenizer, self.model_config)
         self.tagger = Tagger(self.model, self.tokenizer, self.model_config, device=self.device)
         self.encoded = self._encode(self.train_set)
         steps = cfg["num_epochs"] * ((len(self.encoded) + cfg["train_batch_size"] - 1) // cfg["train_batch_size"])
@@ -120,7 +128,7 @@ class Trainer:
 
     def _encode(self, tweets: list[Tweet]) -> list[tuple[Any, list[int]]]:
         """Encode every training tweet once; training may truncate, and says how many words it cut."""
-        encoder = self.text_encoder
+        encoder = self.tweet_encoder
         encoded, cut_words, cut_tweets = [], 0, 0
         for tweet in tweets:
             window, n_cut = encoder.encode_train(tweet.words)
@@ -184,7 +192,7 @@ class Trainer:
         for idx in progress(batches, total=len(batches), desc=f"epoch {self.epoch + 1}", unit="batch"):
             windows = [self.encoded[i][0] for i in idx]
             labels = [self.encoded[i][1] for i in idx]
-            text = self.text_encoder.collate(windows, labels).to(self.device)
+            text = self.tweet_encoder.collate(windows, labels).to(self.device)
             visual = self.features.batch([self.train_set[i] for i in idx], self.model_config, self.device)
             out = model(text, visual)
             self.optimizer.zero_grad(set_to_none=True)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Iterator
 
-from .errors import InputError
+from rpihmif.errors import InputError
 
 __all__ = ["DumpFields", "DumpRecord", "Reject", "iter_dump", "expand_inputs", "DUMP_SUFFIXES"]
 

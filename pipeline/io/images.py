@@ -14,10 +14,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import InputError
+from pipeline.io.safe_paths import safe_resolve
+from rpihmif.errors import InputError
 
-__all__ = ["REJECT_REASONS", "DEFAULT_MAX_PIXELS", "resolve_in_root", "read_image_bytes", "decode_image",
-           "load_image", "sha256_bytes", "sha256_file"]
+__all__ = ["REJECT_REASONS", "DEFAULT_MAX_PIXELS", "read_image_bytes", "decode_image",
+           "load_image", "sha256_bytes"]
 
 DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own default decompression-bomb limit
 
@@ -36,40 +37,14 @@ REJECT_REASONS = {
 }
 
 
-def _fallback_safe_resolve(root: Path, rel: str | os.PathLike) -> Path:
-    """`root/rel` with symlinks resolved; raises InputError when the result is not inside `root`."""
-    root_r = Path(root).resolve()
-    path = (root_r / Path(rel)).resolve()
-    if path != root_r and root_r not in path.parents:
-        raise InputError(f"image path {str(rel)!r} escapes its root {root_r}; keep image paths inside the root")
-    return path
-
-
-def resolve_in_root(root: str | os.PathLike, rel: str | os.PathLike) -> Path:
-    """Resolve `rel` inside `root` (pipeline.dataset.safe_resolve when present); InputError when it escapes."""
-    try:
-        from .dataset import safe_resolve  # the data engineer's shared helper
-    except ImportError:
-        return _fallback_safe_resolve(Path(root), rel)
-    return safe_resolve(Path(root), str(rel))
-
-
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def read_image_bytes(root: str | os.PathLike, rel: str | os.PathLike) -> tuple[bytes | None, Path | None, str | None]:
     """(bytes, resolved path, None) or (None, path or None, reason) for a path that is unsafe, missing or empty."""
     try:
-        path = resolve_in_root(root, rel)
+        path = safe_resolve(root, rel)
     except InputError:
         return None, None, "unsafe_path"
     if not path.exists():

@@ -7,9 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from rpihmif.errors import UsageError
 from rpihmif.labels import LABELS
-
-from .errors import UsageError
 
 __all__ = ["checkpoint_info"]
 

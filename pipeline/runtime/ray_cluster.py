@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from .errors import UsageError
+from rpihmif.errors import UsageError
 
 __all__ = ["init_ray", "REPO_ROOT"]
 

@@ -16,11 +16,10 @@ from typing import Any, Iterator
 
 import pyarrow.parquet as pq
 
-from .dataset import UnsafePathError, safe_resolve
-from .errors import InputError
-from .manifest import Manifest
-from .runtime import atomic_write_text
-from .tag_corpus import REJECTS_NAME
+from cache.durable import atomic_write_text
+from pipeline.io.safe_paths import UnsafePathError, safe_resolve
+from pipeline.tag.manifest import REJECTS_NAME, Manifest
+from rpihmif.errors import InputError
 
 __all__ = ["write_report", "REPORT_NAME"]
 

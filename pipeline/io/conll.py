@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from pipeline.errors import InputError
+from cache.durable import atomic_write_text
+from rpihmif.errors import InputError
 from rpihmif.labels import LABEL2ID, normalize_label, repair_bio
 
 __all__ = ["Tweet", "ReadReport", "read_conll", "read_conll_report", "write_conll"]
@@ -236,13 +236,5 @@ def write_conll(path: str | os.PathLike, tweets: Sequence[Tweet],
                 raise ValueError(f"tweet {i} (IMGID:{tweet.image_id}): unknown label {label!r}")
             lines.append(f"{word}\t{label}")
         chunks.append("\n".join(lines) + "\n\n")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write("".join(chunks))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, "".join(chunks))
     return path

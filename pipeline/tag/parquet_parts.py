@@ -5,16 +5,15 @@ to its final name, so readers (pandas, polars, DuckDB, Spark) only ever see comp
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .runtime import fsync_path, naming_path
+from cache.durable import commit_temp, naming_path, temp_path
 
-__all__ = ["ENTITY_TYPE", "SCHEMA", "PartWriter", "temp_name", "is_temp_name"]
+__all__ = ["ENTITY_TYPE", "SCHEMA", "PartWriter"]
 
 # One entity; routing_* = share of the IFFE coupling mass (averaged over the entity's words) that went to
 # each visual source; null when the tweet had no image or the model was text-only.
@@ -44,19 +43,6 @@ SCHEMA = pa.schema([
     ("line", pa.int64()),  # 1-based line of the record in its input file
 ])
 
-_TMP_PREFIX = "."
-_TMP_SUFFIX = ".inprogress"
-
-
-def temp_name(final: Path) -> Path:
-    """Hidden name a part is written under (readers skip files starting with '.' or '_')."""
-    return final.with_name(f"{_TMP_PREFIX}{final.name}.{os.getpid()}{_TMP_SUFFIX}")
-
-
-def is_temp_name(name: str) -> bool:
-    return name.startswith(_TMP_PREFIX) and name.endswith(_TMP_SUFFIX)
-
-
 class PartWriter:
     """Write rows (dicts with the SCHEMA's fields) to `final` in row groups of `row_group_size` rows."""
 
@@ -64,7 +50,7 @@ class PartWriter:
         if row_group_size < 1:
             raise ValueError(f"expected row_group_size >= 1, got {row_group_size}")
         self.final = Path(final)
-        self.tmp = temp_name(self.final)
+        self.tmp = temp_path(self.final)  # hidden: readers skip names starting with "."
         self.row_group_size = row_group_size
         self.schema = SCHEMA.with_metadata({f"rpihmif.{k}": str(v) for k, v in (metadata or {}).items()})
         # snappy: the codec every Parquet reader (old Spark/Hive included) decodes
@@ -99,9 +85,7 @@ class PartWriter:
         with naming_path(self.tmp):
             self._flush(full_groups_only=False)
             self._writer.close()
-            fsync_path(self.tmp)
-        os.replace(self.tmp, self.final)
-        fsync_path(self.final.parent, directory=True)
+        commit_temp(self.tmp, self.final)
         return self.rows
 
     def abort(self) -> None:

@@ -5,29 +5,19 @@ atomically (temp + fsync + rename), so a killed run leaves the previous manifest
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from pathlib import Path
 from typing import Any
 
-from .errors import InputError
-from .runtime import atomic_write_text
+from cache.durable import atomic_write_text
+from rpihmif.errors import InputError
 
-__all__ = ["Manifest", "file_sha256", "MANIFEST_NAME"]
+__all__ = ["Manifest", "MANIFEST_NAME", "REJECTS_NAME"]
 
 MANIFEST_NAME = "_manifest.json"
+REJECTS_NAME = "_rejects.jsonl"  # '_' prefix: Parquet readers of the folder skip it, like _manifest.json
 _VERSION = 1
-
-
-def file_sha256(path: Path, chunk: int = 1 << 20) -> tuple[str, int]:
-    """(hex sha256 of the file's bytes, bytes hashed), read in chunks."""
-    digest, size = hashlib.sha256(), 0
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-            size += len(block)
-    return digest.hexdigest(), size
 
 
 class Manifest:

@@ -11,13 +11,11 @@ from typing import Any
 import h5py
 import numpy as np
 
+from cache.format import FEATURE_NAMES, FORMAT_VERSION, NO_IMAGE, check_fingerprint, describe, read_fingerprint, spec_of
+from cache.index import CacheIndex, load_index, write_index
+from cache.writer import CacheWriter
+from rpihmif.errors import UsageError
 from rpihmif.visual import VisualSpec
-
-from .cache_format import (FEATURE_NAMES, FORMAT_VERSION, NO_IMAGE, check_fingerprint, describe, read_fingerprint,
-                           spec_of)
-from .cache_index import CacheIndex, load_index, write_index
-from .cache_writer import CacheWriter
-from .errors import UsageError
 
 __all__ = ["FORMAT_VERSION", "FEATURE_NAMES", "NO_IMAGE", "open_cache", "FeatureCache", "CacheWriter",
            "fingerprint_folders"]

@@ -11,7 +11,7 @@ from collections import deque
 from contextlib import ExitStack
 from typing import Any, Iterable, Iterator
 
-from .errors import PipelineError
+from rpihmif.errors import PipelineError
 
 log = logging.getLogger("rpihmif.tag")
 
@@ -30,9 +30,8 @@ class TagActor:
                  inference_batch: int = 64, threads: int = 0):
         import torch
 
+        from pipeline.runtime.device import resolve_device, seed_everything
         from rpihmif.predictor import Tagger
-
-        from .runtime import resolve_device, seed_everything
 
         if threads > 0:  # 0 keeps torch's default (in a Ray actor: its num_cpus, via OMP_NUM_THREADS)
             torch.set_num_threads(threads)
@@ -48,7 +47,7 @@ class TagActor:
         if not any(keys) or not self.cache_folder:
             return [None] * len(keys)
         if self._cache is None:  # opened lazily in the process that reads (h5py is not fork-safe)
-            from .feature_cache import FeatureCache
+            from cache.reader import FeatureCache
 
             self._cache = FeatureCache(self.cache_folder)
         return [self._cache.get(k) if k else None for k in keys]
@@ -91,7 +90,7 @@ class RayExecutor:
                  **actor_kwargs: Any):
         import ray
 
-        from .ray_runtime import init_ray
+        from pipeline.runtime.ray_cluster import init_ray
 
         self._ray = ray
         self._stack = ExitStack()  # shuts Ray down at close() only if init_ray started it

@@ -11,13 +11,19 @@ from typing import Any
 import numpy as np
 import torch
 
-from rpihmif.vision import (Preprocessor, VisionSettings, encode, encoder_fingerprint, load_vision_encoder,
-                            visual_spec)
-
-from .cache_format import FEATURE_NAMES, feature_shapes
-from .errors import InputError, UsageError
-from .images import DEFAULT_MAX_PIXELS, decode_image, resolve_in_root, sha256_bytes
-from .runtime import atomic_write_text
+from cache.durable import atomic_write_text
+from cache.format import FEATURE_NAMES, feature_shapes
+from pipeline.extract.clip_encoder import (
+    Preprocessor,
+    VisionSettings,
+    encode,
+    encoder_fingerprint,
+    load_vision_encoder,
+    visual_spec,
+)
+from pipeline.io.images import DEFAULT_MAX_PIXELS, decode_image, sha256_bytes
+from pipeline.io.safe_paths import safe_resolve
+from rpihmif.errors import InputError, UsageError
 
 __all__ = ["ClipFeaturizer", "featurize_images", "resolve_fingerprint", "pad_crops"]
 
@@ -136,7 +142,7 @@ def featurize_images(featurizer: ClipFeaturizer, orig_path: str | Path, groundin
     """
     def safe(p: str | Path) -> str:
         try:
-            return str(resolve_in_root(root, p))
+            return str(safe_resolve(root, p))
         except InputError:
             return ""
 

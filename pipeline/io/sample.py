@@ -17,8 +17,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from pipeline.conll import Tweet, write_conll
-from pipeline.errors import UsageError
+from cache.durable import atomic_file
+from pipeline.io.conll import Tweet, write_conll
+from rpihmif.errors import UsageError
 from rpihmif.labels import ENTITY_TYPES
 
 __all__ = ["make_sample", "TYPE_STYLE", "DATASET", "SIZES", "CUE_SOURCES", "CUES_FILE"]
@@ -72,7 +73,7 @@ USERS = ["@news_now", "@fan_club", "@daily_pics", "@jen_k", "@tweetbot"]
 
 
 @dataclass
-class _Item:
+class _PlannedTweet:
     """One generated tweet before writing: words, labels, how its type is decided, and its image recipe."""
 
     words: list[str]
@@ -108,9 +109,9 @@ def _fill(template: str, slots: dict[str, tuple[str, str]], rng: random.Random) 
     return words, labels
 
 
-def _plan_split(n: int, rng: random.Random) -> list[_Item]:
+def _plan_split(n: int, rng: random.Random) -> list[_PlannedTweet]:
     """The tweets of one split: pairs of image-decided tweets (same words, two types), text-decided and others."""
-    items: list[_Item] = []
+    items: list[_PlannedTweet] = []
     n_pairs = int(n * IMAGE_DECIDED_SHARE) // 2
     n_retweets = max(1, n // 40)
     # cue sources of the image-decided tweets: evenly orig / grounding / rcnn, in a seeded random order
@@ -122,11 +123,11 @@ def _plan_split(n: int, rng: random.Random) -> list[_Item]:
         for etype in rng.sample(ENTITY_TYPES, 2):  # same words, two types: only the image tells them apart
             rng_words = random.Random(pair_seed)  # identical URLs / prefixes for both tweets of the pair
             words, labels = _fill(template, {"{X}": (name, etype)}, rng_words)
-            items.append(_Item(words, labels, "image", etype, cue_sources[len(items)]))
+            items.append(_PlannedTweet(words, labels, "image", etype, cue_sources[len(items)]))
     for _ in range(n_retweets):
         src = rng.randrange(2 * n_pairs)  # an image-decided original, never another retweet
         orig = items[src]
-        items.append(_Item(["RT", rng.choice(USERS), ":"] + orig.words, ["O"] * 3 + orig.labels, "retweet",
+        items.append(_PlannedTweet(["RT", rng.choice(USERS), ":"] + orig.words, ["O"] * 3 + orig.labels, "retweet",
                            orig.image, orig.cue_source, copy_of=src))
     while len(items) < n:
         r = rng.random()
@@ -144,7 +145,7 @@ def _plan_split(n: int, rng: random.Random) -> list[_Item]:
             kind = "text"
         u = rng.random()  # text-decided tweets: a matching picture, an unrelated one, or none at all
         image = (etype if etype and u < 0.4 else "neutral") if u < 0.7 else None
-        items.append(_Item(words, labels, kind, image))
+        items.append(_PlannedTweet(words, labels, kind, image))
     for item in items:
         if item.image is None:
             continue
@@ -270,7 +271,7 @@ def _encode(img: Image.Image, fmt: str) -> bytes:
     return buf.getvalue()
 
 
-def _write_images(root: Path, split: str, items: list[_Item], seed: int, split_no: int) -> tuple[dict, dict, dict]:
+def _write_images(root: Path, split: str, items: list[_PlannedTweet], seed: int, split_no: int) -> tuple[dict, dict, dict]:
     """Write a split's images and crops; return its grounding dict, its RCNN entries and found/missing counts."""
     images_dir, detect = root / f"{DATASET}_images", root / "twitter15_detect"
     crops_dir = root / f"{DATASET}_aux_images" / _DICT_TAG[split] / "crops"
@@ -335,11 +336,9 @@ def _save_dict(path: Path, obj: dict[str, list[str]]) -> None:
 
 def _write_dump(path: Path, records: list[dict]) -> None:
     """tweets.jsonl.gz with a fixed gzip header (no name, mtime 0) so the bytes depend on the seed only."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz:
+    with atomic_file(path) as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz:
         for rec in records:
             gz.write((json.dumps(rec, ensure_ascii=False, sort_keys=False) + "\n").encode("utf-8"))
-    os.replace(tmp, path)
 
 
 def make_sample(out: str | os.PathLike, seed: int = 0, sizes: dict[str, int] | None = None) -> dict:

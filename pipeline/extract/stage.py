@@ -14,16 +14,15 @@ from typing import Any
 
 import numpy as np
 
-from rpihmif.vision import VisionSettings
+from cache.reader import FEATURE_NAMES, CacheWriter, FeatureCache, fingerprint_folders
+from pipeline.extract.clip_encoder import VisionSettings
+from pipeline.extract.featurizer import ClipFeaturizer, featurize_images, resolve_fingerprint
+from pipeline.extract.items import WorkItem, benchmark_items, dump_items, hash_items, item_batches
+from pipeline.runtime.executor import run_actor_pool, run_inprocess
+from pipeline.runtime.progress import Progress
+from rpihmif.errors import UsageError
 
-from .actor_pool import run_actor_pool, run_inprocess
-from .clip_featurizer import ClipFeaturizer, featurize_images, resolve_fingerprint
-from .errors import UsageError
-from .extract_items import DUMP_SOURCE, WorkItem, benchmark_items, dump_items, hash_items, item_batches
-from .feature_cache import FEATURE_NAMES, CacheWriter, FeatureCache, fingerprint_folders
-from .progress import Progress
-
-__all__ = ["run_extract", "ClipFeaturizer", "featurize_images", "resolve_fingerprint", "DUMP_SOURCE"]
+__all__ = ["run_extract", "ClipFeaturizer", "featurize_images", "resolve_fingerprint"]
 
 log = logging.getLogger("rpihmif.extract")
 
@@ -47,7 +46,7 @@ def run_extract(config: dict[str, Any], dumps: list[Path] | None = None) -> dict
         raise UsageError(f"workers must be >= 0 (0 = in-process, no Ray), got {workers}")
     if config["batch_size"] < 1 or config["shard_size"] < 1:
         raise UsageError("batch_size and shard_size must be >= 1")
-    from .runtime import resolve_device
+    from pipeline.runtime.device import resolve_device
     device = resolve_device(config.get("device", "auto"))
     cache_dir = Path(config["cache_dir"])
     dumps = [Path(p) for p in list(config["dump"]["files"]) + list(dumps or [])]
@@ -145,7 +144,7 @@ def run_extract(config: dict[str, Any], dumps: list[Path] | None = None) -> dict
             if workers == 0:
                 results = run_inprocess(ClipFeaturizer, featurizer_kwargs, batches)
             else:
-                from .ray_runtime import init_ray
+                from pipeline.runtime.ray_cluster import init_ray
                 stack.enter_context(init_ray(address, n_workers))
                 gpus = 1.0 if device.type == "cuda" else 0.0
                 results = run_actor_pool(ClipFeaturizer, featurizer_kwargs, batches, n_workers, gpus)

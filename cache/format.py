@@ -23,18 +23,17 @@ from typing import Any, Iterable
 import h5py
 import numpy as np
 
+from rpihmif.errors import UsageError
 from rpihmif.visual import VisualSpec
 
-from .errors import UsageError
-from .runtime import atomic_write_text, fsync_path
-
-__all__ = ["FORMAT_VERSION", "FEATURE_NAMES", "NO_IMAGE", "SHARD_GLOB", "feature_shapes", "canonical", "describe",
-           "spec_of", "read_fingerprint", "check_fingerprint", "write_text_durably", "decode_strings",
+__all__ = ["FORMAT_VERSION", "FEATURE_NAMES", "NO_IMAGE", "DUMP_SOURCE", "SHARD_GLOB", "feature_shapes", "canonical", "describe",
+           "spec_of", "read_fingerprint", "check_fingerprint", "decode_strings",
            "write_strings", "write_alias_tables", "read_alias_tables"]
 
 FORMAT_VERSION = 1
 FEATURE_NAMES = ("orig", "orig_mask", "grounding", "grounding_mask", "rcnn", "rcnn_mask")
 NO_IMAGE = ""  # alias value of a tweet whose image is missing or rejected
+DUMP_SOURCE = "dump"  # alias source of dump images: ("dump", image path as written in the record)
 SHARD_GLOB = "shard-*.h5"
 _STR = h5py.string_dtype("utf-8")
 
@@ -92,13 +91,6 @@ def check_fingerprint(attrs: Any, path: Path, fingerprint: dict[str, Any]) -> No
         raise UsageError(f"{path}: written by encoder {desc}, but this cache folder is for "
                          f"{describe(fingerprint)}; features of two encoders never mix: move {path.name} "
                          f"to its own cache folder or delete it and rerun extract-features")
-
-
-# ---- durable files -----------------------------------------------------------------------------------------------
-def write_text_durably(path: Path, text: str) -> None:
-    """`runtime.atomic_write_text`, then fsync the folder so the rename itself is on disk."""
-    atomic_write_text(path, text)
-    fsync_path(path.parent, directory=True)
 
 
 # ---- string tables -----------------------------------------------------------------------------------------------

@@ -13,15 +13,16 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from .clip_featurizer import pad_crops
-from .errors import InputError
-from .images import resolve_in_root, sha256_file
+from cache.durable import sha256_file
+from cache.format import DUMP_SOURCE
+from pipeline.extract.featurizer import pad_crops
+from pipeline.io.safe_paths import safe_resolve
+from rpihmif.errors import InputError
 
-__all__ = ["DUMP_SOURCE", "WorkItem", "benchmark_items", "dump_items", "hash_items", "item_batches"]
+__all__ = ["WorkItem", "benchmark_items", "dump_items", "hash_items", "item_batches"]
 
 log = logging.getLogger("rpihmif.extract")
 
-DUMP_SOURCE = "dump"  # alias source of dump images: ("dump", image path string as in the record)
 _IMGID = re.compile(r"^\ufeff?IMGID:(.*)$")
 
 
@@ -55,7 +56,8 @@ def _crop_reject(source: str, image_id: str, kind: str, path: str, reason: str, 
 
 def benchmark_items(config: dict[str, Any], crop_rejects: list[dict[str, Any]]) -> Iterator[WorkItem]:
     """One item per distinct image of the configured splits; missing or unsafe crops go to `crop_rejects`."""
-    from .dataset import BenchmarkDataset, UnsafePathError
+    from pipeline.io.dataset import BenchmarkDataset
+    from pipeline.io.safe_paths import UnsafePathError
 
     ds = BenchmarkDataset(config["data_dir"], config["dataset"])
     k = config["max_crops"]
@@ -102,7 +104,7 @@ def benchmark_items(config: dict[str, Any], crop_rejects: list[dict[str, Any]]) 
 def dump_items(config: dict[str, Any], dumps: list[Path], crop_rejects: list[dict[str, Any]],
                record_rejects: list[dict[str, Any]]) -> Iterator[WorkItem]:
     """One item per distinct image path of the dumps; bad records -> `record_rejects`, bad crops -> `crop_rejects`."""
-    from .dump_reader import DumpFields, Reject, iter_dump
+    from pipeline.io.dumps import DumpFields, Reject, iter_dump
 
     dcfg = config["dump"]
     fields = DumpFields.from_config(dcfg)
@@ -123,14 +125,14 @@ def dump_items(config: dict[str, Any], dumps: list[Path], crop_rejects: list[dic
             seen.add(rec.image)
             item = WorkItem(DUMP_SOURCE, rec.image, None)
             try:
-                item.path = resolve_in_root(root, rec.image)
+                item.path = safe_resolve(root, rec.image)
             except InputError:
                 item.reason = "unsafe_path"
             if not item.reason:
                 for kind, paths in (("grounding", rec.crops), ("rcnn", rec.rcnn)):
                     for p in paths[:k]:
                         try:
-                            resolved = resolve_in_root(root, p)
+                            resolved = safe_resolve(root, p)
                         except InputError:
                             crop_rejects.append(_crop_reject(DUMP_SOURCE, rec.image, kind, p, "unsafe_path"))
                             continue
@@ -151,7 +153,7 @@ def _hash_one(p: str) -> tuple[str, str]:
             return "", "not_a_file"
         if path.stat().st_size == 0:
             return "", "empty"
-        return sha256_file(path), ""
+        return sha256_file(path)[0], ""
     except OSError:
         return "", "unreadable"
 

@@ -8,27 +8,16 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from pipeline.extract.clip_encoder import vision_settings
+from pipeline.io.conll import Tweet
+from pipeline.io.dataset import BenchmarkDataset
+from pipeline.train.cached_features import TweetFeatures
 from rpihmif.config import VisualConfig
-from rpihmif.vision import VisionSettings
+from rpihmif.errors import InputError, UsageError
 
-from .conll import Tweet
-from .dataset import BenchmarkDataset
-from .errors import InputError, UsageError
-from .tweet_features import TweetFeatures
-
-__all__ = ["OnlineFeatures", "vision_settings"]
+__all__ = ["OnlineFeatures"]
 
 log = logging.getLogger("rpihmif.features")
-
-
-def vision_settings(cfg: dict[str, Any]) -> VisionSettings:
-    """Encoder settings of a train config; they match `conf/extract.yaml` defaults so fingerprints can agree."""
-    try:
-        return VisionSettings(vit_name=cfg["vit_name"], random_vit_layers=cfg["random_vit_layers"], seed=cfg["vit_seed"],
-                              image_size=cfg["image_size"], aux_size=cfg["aux_size"], rcnn_size=cfg["rcnn_size"],
-                              dtype=cfg["feature_dtype"])
-    except ValueError as exc:
-        raise UsageError(f"vision settings: {exc}") from exc
 
 
 class OnlineFeatures(TweetFeatures):
@@ -40,8 +29,8 @@ class OnlineFeatures(TweetFeatures):
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any], dataset: BenchmarkDataset) -> "OnlineFeatures":
-        from .clip_featurizer import ClipFeaturizer
-        from .feature_cache import fingerprint_folders
+        from cache.reader import fingerprint_folders
+        from pipeline.extract.featurizer import ClipFeaturizer
 
         try:
             featurizer = ClipFeaturizer(vision_settings(cfg), device="cpu")
@@ -68,7 +57,7 @@ class OnlineFeatures(TweetFeatures):
         return True
 
     def lookup(self, tweets: list[Tweet]) -> list[dict | None]:
-        from .clip_featurizer import featurize_images
+        from pipeline.extract.featurizer import featurize_images
 
         items: list[dict | None] = []
         for tweet in tweets:

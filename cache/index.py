@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -14,10 +13,18 @@ from typing import Any, Iterable
 import h5py
 import numpy as np
 
-from .cache_format import (FORMAT_VERSION, SHARD_GLOB, canonical, check_fingerprint, decode_strings,
-                           read_alias_tables, write_alias_tables, write_strings, write_text_durably)
-from .errors import PipelineError
-from .runtime import fsync_path
+from cache.durable import atomic_write_text, commit_temp, temp_path
+from cache.format import (
+    FORMAT_VERSION,
+    SHARD_GLOB,
+    canonical,
+    check_fingerprint,
+    decode_strings,
+    read_alias_tables,
+    write_alias_tables,
+    write_strings,
+)
+from rpihmif.errors import PipelineError
 
 __all__ = ["CacheIndex", "load_index", "write_index"]
 
@@ -101,7 +108,7 @@ def _read_index_file(folder: Path, fingerprint: dict[str, Any], present: set[str
 def write_index(folder: Path, index: CacheIndex, fingerprint: dict[str, Any]) -> Path:
     """Write `folder/index.h5` (temp + fsync + rename) from `index`, and regenerate rejects.jsonl."""
     path = folder / INDEX_NAME
-    tmp = folder / f".{INDEX_NAME}.{os.getpid()}.tmp"
+    tmp = temp_path(path)
     keys = list(index.keys.items())
     with h5py.File(tmp, "w") as f:
         f.attrs["fingerprint"] = canonical(fingerprint)
@@ -112,8 +119,7 @@ def write_index(folder: Path, index: CacheIndex, fingerprint: dict[str, Any]) ->
         f.create_dataset("key_row", data=np.array([v[1] for _, v in keys], dtype=np.int32))
         write_alias_tables(f, [(s, i, k) for (s, i), k in index.aliases.items()], index.rejects)
         f.flush()
-    fsync_path(tmp)
-    os.replace(tmp, path)
+    commit_temp(tmp, path)
     lines = "".join(json.dumps(r, sort_keys=True) + "\n" for r in index.rejects)
-    write_text_durably(folder / "rejects.jsonl", lines)
+    atomic_write_text(folder / "rejects.jsonl", lines)
     return path

@@ -16,14 +16,15 @@ import torch
 from PIL import Image
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
-from .visual import VisualSpec
+from rpihmif.errors import UsageError
+from rpihmif.visual import VisualSpec
 
 __all__ = [
     "CLIP_MEAN", "CLIP_STD", "VisionSettings", "Preprocessor", "load_vision_encoder", "random_vit_config",
-    "encode", "weights_sha256", "encoder_fingerprint", "fingerprint_id", "visual_spec",
+    "encode", "weights_sha256", "encoder_fingerprint", "fingerprint_id", "visual_spec", "vision_settings",
 ]
 
-log = logging.getLogger("rpihmif.vision")
+log = logging.getLogger("pipeline.extract.clip_encoder")
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP pixel mean (RGB)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)  # OpenAI CLIP pixel std (RGB)
@@ -205,3 +206,13 @@ def fingerprint_id(hashed: dict[str, Any]) -> str:
     """Short id (16 hex) of the hashed part of a fingerprint; prefixed "rand-" for random-init encoders."""
     digest = hashlib.sha256(json.dumps(hashed, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
     return f"rand-{digest}" if hashed.get("random_init") else digest
+
+
+def vision_settings(cfg: dict[str, Any]) -> VisionSettings:
+    """Encoder settings of a train config; they match `conf/extract.yaml` defaults so fingerprints can agree."""
+    try:
+        return VisionSettings(vit_name=cfg["vit_name"], random_vit_layers=cfg["random_vit_layers"], seed=cfg["vit_seed"],
+                              image_size=cfg["image_size"], aux_size=cfg["aux_size"], rcnn_size=cfg["rcnn_size"],
+                              dtype=cfg["feature_dtype"])
+    except ValueError as exc:
+        raise UsageError(f"vision settings: {exc}") from exc

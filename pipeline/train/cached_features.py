@@ -10,11 +10,10 @@ from typing import Any
 
 import torch
 
+from pipeline.io.conll import Tweet
+from pipeline.io.dataset import BenchmarkDataset
 from rpihmif.config import ModelConfig, VisualConfig
 from rpihmif.visual import VisualBatch, collate_visual
-
-from .conll import Tweet
-from .dataset import BenchmarkDataset
 
 __all__ = ["TweetFeatures"]
 
@@ -31,17 +30,14 @@ class TweetFeatures:
 
     @classmethod
     def for_training(cls, cfg: dict[str, Any], dataset: BenchmarkDataset) -> "TweetFeatures":
-        """The cache of `cfg["cache_dir"]` (None when absent or `text_only`); online mode is not cached."""
+        """The cache of `cfg["cache_dir"]` (None when absent or `text_only`)."""
         if cfg["text_only"]:
             return cls(None, dataset.name, text_only=True)
-        if cfg["vision"] == "online":
-            from .online_features import OnlineFeatures
-            return OnlineFeatures.from_config(cfg, dataset)
-        from .feature_cache import open_cache
+        from cache.reader import open_cache
         fingerprint = None
         if cfg["vit_name"]:  # pick the cache folder of exactly this encoder
-            from .clip_featurizer import resolve_fingerprint
-            from .online_features import vision_settings
+            from pipeline.extract.clip_encoder import vision_settings
+            from pipeline.extract.featurizer import resolve_fingerprint
             fingerprint = resolve_fingerprint(vision_settings(cfg), Path(cfg["cache_dir"]))["id"]
         cache = open_cache(cfg["cache_dir"], fingerprint)
         if cache is None:
@@ -54,7 +50,7 @@ class TweetFeatures:
         """The cache folder of the encoder the model was trained with; another encoder's cache is a UsageError."""
         if config.text_only or not config.visual.fingerprint:
             return cls(None, dataset.name, text_only=True)
-        from .feature_cache import open_cache
+        from cache.reader import open_cache
         return cls(open_cache(cfg["cache_dir"], config.visual.fingerprint), dataset.name)
 
     @property

@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -16,27 +15,26 @@ from itertools import islice
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from .checkpoints import checkpoint_info
-from .dump_reader import DumpFields, DumpRecord, Reject, expand_inputs, iter_dump
-from .errors import UsageError
-from .lock import OutputLock
-from .manifest import MANIFEST_NAME, Manifest, file_sha256
-from .parquet_writer import PartWriter, is_temp_name
-from .progress import progress
-from .tag_infer import make_executor
-from .tweet_tokenizer import Token, tokenize
+from cache.durable import FileLock, atomic_file, is_temp_name, sha256_file, temp_path
+from cache.format import DUMP_SOURCE
+from pipeline.io.checkpoint_folder import checkpoint_info
+from pipeline.io.dumps import DumpFields, DumpRecord, Reject, expand_inputs, iter_dump
+from pipeline.runtime.progress import progress
+from pipeline.tag.infer import make_executor
+from pipeline.tag.manifest import REJECTS_NAME, Manifest
+from pipeline.tag.parquet_parts import PartWriter
+from pipeline.tag.tweet_tokenizer import Token, tokenize
+from rpihmif.errors import UsageError
 
-__all__ = ["run_tag", "resolve_model_path", "REJECTS_NAME", "DUMP_ALIAS"]
+__all__ = ["run_tag", "resolve_model_path"]
 
 log = logging.getLogger("rpihmif.tag")
 
-REJECTS_NAME = "_rejects.jsonl"  # '_' prefix: Parquet readers of the folder skip it, like _manifest.json
-DUMP_ALIAS = "dump"  # feature-cache alias source of dump images: ("dump", image path as in the record)
 _ROUTING = ("routing_orig", "routing_grounding", "routing_rcnn")
 
 
 @dataclass
-class _Item:
+class _TagItem:
     record: DumpRecord
     tokens: list[Token]
     key: str | None  # feature-cache key of the record's image, None = no cached image
@@ -79,7 +77,7 @@ def _open_feature_cache(config: dict[str, Any], model_config: Any) -> Any:
     if model_config.text_only or not model_config.visual.fingerprint:
         log.info("text-only model: images are not used")
         return None
-    from .feature_cache import open_cache
+    from cache.reader import open_cache
 
     cache = open_cache(config["cache_dir"], model_config.visual.fingerprint)
     if cache is None:
@@ -105,13 +103,12 @@ def _output_name(path: Path, key: str, ctx: _Context, manifest: Manifest) -> str
 
 def _clean_temps(out: Path) -> None:
     """Drop temp files a killed run left behind (we hold the lock, so none is being written)."""
-    ours = tuple(f".{name}.tmp-" for name in (MANIFEST_NAME, REJECTS_NAME))
     for p in out.iterdir():
-        if p.is_file() and (is_temp_name(p.name) or p.name.startswith(ours)):
+        if p.is_file() and is_temp_name(p.name):
             p.unlink(missing_ok=True)
 
 
-def _prepare(records: Iterable[DumpRecord | Reject], ctx: _Context, counts: _Counts, rejects: Any) -> Iterator[_Item]:
+def _prepare(records: Iterable[DumpRecord | Reject], ctx: _Context, counts: _Counts, rejects: Any) -> Iterator[_TagItem]:
     """Tokenize good records and look up their image keys; write rejects as they come."""
     require = ctx.config["require_images"]
 
@@ -131,7 +128,7 @@ def _prepare(records: Iterable[DumpRecord | Reject], ctx: _Context, counts: _Cou
         if rec.image is None:
             counts.no_image += 1
         elif ctx.cache is not None:
-            key = ctx.cache.key_for(DUMP_ALIAS, rec.image)
+            key = ctx.cache.key_for(DUMP_SOURCE, rec.image)
             key = key if key and key in ctx.cache else None
         if rec.image is not None and key is None:
             if require:
@@ -140,10 +137,10 @@ def _prepare(records: Iterable[DumpRecord | Reject], ctx: _Context, counts: _Cou
                               rec.id))
                 continue
             counts.images_missing += 1
-        yield _Item(rec, tokens, key)
+        yield _TagItem(rec, tokens, key)
 
 
-def _batches(items: Iterator[_Item], bucket: int, batch_size: int) -> Iterator[tuple[list[_Item], list[int], bool]]:
+def _batches(items: Iterator[_TagItem], bucket: int, batch_size: int) -> Iterator[tuple[list[_TagItem], list[int], bool]]:
     """Read `bucket` items ahead, sort them by length, cut into batches: (chunk, indices, last of chunk)."""
     while chunk := list(islice(items, bucket)):
         order = sorted(range(len(chunk)), key=lambda i: len(chunk[i].tokens))
@@ -152,7 +149,7 @@ def _batches(items: Iterator[_Item], bucket: int, batch_size: int) -> Iterator[t
             yield chunk, order[s:s + batch_size], s == starts[-1]
 
 
-def _row(item: _Item, ents: list[tuple], image_used: bool, model_id: str) -> dict[str, Any]:
+def _row(item: _TagItem, ents: list[tuple], image_used: bool, model_id: str) -> dict[str, Any]:
     rec, toks = item.record, item.tokens
     entities = []
     for etype, start, end, score, *routing in ents:
@@ -165,7 +162,7 @@ def _row(item: _Item, ents: list[tuple], image_used: bool, model_id: str) -> dic
             "rcnn_crops": rec.rcnn, "line": rec.line}
 
 
-def _tag_stream(items: Iterator[_Item], ctx: _Context, counts: _Counts) -> Iterator[list[dict[str, Any]]]:
+def _tag_stream(items: Iterator[_TagItem], ctx: _Context, counts: _Counts) -> Iterator[list[dict[str, Any]]]:
     """Run the batches through the executor; yield each bucket's rows in input order once complete."""
     meta: deque = deque()
 
@@ -187,8 +184,8 @@ def _tag_stream(items: Iterator[_Item], ctx: _Context, counts: _Counts) -> Itera
 
 def _merge_rejects(out: Path, key: str, new: Path) -> None:
     """Replace the input's earlier reject lines in `_rejects.jsonl` with `new`'s, atomically."""
-    final, tmp = out / REJECTS_NAME, out / f".{REJECTS_NAME}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as dst:
+    final = out / REJECTS_NAME
+    with atomic_file(final, "w", encoding="utf-8") as dst:
         if final.exists():
             with open(final, encoding="utf-8") as src:
                 for line in src:
@@ -197,9 +194,6 @@ def _merge_rejects(out: Path, key: str, new: Path) -> None:
         with open(new, encoding="utf-8") as src:
             for line in src:
                 dst.write(line)
-        dst.flush()
-        os.fsync(dst.fileno())
-    os.replace(tmp, final)
     new.unlink()
 
 
@@ -207,7 +201,7 @@ def _tag_file(path: Path, key: str, output: str, sha: str, ctx: _Context) -> _Co
     counts = _Counts()
     writer = PartWriter(ctx.out / output, ctx.config["row_group_size"],
                         metadata={"model_id": ctx.model_id, "source": key, "source_sha256": sha})
-    rejects_tmp = ctx.out / f".{output}.{os.getpid()}.rejects.inprogress"
+    rejects_tmp = temp_path(ctx.out / f"{output}.rejects")
     try:
         with open(rejects_tmp, "w", encoding="utf-8") as rejects:
             records = progress(iter_dump(path, ctx.fields, ctx.config["max_record_bytes"], name=key),
@@ -238,14 +232,14 @@ def run_tag(inputs: list[Path], config: dict[str, Any]) -> dict[str, Any]:
     out = Path(config["out"])
     mid, model_config = checkpoint_info(load_path)
     total, per_file, tagged_s = _Counts(), [], 0.0
-    with OutputLock(out, "tag-corpus"):
+    with FileLock(out, "tag-corpus run"):
         _clean_temps(out)
         manifest = Manifest(out)
         ctx = _Context(out, config, DumpFields.from_config(config), mid, None)
         todo = []
         for path in files:
             key = str(path.resolve())
-            sha, size = file_sha256(path)
+            sha, size = sha256_file(path)
             output = manifest.output_of(key)
             if manifest.is_done(key, sha, mid) and output and (out / output).exists():
                 log.info("skip %s: unchanged since %s", path, manifest.entries[key].get("finished_at"))

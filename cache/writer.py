@@ -4,8 +4,6 @@ Each shard is written under a temporary name, flushed, fsynced and renamed whole
 """
 from __future__ import annotations
 
-import errno
-import fcntl
 import json
 import os
 import time
@@ -15,11 +13,20 @@ from typing import Any
 import h5py
 import numpy as np
 
-from .cache_format import (FEATURE_NAMES, FORMAT_VERSION, NO_IMAGE, canonical, describe, feature_shapes,
-                           read_fingerprint, spec_of, write_alias_tables, write_text_durably)
-from .cache_index import load_index, write_index
-from .errors import LockHeldError, UsageError
-from .runtime import fsync_path, naming_path
+from cache.durable import FileLock, atomic_write_text, commit_temp, naming_path, remove_stale_temps, temp_path
+from cache.format import (
+    FEATURE_NAMES,
+    FORMAT_VERSION,
+    NO_IMAGE,
+    canonical,
+    describe,
+    feature_shapes,
+    read_fingerprint,
+    spec_of,
+    write_alias_tables,
+)
+from cache.index import load_index, write_index
+from rpihmif.errors import UsageError
 
 __all__ = ["CacheWriter"]
 
@@ -40,15 +47,7 @@ class CacheWriter:
         self.spec = spec_of(fingerprint)
         self.shard_size = shard_size
         self.dtype = np.dtype(dtype)
-        self._lock_fd = os.open(self.folder / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            os.close(self._lock_fd)
-            if exc.errno in (errno.EAGAIN, errno.EACCES):
-                raise LockHeldError(f"another extract-features run is writing {self.folder}; wait for it to finish "
-                                    "(or remove nothing: the lock is released when that process exits)") from exc
-            raise
+        self._lock = FileLock(self.folder, "extract-features run").acquire()
         fp_path = self.folder / "fingerprint.json"
         if fp_path.is_file():
             existing = read_fingerprint(self.folder)
@@ -57,9 +56,8 @@ class CacheWriter:
                 raise UsageError(f"{fp_path}: cache folder is for {describe(existing)}, not {describe(fingerprint)}; "
                                  "delete the folder or use another cache_dir")
         else:
-            write_text_durably(fp_path, json.dumps(fingerprint, indent=2, sort_keys=True) + "\n")
-        for stale in self.folder.glob(".shard-*.tmp"):  # left by a killed run; never visible to readers
-            stale.unlink(missing_ok=True)
+            atomic_write_text(fp_path, json.dumps(fingerprint, indent=2, sort_keys=True) + "\n")
+        remove_stale_temps(self.folder, "shard-")  # left by a killed run; never visible to readers
         self._seq = 0
         self._file: h5py.File | None = None
         self._tmp: Path | None = None
@@ -130,7 +128,8 @@ class CacheWriter:
     def _open_shard(self) -> None:
         self._seq += 1
         name = f"shard-{time.time_ns():020d}-{os.getpid()}-{self._seq:05d}.h5"
-        self._tmp = self.folder / f".{name}.tmp"
+        self._final = self.folder / name
+        self._tmp = temp_path(self._final)
         f = h5py.File(self._tmp, "w")
         f.create_dataset("keys", shape=(0,), maxshape=(None,), dtype="S64", chunks=(256,))
         for name, shape in feature_shapes(self.spec).items():
@@ -163,10 +162,8 @@ class CacheWriter:
         f.flush()
         f.close()
         self._file = None
-        fsync_path(tmp)
-        final = self.folder / tmp.name[1:-len(".tmp")]
-        os.replace(tmp, final)  # the shard becomes visible here, whole
-        fsync_path(self.folder, directory=True)
+        final = self._final
+        commit_temp(tmp, final)  # the shard becomes visible here, whole
         self.committed.append(final)
         self._tmp, self._rows, self._keys, self._aliases, self._rejects = None, 0, [], [], []
         return final
@@ -193,9 +190,4 @@ class CacheWriter:
             self._release()
 
     def _release(self) -> None:
-        if self._lock_fd is not None:
-            try:
-                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
-            finally:
-                os.close(self._lock_fd)
-                self._lock_fd = None
+        self._lock.release()

@@ -10,10 +10,11 @@ import re
 import zipfile
 from pathlib import Path
 
-from pipeline.conll import Tweet, read_conll
-from pipeline.errors import InputError, UsageError
+from pipeline.io.conll import Tweet, read_conll
+from pipeline.io.safe_paths import UnsafePathError, safe_resolve
+from rpihmif.errors import InputError, UsageError
 
-__all__ = ["UnsafePathError", "safe_resolve", "load_crop_dict", "BenchmarkDataset", "SPLITS", "MAX_CROPS"]
+__all__ = ["load_crop_dict", "BenchmarkDataset", "SPLITS", "MAX_CROPS"]
 
 log = logging.getLogger(__name__)
 
@@ -23,30 +24,6 @@ _SPLIT_ALIASES = {"train": "train", "valid": "valid", "dev": "valid", "val": "va
 _SPLIT_FILES = {"train": ("train.txt",), "valid": ("valid.txt", "dev.txt", "val.txt"), "test": ("test.txt",)}
 _DICT_TAG = {"train": "train", "valid": "val", "test": "test"}  # split -> twitter2015_<tag>_dict.pth, aux_images/<tag>
 _IMAGE_EXTS = (".jpg", ".jpeg", ".png")
-
-
-class UnsafePathError(InputError):
-    """A path that escapes its root (absolute elsewhere, `..`, or a symlink pointing outside)."""
-
-
-def safe_resolve(root: str | os.PathLike, rel: str | os.PathLike) -> Path:
-    """Resolve `rel` (relative, or absolute inside root) against `root`, following symlinks; return the real path.
-
-    Raises UnsafePathError when the result lies outside the real root (`..` escapes, absolute paths elsewhere,
-    symlinks pointing outside) or the path is empty or has a NUL byte. The path need not exist.
-    """
-    rel_s = os.fspath(rel)
-    if rel_s == "" or "\x00" in rel_s:
-        raise UnsafePathError(f"{root}: empty path or NUL byte in {rel_s!r}; give a file path inside {root}")
-    real_root = Path(root).resolve()
-    try:
-        target = (real_root / rel_s).resolve()
-    except (OSError, RuntimeError) as e:  # symlink loop
-        raise UnsafePathError(f"{root}: cannot resolve {rel_s!r} ({e}); fix the path or link")
-    if target != real_root and real_root not in target.parents:
-        raise UnsafePathError(f"path {rel_s!r} resolves to {target}, outside {real_root}; "
-                              "keep image and crop paths (and symlinks) inside the dataset folder")
-    return target
 
 
 def load_crop_dict(path: str | os.PathLike) -> dict[str, list[str]]:

@@ -11,11 +11,11 @@ from typing import Any
 
 from seqeval.metrics import classification_report
 
+from cache.durable import atomic_write_text
+from pipeline.io.checkpoint_folder import checkpoint_info
+from pipeline.runtime.device import resolve_device
+from rpihmif.errors import UsageError
 from rpihmif.labels import ENTITY_TYPES
-
-from .checkpoints import checkpoint_info
-from .errors import UsageError
-from .runtime import atomic_write_text, resolve_device
 
 __all__ = ["entity_scores", "evaluate_file"]
 
@@ -53,11 +53,10 @@ def entity_scores(gold: list[list[str]], pred: list[list[str]]) -> dict[str, Any
 def evaluate_file(checkpoint: Path, split_file: Path, cfg: dict[str, Any], out: Path | None = None,
                   predictions: Path | None = None) -> dict[str, Any]:
     """Score `checkpoint` on `split_file`; write metrics JSON to `out` and CoNLL predictions to `predictions`."""
+    from pipeline.io.conll import read_conll, write_conll
+    from pipeline.io.dataset import BenchmarkDataset
+    from pipeline.train.cached_features import TweetFeatures
     from rpihmif.predictor import Tagger
-
-    from .conll import read_conll, write_conll
-    from .dataset import BenchmarkDataset
-    from .tweet_features import TweetFeatures
 
     checkpoint_info(checkpoint)
     if not Path(split_file).is_file():
