@@ -13,12 +13,18 @@ from typing import Any
 from cache.durable import atomic_write_text
 from rpihmif.errors import InputError
 
-__all__ = ["Manifest", "MANIFEST_NAME", "REJECTS_NAME"]
+__all__ = ["Manifest", "MANIFEST_NAME", "REJECTS_NAME", "DATA_DIR", "data_folder"]
 
 MANIFEST_NAME = "_manifest.json"
+DATA_DIR = "data"  # OUT/data/ holds only Parquet parts; manifest, rejects, report and lock sit beside it in OUT/
 REJECTS_NAME = "_rejects.jsonl"  # '_' prefix: Parquet readers of the folder skip it, like _manifest.json
 _VERSION = 1
 
+
+
+def data_folder(out: str | Path) -> Path:
+    """The folder of an output that holds only Parquet parts: what pandas/pyarrow/DuckDB/polars read as one table."""
+    return Path(out) / DATA_DIR
 
 class Manifest:
     """Finished inputs keyed by absolute path: size, sha256, rows, rejects, model id, output name, time."""
