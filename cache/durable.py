@@ -24,7 +24,7 @@ from rpihmif.errors import LockHeldError, UsageError
 
 __all__ = ["atomic_file", "atomic_write_text", "atomic_write_bytes", "atomic_dir", "recover_dir", "FileLock",
            "LOCK_NAME", "ensure_dir", "refuse_link", "sha256_file", "fsync_path", "naming_path", "temp_path",
-           "is_temp_name", "remove_stale_temps", "file_mode", "commit_temp"]
+           "is_temp_name", "remove_stale_temps", "file_mode", "commit_temp", "open_nofollow", "open_append"]
 
 LOCK_NAME = ".lock"
 _TMP_TAG = ".tmp-"  # temp names: ".<final name>.tmp-<pid>-<random>"
@@ -103,6 +103,27 @@ def commit_temp(tmp: Path, final: Path) -> None:
         fsync_path(final.parent, directory=True)
 
 
+def open_nofollow(path: str, flags: int) -> int:
+    """`open(..., opener=open_nofollow)`: never follows a symbolic link at the last path component."""
+    return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, file_mode())
+
+
+def open_append(path: str | os.PathLike, encoding: str = "utf-8") -> IO:
+    """A text file opened for appending (a log), created if missing, never through a link or into a non-file."""
+    path = Path(path)
+    ensure_dir(path.parent)
+    refuse_link(path)
+    try:
+        fh = open(path, "a", encoding=encoding, opener=lambda p, f: open_nofollow(p, f | os.O_NONBLOCK))
+    except OSError as exc:  # a link planted between the check and the open
+        raise UsageError(f"{path}: cannot open for appending ({exc.strerror}); it must be a regular file, "
+                         "not a link") from exc
+    if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+        fh.close()
+        raise UsageError(f"{path} is not a regular file; move it away and rerun")
+    return fh
+
+
 @contextmanager
 def atomic_file(path: str | os.PathLike, mode: str = "wb", encoding: str | None = None) -> Iterator[IO]:
     """Yield a file object on a fresh temp sibling of `path`; on success it replaces `path` whole.
@@ -114,7 +135,8 @@ def atomic_file(path: str | os.PathLike, mode: str = "wb", encoding: str | None 
     refuse_link(final)
     tmp = temp_path(final)
     try:
-        with naming_path(tmp), open(tmp, mode, encoding=encoding, newline="" if "b" not in mode else None) as fh:
+        with naming_path(tmp), open(tmp, mode, encoding=encoding, newline="" if "b" not in mode else None,
+                                           opener=open_nofollow) as fh:
             yield fh
             fh.flush()
         commit_temp(tmp, final)

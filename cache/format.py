@@ -16,6 +16,7 @@ rcnn (N, K, Lr, Dv); rcnn_mask (N, K); alias_source/alias_id/alias_key (M,) str 
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any, Iterable
@@ -28,7 +29,7 @@ from rpihmif.visual import VisualSpec
 
 __all__ = ["FORMAT_VERSION", "FEATURE_NAMES", "NO_IMAGE", "DUMP_SOURCE", "SHARD_GLOB", "feature_shapes", "canonical", "describe",
            "spec_of", "read_fingerprint", "check_fingerprint", "decode_strings",
-           "write_strings", "write_alias_tables", "read_alias_tables"]
+           "write_strings", "read_strings", "write_alias_tables", "read_alias_tables"]
 
 FORMAT_VERSION = 1
 FEATURE_NAMES = ("orig", "orig_mask", "grounding", "grounding_mask", "rcnn", "rcnn_mask")
@@ -98,9 +99,25 @@ def decode_strings(values: np.ndarray) -> list[str]:
     return [v.decode() if isinstance(v, bytes) else str(v) for v in values]
 
 
+def _digest(values: list[str]) -> str:
+    return hashlib.sha256(json.dumps(values, ensure_ascii=False).encode("utf-8", "surrogatepass")).hexdigest()
+
+
 def write_strings(f: h5py.File, name: str, values: Iterable[str]) -> None:
-    """A (N,) UTF-8 string dataset `name` in `f`."""
-    f.create_dataset(name, data=np.array(list(values), dtype=object), dtype=_STR)
+    """A (N,) UTF-8 string dataset `name` in `f`, with the sha256 of its values as attribute (HDF5 filters, hence
+    fletcher32, cannot apply to variable-length strings)."""
+    values = list(values)
+    f.create_dataset(name, data=np.array(values, dtype=object), dtype=_STR)
+    f[name].attrs["sha256"] = _digest(values)
+
+
+def read_strings(f: h5py.File, name: str) -> list[str]:
+    """The values of a `write_strings` dataset; OSError when they no longer match their stored sha256."""
+    values = decode_strings(f[name][()])
+    want = f[name].attrs.get("sha256")
+    if want is not None and _digest(values) != (want.decode() if isinstance(want, bytes) else want):
+        raise OSError(f"dataset {name!r} fails its sha256 checksum (damaged)")
+    return values
 
 
 def write_alias_tables(f: h5py.File, aliases: list[tuple[str, str, str]], rejects: list[dict[str, Any]]) -> None:
@@ -113,6 +130,5 @@ def write_alias_tables(f: h5py.File, aliases: list[tuple[str, str, str]], reject
 
 def read_alias_tables(f: h5py.File) -> tuple[list[tuple[str, str, str]], list[dict[str, Any]]]:
     """(aliases as (source, image id, key), reject records) of a shard or index file, in stored order."""
-    aliases = list(zip(decode_strings(f["alias_source"][()]), decode_strings(f["alias_id"][()]),
-                       decode_strings(f["alias_key"][()])))
-    return aliases, [json.loads(r) for r in decode_strings(f["rejects"][()])]
+    aliases = list(zip(read_strings(f, "alias_source"), read_strings(f, "alias_id"), read_strings(f, "alias_key")))
+    return aliases, [json.loads(r) for r in read_strings(f, "rejects")]

@@ -21,12 +21,13 @@ from cache.format import (
     check_fingerprint,
     decode_strings,
     read_alias_tables,
+    read_strings,
     write_alias_tables,
     write_strings,
 )
-from rpihmif.errors import PipelineError
+from rpihmif.errors import DamagedCacheError
 
-__all__ = ["CacheIndex", "load_index", "write_index"]
+__all__ = ["CacheIndex", "load_index", "read_index_file", "write_index", "INDEX_NAME"]
 
 log = logging.getLogger("rpihmif.feature_cache")
 
@@ -64,7 +65,7 @@ class CacheIndex:
 def load_index(folder: Path, fingerprint: dict[str, Any]) -> CacheIndex:
     """The index of every visible shard of `folder`: index.h5 when valid, plus a scan of the shards it misses."""
     present = [p.name for p in sorted(folder.glob(SHARD_GLOB))]
-    index = _read_index_file(folder, fingerprint, set(present)) or CacheIndex()
+    index = read_index_file(folder, fingerprint, set(present)) or CacheIndex()
     covered = set(index.shards)
     for name in present:
         if name not in covered:
@@ -76,15 +77,14 @@ def _scan_shard(index: CacheIndex, path: Path, fingerprint: dict[str, Any]) -> N
     try:
         with h5py.File(path, "r") as f:
             check_fingerprint(f.attrs, path, fingerprint)
-            keys = decode_strings(f["keys"][()])
+            keys = decode_strings(f["keys"][()])  # fletcher32-checked
             aliases, rejects = read_alias_tables(f)
             index.add_shard(path.name, keys, aliases, rejects)
-    except (OSError, KeyError) as exc:
-        raise PipelineError(f"{path}: unreadable feature-cache shard ({exc}); delete it and rerun "
-                            "extract-features (only its images are recomputed)") from exc
+    except (OSError, KeyError, ValueError, RuntimeError) as exc:
+        raise DamagedCacheError(path, exc) from exc
 
 
-def _read_index_file(folder: Path, fingerprint: dict[str, Any], present: set[str]) -> CacheIndex | None:
+def read_index_file(folder: Path, fingerprint: dict[str, Any], present: set[str]) -> CacheIndex | None:
     path = folder / INDEX_NAME
     if not path.is_file():
         return None
@@ -92,7 +92,7 @@ def _read_index_file(folder: Path, fingerprint: dict[str, Any], present: set[str
         with h5py.File(path, "r") as f:
             if f.attrs.get("fingerprint") != canonical(fingerprint):
                 return None
-            shards = decode_strings(f["shards"][()])
+            shards = read_strings(f, "shards")
             if not set(shards) <= present:  # a shard was removed: rebuild from the shards themselves
                 return None
             index = CacheIndex(shards=shards)
@@ -114,9 +114,10 @@ def write_index(folder: Path, index: CacheIndex, fingerprint: dict[str, Any]) ->
         f.attrs["fingerprint"] = canonical(fingerprint)
         f.attrs["format"] = FORMAT_VERSION
         write_strings(f, "shards", index.shards)
-        f.create_dataset("key", data=np.array([k for k, _ in keys], dtype="S64"))
-        f.create_dataset("key_shard", data=np.array([v[0] for _, v in keys], dtype=np.int32))
-        f.create_dataset("key_row", data=np.array([v[1] for _, v in keys], dtype=np.int32))
+        checked = {"chunks": True, "maxshape": (None,), "fletcher32": True}  # a flipped byte fails the read
+        f.create_dataset("key", data=np.array([k for k, _ in keys], dtype="S64"), **checked)
+        f.create_dataset("key_shard", data=np.array([v[0] for _, v in keys], dtype=np.int32), **checked)
+        f.create_dataset("key_row", data=np.array([v[1] for _, v in keys], dtype=np.int32), **checked)
         write_alias_tables(f, [(s, i, k) for (s, i), k in index.aliases.items()], index.rejects)
         f.flush()
     commit_temp(tmp, path)

@@ -14,7 +14,7 @@ import numpy as np
 from cache.format import FEATURE_NAMES, FORMAT_VERSION, NO_IMAGE, check_fingerprint, describe, read_fingerprint, spec_of
 from cache.index import CacheIndex, load_index, write_index
 from cache.writer import CacheWriter
-from rpihmif.errors import UsageError
+from rpihmif.errors import DamagedCacheError, UsageError
 from rpihmif.visual import VisualSpec
 
 __all__ = ["FORMAT_VERSION", "FEATURE_NAMES", "NO_IMAGE", "open_cache", "FeatureCache", "CacheWriter",
@@ -37,6 +37,8 @@ def open_cache(cache_dir: str | os.PathLike, fingerprint_id: str | None = None) 
     With `fingerprint_id` (e.g. a checkpoint's visual fingerprint): that encoder's folder; a cache that only holds
     other encoders' features raises UsageError naming both. Without: the only fingerprint folder (several -> UsageError).
     """
+    if Path(cache_dir).exists() and not Path(cache_dir).is_dir():
+        raise UsageError(f"cache_dir {cache_dir} is a file, not a folder; point cache_dir at the feature-cache folder")
     folders = fingerprint_folders(cache_dir)
     if not folders:
         return None
@@ -81,8 +83,10 @@ class FeatureCache:
         if loc is None:
             return None
         f = self._handle(loc[0])
-        row = loc[1]
-        return {name: np.asarray(f[name][row]) for name in FEATURE_NAMES}
+        try:  # every chunk read is verified against its fletcher32 checksum
+            return {name: np.asarray(f[name][loc[1]]) for name in FEATURE_NAMES}
+        except (OSError, KeyError, ValueError, IndexError, RuntimeError) as exc:
+            raise DamagedCacheError(self.folder / self.index.shards[loc[0]], exc) from exc
 
     def key_for(self, source: str, image_id: str) -> str | None:
         """Content key of an alias (dataset name or "dump", image id); None when unknown or the tweet has no image."""
@@ -162,7 +166,10 @@ class FeatureCache:
         f = self._handles.get(shard)
         if f is None:
             path = self.folder / self.index.shards[shard]
-            f = h5py.File(path, "r")
+            try:
+                f = h5py.File(path, "r")
+            except (OSError, ValueError, RuntimeError) as exc:  # truncated, overwritten, or gone since the index
+                raise DamagedCacheError(path, exc) from exc
             check_fingerprint(f.attrs, path, self.fingerprint)
             self._handles[shard] = f
         return f

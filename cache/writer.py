@@ -13,7 +13,16 @@ from typing import Any
 import h5py
 import numpy as np
 
-from cache.durable import FileLock, atomic_write_text, commit_temp, naming_path, remove_stale_temps, temp_path
+from cache.durable import (
+    FileLock,
+    atomic_write_text,
+    commit_temp,
+    ensure_dir,
+    naming_path,
+    refuse_link,
+    remove_stale_temps,
+    temp_path,
+)
 from cache.format import (
     FEATURE_NAMES,
     FORMAT_VERSION,
@@ -26,9 +35,12 @@ from cache.format import (
     write_alias_tables,
 )
 from cache.index import load_index, write_index
+from cache.integrity import remember_verified
 from rpihmif.errors import UsageError
 
-__all__ = ["CacheWriter"]
+__all__ = ["CacheWriter", "OWN_FILES"]
+
+OWN_FILES = ("fingerprint.json", "index.h5", "rejects.jsonl", "verified.json")
 
 
 class CacheWriter:
@@ -37,12 +49,16 @@ class CacheWriter:
     Use as a context manager; holds `.lock` (another writer -> LockHeldError, exit 3).
     """
 
+    checksums = True  # fletcher32 per chunk of every feature dataset (benchmarks/checksum_cost.py turns it off)
+
     def __init__(self, cache_dir: str | os.PathLike, fingerprint: dict[str, Any], shard_size: int = 512,
                  dtype: str = "float16"):
         if shard_size < 1:
             raise ValueError(f"expected shard_size >= 1, got {shard_size}")
-        self.folder = Path(cache_dir) / fingerprint["id"]
-        self.folder.mkdir(parents=True, exist_ok=True)
+        ensure_dir(cache_dir, "cache_dir")
+        self.folder = ensure_dir(Path(cache_dir) / fingerprint["id"], "feature-cache folder")
+        for name in OWN_FILES:  # refused before any work: a link where the writer keeps its own file
+            refuse_link(self.folder / name)
         self.fingerprint = fingerprint
         self.spec = spec_of(fingerprint)
         self.shard_size = shard_size
@@ -131,12 +147,13 @@ class CacheWriter:
         self._final = self.folder / name
         self._tmp = temp_path(self._final)
         f = h5py.File(self._tmp, "w")
-        f.create_dataset("keys", shape=(0,), maxshape=(None,), dtype="S64", chunks=(256,))
+        # fletcher32: HDF5 stores a checksum per chunk and verifies it on every read (a flipped byte -> OSError)
+        f.create_dataset("keys", shape=(0,), maxshape=(None,), dtype="S64", chunks=(256,), fletcher32=self.checksums)
         for name, shape in feature_shapes(self.spec).items():
             dtype = bool if name.endswith("_mask") else self.dtype
             # one chunk per row: a reader fetches one image with one read per dataset
             f.create_dataset(name, shape=(0,) + shape, maxshape=(None,) + shape, dtype=dtype,
-                             chunks=(1,) + shape if shape and all(shape) else (256,) + shape)
+                             chunks=(1,) + shape if shape and all(shape) else (256,) + shape, fletcher32=self.checksums)
         self._file = f
         self._rows = 0
         self._keys = []
@@ -175,6 +192,8 @@ class CacheWriter:
             if self.committed or not (self.folder / "index.h5").exists():
                 on_disk = read_fingerprint(self.folder)  # what a reader checks shards against
                 write_index(self.folder, load_index(self.folder, on_disk), on_disk)
+            if self.committed:
+                remember_verified(self.folder, self.committed)
         finally:
             self._release()
 

@@ -16,6 +16,7 @@ from rpihmif.errors import UsageError
 __all__ = ["load_config", "parse_override", "apply_overrides"]
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+_MAX_DEPTH = 8  # the stage yamls are 2 levels deep
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -24,8 +25,18 @@ def parse_override(text: str) -> tuple[str, Any]:
     if not sep or not key.strip():
         raise UsageError(f"--set {text!r}: expected key=value, e.g. --set num_epochs=3")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
+        events = list(yaml.parse(raw)) if raw.strip() else []
+    except (yaml.YAMLError, RecursionError):
+        events = None  # not yaml: the text itself (below)
+    for event in events or []:
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) or getattr(event, "tag", None):
+            raise UsageError(f"--set {text!r}: yaml tags (!!python/..., !name) and anchors/aliases are not allowed "
+                             "in values; quote the value if you mean the literal text")
+    try:
+        value = yaml.safe_load(raw) if events else ("" if events == [] else raw)
+    except (yaml.YAMLError, RecursionError):
+        value = raw
+    if not _plain(value):  # dates, bytes, sets...: the text as written
         value = raw
     if isinstance(value, str):
         try:  # yaml 1.1 reads 1e-3 as a string; users mean a number
@@ -33,6 +44,17 @@ def parse_override(text: str) -> tuple[str, Any]:
         except ValueError:
             pass
     return key.strip(), value
+
+
+def _plain(value: Any, depth: int = 0) -> bool:
+    """Whether `value` is made only of what a config holds: str, int, float, bool, None, lists and str-keyed maps."""
+    if depth > _MAX_DEPTH:
+        return False
+    if isinstance(value, list):
+        return all(_plain(v, depth + 1) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _plain(v, depth + 1) for k, v in value.items())
+    return value is None or isinstance(value, (str, int, float, bool))
 
 
 def _coerce(key: str, value: Any, default: Any, source: str) -> Any:
@@ -49,14 +71,20 @@ def _coerce(key: str, value: Any, default: Any, source: str) -> Any:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
     elif isinstance(default, str):
+        if isinstance(value, (list, dict)):
+            raise UsageError(f"{source}: {key} must be a str, got {value!r}")
         return value if isinstance(value, str) else str(value)
     elif isinstance(default, list):
         if isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]
-        if isinstance(value, list):
-            return value
-    elif isinstance(default, dict) and isinstance(value, dict):
-        return value
+        if isinstance(value, list):  # items of the default's item type (str when the default list is empty)
+            item = default[0] if default else ""
+            return [_coerce(f"{key}[{i}]", v, item, source) for i, v in enumerate(value)]
+    elif isinstance(default, dict) and isinstance(value, dict):  # a section: each key checked like a dotted one
+        unknown = sorted(set(value) - set(default))
+        if unknown:
+            raise UsageError(f"{source}: unknown key(s) {unknown} in {key}; known keys here: {', '.join(default)}")
+        return {**default, **{k: _coerce(f"{key}.{k}", v, default[k], source) for k, v in value.items()}}
     raise UsageError(f"{source}: {key} must be {type(default).__name__}, got {value!r}")
 
 
@@ -100,19 +128,41 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise UsageError(f"config file {path} not found; pass --config with an existing yaml")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_ConfigLoader) or {}
     except yaml.YAMLError as exc:
         raise UsageError(f"{path}: invalid yaml: {exc}") from exc
+    except _AliasFound as exc:
+        raise UsageError(f"{path}:{exc.args[0]}: yaml aliases (*name) are not allowed in config files (one alias "
+                         "can expand to an exponential size); write the values out") from None
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{path}: not UTF-8 text (byte {exc.start}); save the config as UTF-8") from exc
+    except RecursionError as exc:
+        raise UsageError(f"{path}: yaml nested too deeply; a config is at most {_MAX_DEPTH} levels deep") from exc
     if not isinstance(data, dict):
         raise UsageError(f"{path}: expected a mapping of keys to values at the top level")
     return data
 
 
-def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+class _AliasFound(Exception):
+    """Raised by `_ConfigLoader` at the line of the first alias."""
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """safe_load without aliases: `*name` can make a small file expand exponentially (an alias bomb)."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            raise _AliasFound(self.peek_event().start_mark.line + 1)
+        return super().compose_node(parent, index)
+
+
+def _flatten(data: dict[str, Any], prefix: str = "", depth: int = 0) -> dict[str, Any]:
+    if depth > _MAX_DEPTH:
+        raise UsageError(f"config key {prefix.rstrip('.')!r} is nested more than {_MAX_DEPTH} levels deep")
     flat: dict[str, Any] = {}
     for key, value in data.items():
         if isinstance(value, dict) and value:
-            flat.update(_flatten(value, f"{prefix}{key}."))
+            flat.update(_flatten(value, f"{prefix}{key}.", depth + 1))
         else:
             flat[f"{prefix}{key}"] = value
     return flat

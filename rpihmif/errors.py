@@ -4,7 +4,7 @@ Any other exception is a failed run (exit 1); the CLI prints the message, never 
 """
 from __future__ import annotations
 
-__all__ = ["PipelineError", "UsageError", "LockHeldError", "InputError"]
+__all__ = ["PipelineError", "UsageError", "LockHeldError", "InputError", "DamagedCacheError"]
 
 
 class PipelineError(Exception):
@@ -29,3 +29,13 @@ class LockHeldError(PipelineError):
     """Another run holds the output's lock (exit 3)."""
 
     exit_code = 3
+
+
+class DamagedCacheError(UsageError):
+    """A feature-cache file fails its checksum or cannot be read (exit 2): rerun extract-features to repair it."""
+
+    def __init__(self, path: object, reason: object):
+        self.path = path
+        super().__init__(f"{path}: damaged feature-cache file ({str(reason)[:300]}); rerun extract-features with "
+                         "the same settings: it verifies the cache, sets damaged shards aside and recomputes "
+                         "their images")

@@ -89,9 +89,9 @@ def test_empty_and_non_gzip_dumps(tmp_path):
 
 
 def test_exact_limit_and_no_trailing_newline(tmp_path):
-    rec = json.dumps({"id": "1", "text": "y" * 50}).encode()
+    rec, rec2 = (json.dumps({"id": i, "text": "y" * 50}).encode() for i in ("1", "2"))  # same length
     path = tmp_path / "x.jsonl"
-    path.write_bytes(rec + b"\n" + rec)
+    path.write_bytes(rec + b"\n" + rec2)
     good, rejects = _split(iter_dump(path, max_record_bytes=len(rec)))
     assert len(good) == 2 and not rejects
     good, rejects = _split(iter_dump(path, max_record_bytes=len(rec) - 1))

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from cache.durable import atomic_write_text
+from cache.durable import atomic_write_text, ensure_dir
 from cache.format import FEATURE_NAMES, feature_shapes
 from pipeline.extract.clip_encoder import (
     Preprocessor,
@@ -177,6 +177,7 @@ def _source_signature(settings: VisionSettings) -> dict[str, Any]:
 
 def resolve_fingerprint(settings: VisionSettings, cache_dir: Path) -> dict[str, Any]:
     """The encoder fingerprint; memoised in `<cache_dir>/.fingerprints.json` by `_source_signature`."""
+    ensure_dir(cache_dir, "cache_dir")
     memo_path = cache_dir / ".fingerprints.json"
     sig = json.dumps(_source_signature(settings), sort_keys=True)
     memo: dict[str, Any] = {}

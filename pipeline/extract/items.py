@@ -39,14 +39,14 @@ class WorkItem:
     key: str = ""
 
 
-def _split_image_ids(path: Path) -> list[str]:
-    """IMGIDs of a CoNLL split in file order (only the IMGID lines are read: labels do not matter here)."""
-    ids: list[str] = []
+def _split_image_ids(path: Path) -> list[tuple[int, str]]:
+    """(line, IMGID) of a CoNLL split in file order (only the IMGID lines are read: labels do not matter here)."""
+    ids: list[tuple[int, str]] = []
     with open(path, encoding="utf-8", errors="replace") as f:
-        for line in f:
+        for number, line in enumerate(f, 1):
             m = _IMGID.match(line.rstrip("\r\n"))
             if m and m.group(1).strip():
-                ids.append(m.group(1).strip())
+                ids.append((number, m.group(1).strip()))
     return ids
 
 
@@ -72,7 +72,11 @@ def benchmark_items(config: dict[str, Any], crop_rejects: list[dict[str, Any]]) 
         if split not in present:
             log.info("%s: no %s split; skipped", ds.root, split)
             continue
-        for image_id in _split_image_ids(ds.split_file(split)):
+        for line, image_id in _split_image_ids(ds.split_file(split)):
+            if "\x00" in image_id:  # HDF5 strings cannot hold NUL: one reject, the run goes on
+                crop_rejects.append({"source": ds.name, "kind": "record", "file": str(ds.split_file(split)),
+                                     "line": line, "reason": "NUL byte in the IMGID"})
+                continue
             alias = ds.image_name(image_id)
             if alias in seen:
                 continue
@@ -115,7 +119,7 @@ def dump_items(config: dict[str, Any], dumps: list[Path], crop_rejects: list[dic
         if not dump.is_file():
             raise InputError(f"{dump}: dump file not found; pass existing JSONL(.gz) files with --dump")
         root = Path(dcfg["image_root"]) if dcfg["image_root"] else dump.resolve().parent
-        for rec in iter_dump(dump, fields):
+        for rec in iter_dump(dump, fields, unique_ids=False):  # only image paths matter here, not ids
             if isinstance(rec, Reject):
                 record_rejects.append({"source": DUMP_SOURCE, "kind": "record", "file": rec.file, "line": rec.line,
                                        "id": rec.id, "reason": rec.reason})

@@ -14,13 +14,15 @@ from typing import Any
 
 import numpy as np
 
+from cache.durable import FileLock
+from cache.integrity import repair_folder
 from cache.reader import FEATURE_NAMES, CacheWriter, FeatureCache, fingerprint_folders
 from pipeline.extract.clip_encoder import VisionSettings
 from pipeline.extract.featurizer import ClipFeaturizer, featurize_images, resolve_fingerprint
 from pipeline.extract.items import WorkItem, benchmark_items, dump_items, hash_items, item_batches
 from pipeline.runtime.executor import run_actor_pool, run_inprocess
 from pipeline.runtime.progress import Progress
-from rpihmif.errors import UsageError
+from rpihmif.errors import LockHeldError, UsageError
 
 __all__ = ["run_extract", "ClipFeaturizer", "featurize_images", "resolve_fingerprint"]
 
@@ -68,6 +70,7 @@ def run_extract(config: dict[str, Any], dumps: list[Path] | None = None) -> dict
 
     # 2. dedupe by content key, skip what the cache has
     folder = cache_dir / fp["id"]
+    repair = _verify_cache(folder, fp, config) if folder in fingerprint_folders(cache_dir) else None
     existing = FeatureCache(folder) if folder in fingerprint_folders(cache_dir) else None
     have_keys = existing.index.keys if existing else {}
     have_rejected = existing.index.rejected_keys if existing else {}
@@ -114,6 +117,8 @@ def run_extract(config: dict[str, Any], dumps: list[Path] | None = None) -> dict
         "reused": counts["reused"], "deduplicated": counts["deduplicated"], "rejected": counts["rejected"],
         "rejected_crops": 0, "rejected_records": len(record_rejects), "aliases_written": 0, "shards_written": 0,
         "workers": workers, "ray_address": address or ("embedded" if workers else "in-process"),
+        "shards_verified": repair["verified"] if repair else 0,
+        "damaged_shards": repair["damaged"] if repair else [],
     }
     if not todo and not new_aliases and not new_rejects:
         log.info("cache %s is complete for these inputs: nothing to compute", folder)
@@ -176,6 +181,24 @@ def run_extract(config: dict[str, Any], dumps: list[Path] | None = None) -> dict
     log.info("extract-features: %s", json.dumps({k: summary[k] for k in (
         "computed", "reused", "deduplicated", "rejected", "rejected_crops", "seconds")}))
     return summary
+
+
+def _verify_cache(folder: Path, fp: dict[str, Any], config: dict[str, Any]) -> dict[str, Any] | None:
+    """Read back the shards not verified before (all with verify_cache: all); damaged ones are set aside here, so
+    the plan below recomputes their images. None when another run holds the cache (it is writing, not us)."""
+    mode = str(config.get("verify_cache", "changed"))
+    if mode not in ("changed", "all"):
+        raise UsageError(f"verify_cache must be changed or all, got {mode!r}")
+    try:
+        with FileLock(folder, "extract-features run"):
+            result = repair_folder(folder, fp, full=mode == "all")
+    except LockHeldError:
+        log.info("%s: another run holds the cache; shards not verified by this run", folder)
+        return None
+    if result["damaged"]:
+        log.warning("repaired the feature cache: %d damaged shard(s) set aside (%s); their images are recomputed "
+                    "by this run", len(result["damaged"]), ", ".join(d["shard"] for d in result["damaged"]))
+    return result
 
 
 def _replan(fresh: Any, todo: list[WorkItem], by_key: dict[str, list[WorkItem]], aliases: list[tuple[str, str, str]],

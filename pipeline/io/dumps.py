@@ -6,6 +6,7 @@ holding more than one line in memory; a gzip that ends early keeps the records b
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import zlib
 from dataclasses import dataclass, field
@@ -18,6 +19,8 @@ __all__ = ["DumpFields", "DumpRecord", "Reject", "iter_dump", "expand_inputs", "
 
 DUMP_SUFFIXES = (".jsonl", ".jsonl.gz", ".json.gz", ".ndjson", ".ndjson.gz")
 _CHUNK = 1 << 16
+_BOM = b"\xef\xbb\xbf"
+MAX_ID_CHARS = 256
 
 
 @dataclass(frozen=True)
@@ -133,6 +136,10 @@ def parse_record(raw: bytes, name: str, line: int, fields: DumpFields) -> DumpRe
         obj = json.loads(decoded)
     except json.JSONDecodeError as exc:
         return Reject(name, line, f"bad JSON: {exc.msg} (column {exc.colno})")
+    except RecursionError:
+        return Reject(name, line, "JSON nested too deeply to read (a tweet record is a flat object)")
+    except ValueError as exc:  # e.g. an integer of more than 4300 digits
+        return Reject(name, line, f"bad JSON value: {str(exc)[:120]}")
     if not isinstance(obj, dict):
         return Reject(name, line, f"expected a JSON object, got {type(obj).__name__}")
     rid = obj.get(fields.id)
@@ -140,7 +147,9 @@ def parse_record(raw: bytes, name: str, line: int, fields: DumpFields) -> DumpRe
         return Reject(name, line, f"missing id field {fields.id!r}; set id_field to the dump's id key")
     if isinstance(rid, bool) or not isinstance(rid, (str, int)):
         return Reject(name, line, f"id field {fields.id!r} must be a string or integer, got {type(rid).__name__}")
-    rid = str(rid)
+    rid = str(rid)  # 1 and "1" are the same tweet id (Twitter's id and id_str); iter_dump rejects a repeat
+    if len(rid) > MAX_ID_CHARS:
+        return Reject(name, line, f"id of {len(rid)} characters is longer than {MAX_ID_CHARS}")
     text = obj.get(fields.text)
     if text is None:
         return Reject(name, line, f"missing text field {fields.text!r}; set text_field to the dump's text key", rid)
@@ -157,17 +166,23 @@ def parse_record(raw: bytes, name: str, line: int, fields: DumpFields) -> DumpRe
     if crops is None or rcnn is None:
         bad = fields.crops if crops is None else fields.rcnn
         return Reject(name, line, f"field {bad!r} must be a list of path strings", rid)
+    for path in ([image] if image else []) + crops + rcnn:
+        if "\x00" in path or _has_surrogate(path):
+            return Reject(name, line, f"image or crop path {path[:80]!r} holds a NUL byte or an unpaired surrogate; "
+                                      "fix the path", rid)
     return DumpRecord(name, line, rid, text, image or None, crops, rcnn)
 
 
 def iter_dump(path: Path, fields: DumpFields = DumpFields(), max_record_bytes: int = 100_000,
-              name: str | None = None) -> Iterator[DumpRecord | Reject]:
+              name: str | None = None, unique_ids: bool = True) -> Iterator[DumpRecord | Reject]:
     """Stream records and rejects of one JSONL(.gz) file; blank lines are skipped silently.
 
-    `name` is what records and rejects report as their file (default: the path as given).
+    `name` is what records and rejects report as their file (default: the path as given). Ids are strings: 1 and
+    "1" are the same id; with `unique_ids` a repeated id in the file is a reject (the first record is kept).
     """
     name = name or str(path)
     line = 0
+    seen: set[int] = set()  # 8-byte digests of the ids so far (about 60 bytes of memory per record)
     try:
         with _open(path) as fh:
             for raw, size in _lines(fh, max_record_bytes):
@@ -176,8 +191,18 @@ def iter_dump(path: Path, fields: DumpFields = DumpFields(), max_record_bytes: i
                     yield Reject(name, line, f"record of {size} bytes is longer than max_record_bytes="
                                              f"{max_record_bytes}; raise it with --set max_record_bytes=N")
                     continue
+                if line == 1 and raw.startswith(_BOM):  # a UTF-8 byte-order mark, as some editors write
+                    raw = raw[len(_BOM):]
                 if raw.strip():
-                    yield parse_record(raw, name, line, fields)
+                    rec = parse_record(raw, name, line, fields)
+                    if unique_ids and isinstance(rec, DumpRecord):
+                        digest = int.from_bytes(hashlib.blake2b(rec.id.encode(), digest_size=8).digest(), "big")
+                        if digest in seen:
+                            rec = Reject(name, line, f"duplicate id {rec.id!r}: an earlier record of this file has "
+                                                     "it (ids 1 and \"1\" are the same id); the first one is kept",
+                                         rec.id)
+                        seen.add(digest)
+                    yield rec
     except EOFError:
         yield Reject(name, line + 1, "gzip stream ends early (truncated file); the records before it were kept")
     except (gzip.BadGzipFile, zlib.error) as exc:

@@ -11,13 +11,14 @@ import json
 import os
 import random
 import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-from cache.durable import atomic_file
+from cache.durable import atomic_file, ensure_dir, file_mode, refuse_link, remove_stale_temps
 from pipeline.io.conll import Tweet, write_conll
 from rpihmif.errors import UsageError
 from rpihmif.labels import ENTITY_TYPES
@@ -359,12 +360,15 @@ def make_sample(out: str | os.PathLike, seed: int = 0, sizes: dict[str, int] | N
     out = Path(out)
     sizes = dict(SIZES if sizes is None else sizes)
     root = out / DATASET
+    if root.is_symlink():
+        raise UsageError(f"{root} is a symbolic link where make-sample writes its own folder; remove it")
     if root.exists() and not (root / MARKER).is_file():
         raise UsageError(f"{root} exists and is not a generated sample (no {MARKER}); choose another OUT folder")
-    out.mkdir(parents=True, exist_ok=True)
-    tmp_root = out / f".{DATASET}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp_root, ignore_errors=True)
-    tmp_root.mkdir()
+    ensure_dir(out, "OUT")
+    refuse_link(out / "tweets.jsonl.gz")
+    remove_stale_temps(out, DATASET)
+    tmp_root = Path(tempfile.mkdtemp(prefix=f".{DATASET}.tmp-{os.getpid()}-", dir=out))  # unguessable, O_EXCL
+    os.chmod(tmp_root, file_mode(directory=True))
     rng = random.Random(seed)
     next_id = 1_000_000 + 1000 * (seed % 1000)
     summary: dict = {"dataset": DATASET, "seed": seed, "image_size": IMAGE_SIZE, "splits": {}}

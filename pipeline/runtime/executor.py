@@ -6,9 +6,21 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterable, Iterator
 
-__all__ = ["run_inprocess", "run_actor_pool"]
+from rpihmif.errors import PipelineError
+
+__all__ = ["run_inprocess", "run_actor_pool", "ray_failure"]
 
 Batch = dict[str, Any]
+
+
+def ray_failure(exc: BaseException, what: str) -> PipelineError:
+    """One line for a failed Ray task or a dead actor; a PipelineError raised inside the actor keeps its exit code."""
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, PipelineError):
+        return cause
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+    return PipelineError(f"Ray worker {what} failed ({type(exc).__name__}: {first}); rerun the command: the work "
+                         "already committed is kept and only the rest is redone")
 
 
 def run_inprocess(model_cls: Callable[..., Callable[[Batch], Batch]], model_kwargs: dict[str, Any],
@@ -51,7 +63,10 @@ def run_actor_pool(model_cls: type, model_kwargs: dict[str, Any], batches: Itera
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
             actor = pending.pop(done[0])
-            result = ray.get(done[0])
+            try:
+                result = ray.get(done[0])
+            except ray.exceptions.RayError as exc:
+                raise ray_failure(exc, getattr(model_cls, "__name__", "actor")) from exc
             submit(actor)
             yield result
     finally:

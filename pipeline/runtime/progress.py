@@ -12,6 +12,8 @@ from typing import Iterable, Iterator, TypeVar
 
 from tqdm import tqdm
 
+from cache.durable import open_append
+
 __all__ = ["progress", "Progress", "setup_logging", "is_terminal"]
 
 T = TypeVar("T")
@@ -65,6 +67,13 @@ def progress(items: Iterable[T], total: int | None = None, desc: str = "", unit:
         log.info("%s: %d %s in %.1fs", desc, counter.done, unit, time.monotonic() - counter.start)
 
 
+class _LinkSafeFileHandler(logging.FileHandler):
+    """A FileHandler that appends to a regular file only: a link planted at the log's name is a UsageError."""
+
+    def _open(self):  # noqa: ANN202 -- logging's signature
+        return open_append(self.baseFilename, encoding=self.encoding or "utf-8")
+
+
 class _StderrHandler(logging.StreamHandler):
     """Writes to whatever `sys.stderr` is at emit time (test runners and daemons swap it)."""
 
@@ -87,9 +96,8 @@ def setup_logging(log_file: str | Path | None = None, level: int = logging.INFO)
         handler.setFormatter(fmt)
         root.addHandler(handler)
     if log_file is not None:
-        path = Path(log_file).resolve()
+        path = Path(log_file).parent.resolve() / Path(log_file).name  # never resolve a link at the log's own name
         if not any(getattr(h, "baseFilename", None) == str(path) for h in root.handlers):
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fh = logging.FileHandler(path, encoding="utf-8")
+            fh = _LinkSafeFileHandler(path, encoding="utf-8")
             fh.setFormatter(fmt)
             root.addHandler(fh)

@@ -11,7 +11,7 @@ from collections import deque
 from contextlib import ExitStack
 from typing import Any, Iterable, Iterator
 
-from rpihmif.errors import PipelineError
+from pipeline.runtime.executor import ray_failure
 
 log = logging.getLogger("rpihmif.tag")
 
@@ -120,7 +120,7 @@ class RayExecutor:
         try:
             return self._ray.get(ref)
         except self._ray.exceptions.RayError as exc:
-            raise PipelineError(f"Ray inference actor failed: {exc}") from exc
+            raise ray_failure(exc, "TagActor (inference)") from exc
 
     def close(self) -> None:
         for actor in self.actors:

@@ -15,16 +15,16 @@ from itertools import islice
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from cache.durable import FileLock, atomic_file, is_temp_name, sha256_file, temp_path
+from cache.durable import FileLock, atomic_file, is_temp_name, open_nofollow, sha256_file, temp_path
 from cache.format import DUMP_SOURCE
-from pipeline.io.checkpoint_folder import checkpoint_info
+from pipeline.io.checkpoint_folder import checkpoint_info, load_error
 from pipeline.io.dumps import DumpFields, DumpRecord, Reject, expand_inputs, iter_dump
 from pipeline.runtime.progress import progress
 from pipeline.tag.infer import make_executor
 from pipeline.tag.manifest import REJECTS_NAME, Manifest
 from pipeline.tag.parquet_parts import PartWriter
 from pipeline.tag.tweet_tokenizer import Token, tokenize
-from rpihmif.errors import UsageError
+from rpihmif.errors import PipelineError, UsageError
 
 __all__ = ["run_tag", "resolve_model_path"]
 
@@ -187,10 +187,16 @@ def _merge_rejects(out: Path, key: str, new: Path) -> None:
     final = out / REJECTS_NAME
     with atomic_file(final, "w", encoding="utf-8") as dst:
         if final.exists():
-            with open(final, encoding="utf-8") as src:
-                for line in src:
-                    if json.loads(line).get("file") != key:
-                        dst.write(line)
+            with open(final, "rb") as src:
+                for number, raw in enumerate(src, 1):
+                    try:
+                        record = json.loads(raw)
+                        keep = record.get("file") != key
+                    except (ValueError, AttributeError, RecursionError):  # damaged by hand or by a disk: not ours
+                        log.warning("%s:%d: damaged line dropped (not a reject record)", final, number)
+                        continue
+                    if keep:
+                        dst.write(raw.decode("utf-8").rstrip("\r\n") + "\n")
         with open(new, encoding="utf-8") as src:
             for line in src:
                 dst.write(line)
@@ -203,7 +209,7 @@ def _tag_file(path: Path, key: str, output: str, sha: str, ctx: _Context) -> _Co
                         metadata={"model_id": ctx.model_id, "source": key, "source_sha256": sha})
     rejects_tmp = temp_path(ctx.out / f"{output}.rejects")
     try:
-        with open(rejects_tmp, "w", encoding="utf-8") as rejects:
+        with open(rejects_tmp, "w", encoding="utf-8", opener=open_nofollow) as rejects:
             records = progress(iter_dump(path, ctx.fields, ctx.config["max_record_bytes"], name=key),
                                desc=path.name, unit="records")
             for rows in _tag_stream(_prepare(records, ctx, counts, rejects), ctx, counts):
@@ -249,7 +255,12 @@ def run_tag(inputs: list[Path], config: dict[str, Any]) -> dict[str, Any]:
         ctx.taken = manifest.outputs()
         if todo:
             ctx.cache = _open_feature_cache(config, model_config)
-            ctx.executor = make_executor(config, str(load_path), str(ctx.cache.folder) if ctx.cache else "")
+            try:
+                ctx.executor = make_executor(config, str(load_path), str(ctx.cache.folder) if ctx.cache else "")
+            except PipelineError:
+                raise
+            except Exception as exc:  # noqa: BLE001 -- SafetensorError and friends: one line naming the folder
+                raise load_error(load_path, exc) from exc
             log.info("tagging %d input(s) with model %s, %s", len(todo), mid, ctx.executor.description)
         try:
             for path, key, sha, size in todo:

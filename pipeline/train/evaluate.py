@@ -11,10 +11,10 @@ from typing import Any
 
 from seqeval.metrics import classification_report
 
-from cache.durable import atomic_write_text
-from pipeline.io.checkpoint_folder import checkpoint_info
+from cache.durable import atomic_write_text, ensure_dir, refuse_link
+from pipeline.io.checkpoint_folder import checkpoint_info, load_error
 from pipeline.runtime.device import resolve_device
-from rpihmif.errors import UsageError
+from rpihmif.errors import PipelineError, UsageError
 from rpihmif.labels import ENTITY_TYPES
 
 __all__ = ["entity_scores", "evaluate_file"]
@@ -58,10 +58,19 @@ def evaluate_file(checkpoint: Path, split_file: Path, cfg: dict[str, Any], out: 
     from pipeline.train.cached_features import TweetFeatures
     from rpihmif.predictor import Tagger
 
+    for target in (out, predictions):  # refused before the work: a folder, a link or a non-file there
+        if target is not None:
+            ensure_dir(Path(target).parent)
+            refuse_link(Path(target))
     checkpoint_info(checkpoint)
     if not Path(split_file).is_file():
         raise UsageError(f"split file {split_file} not found")
-    tagger = Tagger.from_pretrained(checkpoint, device=resolve_device(cfg["device"]))
+    try:
+        tagger = Tagger.from_pretrained(checkpoint, device=resolve_device(cfg["device"]))
+    except PipelineError:
+        raise
+    except Exception as exc:  # noqa: BLE001 -- SafetensorError and friends: one line naming the folder
+        raise load_error(checkpoint, exc) from exc
     dataset = BenchmarkDataset.from_split_file(split_file)
     tweets = read_conll(split_file, lenient=cfg["lenient"], fix_bio=cfg["fix_bio"])
     features = TweetFeatures.for_model(cfg, dataset, tagger.config)

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from transformers import get_linear_schedule_with_warmup
 
-from cache.durable import atomic_dir, atomic_write_text, recover_dir
+from cache.durable import atomic_dir, atomic_write_text, ensure_dir, recover_dir, refuse_link
 from pipeline.io.conll import Tweet
 from pipeline.io.dataset import BenchmarkDataset
 from pipeline.runtime.device import resolve_device, seed_everything
@@ -143,17 +143,35 @@ class Trainer:
     def resume(self, load_path: str) -> None:
         """Restore model, optimizer, scheduler, RNG and epoch from a run's `last/` folder."""
         folder = Path(load_path)
-        if (folder / "last").is_dir():
-            folder = folder / "last"
-        recover_dir(folder)
+        run = folder.parent if folder.name == "last" else folder
+        if (run / "last").is_dir() or (run / "last.old").is_dir():
+            folder = run / "last"
+            recover_dir(folder)
+        elif not run.is_dir():
+            raise UsageError(f"load_path {load_path}: no such folder; point it at a run folder or its last/ folder")
         state_path = folder / STATE_FILE
         if not state_path.is_file():
-            raise UsageError(f"load_path {load_path}: no {STATE_FILE}; point it at a run folder or its last/ folder")
-        model, _, config = load_checkpoint(folder, device=self.device)
+            if not (folder / "config.json").exists():  # a run folder of a run killed before its first epoch
+                log.warning("load_path %s: no epoch of that run finished (no last/%s): starting fresh from epoch 1",
+                            load_path, STATE_FILE)
+                return
+            raise UsageError(f"load_path {load_path}: no {STATE_FILE} here, so there is no training state to resume "
+                             "(a best/ checkpoint holds weights only); point it at the run folder or its last/ "
+                             "folder, or drop load_path to start fresh")
+        from pipeline.io.checkpoint_folder import checkpoint_info, load_error
+        checkpoint_info(folder)
+        try:
+            model, _, config = load_checkpoint(folder, device=self.device)
+        except Exception as exc:  # noqa: BLE001 -- a damaged checkpoint: one line naming it
+            raise load_error(folder, exc) from exc
         if config.labels != self.model_config.labels:
             raise UsageError(f"load_path {load_path}: checkpoint labels {config.labels} differ from {self.model_config.labels}")
         self.model.load_state_dict(model.state_dict())
-        state = torch.load(state_path, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(state_path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 -- truncated or foreign file
+            raise UsageError(f"{state_path}: unreadable training state ({str(exc)[:200]}); resume from another "
+                             "run, or drop load_path to start fresh") from exc
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         _set_rng_state(state["rng"])
@@ -226,8 +244,13 @@ class Trainer:
 
 def train(cfg: dict[str, Any]) -> dict[str, Any]:
     """Run the train stage from a loaded `conf/train.yaml` dict; return the final metrics."""
-    run_dir = Path(cfg["save_path"])
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = ensure_dir(cfg["save_path"], "save_path")
+    for name in ("best", "last", "best.old", "last.old"):  # our own folders: a planted link is refused up front
+        if (run_dir / name).is_symlink() or (run_dir / name).is_file():
+            raise UsageError(f"{run_dir / name} is a symbolic link or a file where train keeps its own folder; "
+                             "remove it (nothing is ever written through it)")
+    for name in ("metrics.json", "metrics.json.old", "train.log"):
+        refuse_link(run_dir / name)
     setup_logging(run_dir / "train.log")
     if cfg["log_dir"]:
         setup_logging(Path(cfg["log_dir"]) / "train.log")
