@@ -146,13 +146,17 @@ def tag_corpus_cmd(
 
 @app.command("report")
 def report_cmd(
-    out_dir: Path = Arg(..., help="A tag-corpus output folder."),
+    out_dir: Path = Arg(..., help="A tag-corpus output folder (Parquet parts in OUT_DIR/data/)."),
+    seed: int = Opt(0, "--seed", help="Seed of the random sample of tweets: the same seed shows the same tweets."),
+    sample: int = Opt(30, "--sample", min=0, help="Tweets in the random sample (and least confident: half of it)."),
+    image_root: Optional[Path] = Opt(None, "--image-root", help="Folder the rows' image paths are relative to (default: from the manifest, else each dump's folder)."),
 ) -> None:
-    """Write OUT_DIR/_report.html: entity counts, top entities, highlighted sample tweets, routing per visual source."""
+    """Write OUT_DIR/_report.html: aggregates, a random sample, the least confident tweets, crops, routing per source."""
     from pipeline.tag.report import write_report
     setup_logging()
     with exit_codes():
-        typer.echo(str(write_report(out_dir)))
+        typer.echo(str(write_report(out_dir, seed=seed, sample_size=sample, least=max(1, sample // 2) if sample else 0,
+                                    image_sample=min(sample, 12), image_root=str(image_root) if image_root else None)))
 # fmt: on
 
 

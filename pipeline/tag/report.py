@@ -1,232 +1,217 @@
-"""HTML report of a tag-corpus output folder: one self-contained page (inline CSS, base64 thumbnails).
+"""HTML report of a tag-corpus output: whole-dataset aggregates, a seeded random sample and the least confident tweets.
 
-Counts per type, top entities, score spread, rejects by reason, and a sample of tweets with highlighted
-entities; for tweets with an image, the routing mass per visual source of each entity next to the crops.
+Rendered from templates/report.html.j2 with jinja2 autoescape (every value read back from Parquet is escaped) and
+written atomically with cache.durable (never through a link planted at `_report.html`).
 """
 from __future__ import annotations
 
-import base64
-import html
-import io
-import json
 import logging
-from collections import Counter, defaultdict
+import math
+import os
+import time
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-import pyarrow.parquet as pq
+import jinja2
 
-from cache.durable import atomic_write_text
-from pipeline.io.safe_paths import UnsafePathError, safe_resolve
-from pipeline.tag.manifest import REJECTS_NAME, Manifest
-from rpihmif.errors import InputError
+from cache.durable import atomic_write_text, refuse_link
+from pipeline.tag.report_data import Parts, fetch_rows, find_parts, read_json_file, reject_reasons
+from pipeline.tag.report_images import Thumb, thumbnail
+from pipeline.tag.report_stats import BINS, ROUTING, Aggregates, aggregate
 
 __all__ = ["write_report", "REPORT_NAME"]
 
 log = logging.getLogger("rpihmif.report")
 
-REPORT_NAME = "_report.html"  # '_' prefix: Parquet readers of the folder skip it
+REPORT_NAME = "_report.html"  # beside OUT/data/, with the manifest and rejects
 COLOURS = {"PER": "#f4a6a6", "LOC": "#9fd8a8", "ORG": "#9cc3f0", "MISC": "#f3d38b"}
-SOURCE_NAMES = (("routing_orig", "original"), ("routing_grounding", "grounding"), ("routing_rcnn", "RCNN"))
-_COLUMNS = ["id", "text", "entities", "image_used", "image", "crops", "rcnn_crops"]
-
-CSS = """
-body{font:14px/1.45 system-ui,-apple-system,"Segoe UI","Noto Sans",sans-serif,"Noto Color Emoji","Apple Color Emoji","Segoe UI Emoji";margin:24px auto;max-width:1180px;color:#222;padding:0 16px}
-h1{font-size:22px;margin:0 0 4px}h2{font-size:17px;margin:28px 0 8px;border-bottom:1px solid #ddd;padding-bottom:4px}
-.meta{color:#666;font-size:12px}.grid{display:flex;gap:24px;flex-wrap:wrap;align-items:flex-start}
-table{border-collapse:collapse;font-size:13px}td,th{padding:3px 8px;border-bottom:1px solid #eee;text-align:left;vertical-align:top}
-th{background:#f6f6f6}td.n{text-align:right;font-variant-numeric:tabular-nums}
-.bar{display:inline-block;height:10px;border-radius:2px;vertical-align:middle}
-.tweet{border:1px solid #e3e3e3;border-radius:6px;padding:8px 10px;margin:8px 0;display:flex;gap:14px}
-.tweet .body{flex:1;min-width:0;overflow-wrap:anywhere}.tweet .id{color:#888;font-size:11px}
-mark{border-radius:3px;padding:0 2px;color:#111}mark sub{font-size:9px;font-weight:600;margin-left:2px;color:#333}
-.thumbs img{display:block;border:1px solid #ccc;border-radius:3px;margin:0 0 4px}.thumbs{flex:0 0 auto}
-.crops{display:flex;gap:4px;flex-wrap:wrap;max-width:170px}.crops img{margin:0}
-.legend span{margin-right:10px}.routing td{font-size:12px}.routing .bar{height:8px}
-.src-orig{background:#6a8fd8}.src-grounding{background:#e39a4b}.src-rcnn{background:#8a6bc7}
-.muted{color:#888}
-"""
+SOURCES = (("routing_orig", "original image"), ("routing_grounding", "grounding crops"), ("routing_rcnn", "RCNN crops"))
+LEGEND = ("Routing: the share of the IFFE fusion's coupling mass that an entity's words drew from each visual source "
+          "(the original image, the visual-grounding crops, the RCNN detector crops), averaged over the entity's "
+          "words; the three shares sum to 1. Only tweets tagged with their image have routing; a high original-image "
+          "share means the whole picture, a high crop share means an object region supported the entity.")
+_CROP_KINDS = (("crops", "grounding"), ("rcnn_crops", "RCNN"))
+_MAX_CROPS = 3  # per kind, as the model uses
+_MAX_TEXT = 2000  # characters of a tweet shown
+_THUMB_BUDGET_S = 30.0  # total time for thumbnails; later slots become placeholders
+_ENCODER_KEYS = ("encoder_fingerprint", "encoder", "fingerprint", "vision_encoder")
 
 
-def _parts(out: Path) -> Iterator[Path]:
-    yield from sorted(p for p in out.glob("*.parquet") if not p.name.startswith((".", "_")))
+def _num(v: Any) -> str:
+    return f"{v:.2f}" if isinstance(v, (int, float)) and math.isfinite(v) else "–"
 
 
-def _thumb(root: str | None, rel: str | None, size: int) -> str | None:
-    """A base64 JPEG data URI of the image at root/rel (inside root only), or None when unreadable."""
-    if not root or not rel:
+def _bar(v: Any) -> int:
+    return int(60 * min(max(v, 0.0), 1.0)) if isinstance(v, (int, float)) and math.isfinite(v) else 0
+
+
+def _pct(n: int, d: int) -> str:
+    return f"{100 * n / d:.1f}%" if d else "–"
+
+
+def _utc(ts: float) -> str:
+    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+class _Images:
+    """Thumbnails of one page: roots per row, a cache per (root, path, size) and a total time budget."""
+
+    def __init__(self, parts: Parts, manifest: Any, image_root: str | None):
+        self.explicit = image_root
+        self.by_output: dict[str, str] = {}
+        self.by_source: dict[str, str] = {}
+        for entry in _manifest_entries(manifest):
+            root = entry.get("image_root")
+            if isinstance(root, str) and root:
+                for key in ("output", "part", "file"):
+                    if isinstance(entry.get(key), str):
+                        self.by_output[os.path.basename(entry[key])] = root
+                for key in ("path", "input", "source"):
+                    if isinstance(entry.get(key), str):
+                        self.by_source[entry[key]] = root
+        self.footer_source = {f.name: src for f, src in zip(parts.files, parts.sources)}
+        self.cache: dict[tuple, Thumb] = {}
+        self.deadline = time.monotonic() + _THUMB_BUDGET_S
+
+    def root(self, row: dict[str, Any]) -> str | None:
+        if self.explicit:
+            return self.explicit
+        part, source = row.get("_part"), row.get("source")
+        footer = self.footer_source.get(part)
+        for src in (source, footer):
+            if isinstance(src, str) and src in self.by_source:
+                return self.by_source[src]
+        if part in self.by_output:
+            return self.by_output[part]
+        for src in (source, footer):  # tag-corpus default: image paths are relative to the dump's folder
+            if isinstance(src, str) and src and os.path.isdir(os.path.dirname(src)):
+                return os.path.dirname(src)
         return None
-    try:
-        from PIL import Image
 
-        path = safe_resolve(root, rel)
-        with Image.open(path) as img:
-            img = img.convert("RGB")
-            img.thumbnail((size, size))
-            buf = io.BytesIO()
-            img.save(buf, "JPEG", quality=80)
-    except (UnsafePathError, OSError, ValueError) as exc:
-        log.debug("no thumbnail for %s: %s", rel, exc)
-        return None
-    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
+    def thumbs(self, row: dict[str, Any]) -> list[Thumb]:
+        root = self.root(row)
+        slots = [("image", row.get("image"), 150)] if row.get("image") is not None else []
+        for column, kind in _CROP_KINDS:
+            crops = row.get(column) or []
+            slots += [(kind, p, 64) for p in crops[:_MAX_CROPS]]
+        out = []
+        for kind, rel, size in slots:
+            key = (root, rel if isinstance(rel, str) else repr(rel), size, kind)
+            if key not in self.cache:
+                if time.monotonic() > self.deadline:
+                    self.cache[key] = Thumb(kind, str(rel)[:300], reason="thumbnail time budget spent")
+                else:
+                    self.cache[key] = thumbnail(root, rel, size, kind)
+            out.append(self.cache[key])
+        return out
 
 
-def _highlight(text: str, entities: list[dict[str, Any]]) -> str:
-    """The tweet as HTML with each entity in a type-coloured <mark> carrying its type and score."""
+def _manifest_entries(manifest: Any) -> list[dict[str, Any]]:
+    """Entry dicts of any manifest shape (per input or per chunk, dict or list); [] when absent or odd."""
+    if not isinstance(manifest, dict):
+        return []
+    found = []
+    for value in manifest.values():
+        items = value.values() if isinstance(value, dict) else value if isinstance(value, list) else []
+        found += [e for e in items if isinstance(e, dict)]
+    return found
+
+
+def _segments(text: str, entities: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The tweet cut into plain pieces and entity pieces (type, score, colour); bad or overlapping spans are skipped."""
+    text = text[:_MAX_TEXT]
     pieces, pos = [], 0
-    for ent in sorted(entities, key=lambda e: e["start_char"]):
+    spans = [e for e in entities if isinstance(e.get("start_char"), int) and isinstance(e.get("end_char"), int)]
+    for ent in sorted(spans, key=lambda e: e["start_char"]):
         s, e = ent["start_char"], ent["end_char"]
-        if s < pos:
+        if s < pos or e <= s or e > len(text):
             continue
-        colour = COLOURS.get(ent["type"], "#ddd")
-        pieces.append(html.escape(text[pos:s]))
-        pieces.append(f'<mark style="background:{colour}" title="{ent["type"]} score {ent["score"]:.3f}">'
-                      f'{html.escape(text[s:e])}<sub>{ent["type"]} {ent["score"]:.2f}</sub></mark>')
+        etype = str(ent.get("type"))
+        pieces += [{"text": text[pos:s]}, {"text": text[s:e], "type": etype, "score": ent.get("score"),
+                                           "colour": COLOURS.get(etype, "#ddd")}]
         pos = e
-    pieces.append(html.escape(text[pos:]))
-    return "".join(pieces)
+    return pieces + [{"text": text[pos:]}]
 
 
-def _routing_table(entities: list[dict[str, Any]]) -> str:
-    rows = []
-    for ent in entities:
-        if ent.get("routing_orig") is None:
-            continue
-        cells = "".join(f'<td class="n">{ent[k]:.2f} <span class="bar src-{k[8:]}" style="width:{60 * ent[k]:.0f}px">'
-                        f"</span></td>" for k, _ in SOURCE_NAMES)
-        rows.append(f"<tr><td>{html.escape(ent['text'])} <span class='muted'>{ent['type']}</span></td>{cells}</tr>")
-    if not rows:
-        return ""
-    head = "".join(f"<th>{name}</th>" for _, name in SOURCE_NAMES)
-    return f'<table class="routing"><tr><th>entity: routing mass</th>{head}</tr>{"".join(rows)}</table>'
+def _tweet(row: dict[str, Any], images: _Images, least: float | None = None) -> dict[str, Any]:
+    ents = [e for e in row.get("entities") or [] if isinstance(e, dict)]
+    routed = [{"text": e.get("text"), "type": e.get("type"),
+               "cells": [(e.get(k), f"src-{k[8:]}") for k, _ in SOURCES]} for e in ents if e.get("routing_orig") is not None]
+    source = row.get("source") or row.get("_part")
+    where = f"{source}:{row['line']}" if row.get("line") is not None else str(source)
+    return {"id": row.get("id"), "where": where, "image_used": bool(row.get("image_used")), "least": least,
+            "segments": _segments(str(row.get("text") or ""), ents), "routed": routed, "thumbs": images.thumbs(row)}
 
 
-class _Stats:
-    """Aggregates over all rows in one streaming pass; keeps a bounded sample of tweets."""
-
-    def __init__(self, sample_size: int, image_sample: int):
-        self.rows = self.with_image = self.with_entities = 0
-        self.types: Counter = Counter()
-        self.entities: Counter = Counter()
-        self.score_sum: dict[tuple[str, str], float] = defaultdict(float)
-        self.bins: dict[str, list[int]] = defaultdict(lambda: [0] * 10)
-        self.routing: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0, 0.0])
-        self.sample: list[tuple[dict, str | None]] = []
-        self.image_sample: list[tuple[dict, str | None]] = []
-        self.sample_size, self.image_sample_size = sample_size, image_sample
-
-    def add(self, row: dict[str, Any], root: str | None) -> None:
-        self.rows += 1
-        ents = row["entities"] or []
-        self.with_image += bool(row["image_used"])
-        self.with_entities += bool(ents)
-        for ent in ents:
-            key = (ent["text"], ent["type"])
-            self.types[ent["type"]] += 1
-            self.entities[key] += 1
-            self.score_sum[key] += ent["score"]
-            self.bins[ent["type"]][min(9, int(ent["score"] * 10))] += 1
-            if ent.get("routing_orig") is not None:
-                acc = self.routing[ent["type"]]
-                for i, (k, _) in enumerate(SOURCE_NAMES):
-                    acc[i] += ent[k]
-                acc[3] += 1
-        if ents and row["image_used"] and len(self.image_sample) < self.image_sample_size:
-            self.image_sample.append((row, root))
-        elif ents and len(self.sample) < self.sample_size:
-            self.sample.append((row, root))
+def _encoders(parts: Parts, manifest: Any) -> list[dict[str, Any]]:
+    found: dict[str, int] = {}
+    for key in _ENCODER_KEYS:
+        for value, n in parts.meta.get(key, {}).items():
+            found[value] = found.get(value, 0) + n
+    if not found:
+        for entry in _manifest_entries(manifest):
+            for key in _ENCODER_KEYS:
+                if isinstance(entry.get(key), str):
+                    found[entry[key]] = found.get(entry[key], 0) + 1
+    return [{"name": v, "files": n, "random": v.startswith("rand-") or "random" in v.lower()}
+            for v, n in sorted(found.items())]
 
 
-def _read(out: Path, stats: _Stats) -> list[dict[str, Any]]:
-    roots = {e.get("output"): e.get("image_root") for e in Manifest(out).entries.values()}
-    files = []
-    for part in _parts(out):
-        pf = pq.ParquetFile(part)
-        meta = pf.schema_arrow.metadata or {}
-        files.append({"file": part.name, "rows": pf.metadata.num_rows,
-                      "model": meta.get(b"rpihmif.model_id", b"?").decode()})
-        for batch in pf.iter_batches(batch_size=2048, columns=_COLUMNS):
-            for row in batch.to_pylist():
-                stats.add(row, roots.get(part.name))
-    return files
+def _tagged(a: Aggregates, parts: Parts) -> str:
+    if a.tagged is not None:
+        lo, hi = (v.isoformat() if hasattr(v, "isoformat") else str(v) for v in a.tagged)
+        return f"{lo} to {hi} (tagged_at column)"
+    lo, hi = parts.mtimes
+    return f"{_utc(lo)} to {_utc(hi)} (part file times; the parts have no tagged_at column)"
 
 
-def _rejects(out: Path) -> Counter:
-    reasons: Counter = Counter()
-    path = out / REJECTS_NAME
-    if path.exists():
-        with open(path, encoding="utf-8") as fh:
-            for line in fh:
-                reason = json.loads(line).get("reason", "?")
-                reasons[reason.split(";")[0].split(" (")[0][:80]] += 1
-    return reasons
+def _type_rows(a: Aggregates) -> tuple[list[dict], list[dict]]:
+    top = max((t["n"] for t in a.types.values()), default=1)
+    types, routing = [], []
+    for name, t in sorted(a.types.items(), key=lambda kv: (-kv[1]["n"], kv[0])):
+        types.append({"type": name, "n": t["n"], "colour": COLOURS.get(name, "#ddd"), "width": int(200 * t["n"] / top),
+                      "mean": t["sum"] / t["scored"] if t["scored"] else None, "min": t["min"], "max": t["max"]})
+        if t["routing_orig_count"]:
+            routing.append({"type": name, "n": t["routing_orig_count"],
+                            "cells": [t[f"{r}_sum"] / t[f"{r}_count"] if t[f"{r}_count"] else None for r in ROUTING]})
+    return types, routing
 
 
-def _tweet_html(row: dict[str, Any], root: str | None) -> str:
-    thumbs = ""
-    if row["image_used"]:
-        img = _thumb(root, row["image"], 160)
-        crops = [c for c in (_thumb(root, p, 52) for p in (row["crops"] or []) + (row["rcnn_crops"] or [])) if c]
-        crop_html = "".join(f'<img src="{c}" alt="crop">' for c in crops)
-        main = f'<img src="{img}" alt="image">' if img else '<div class="muted">image not found</div>'
-        thumbs = f'<div class="thumbs">{main}<div class="crops">{crop_html}</div></div>'
-    return (f'<div class="tweet">{thumbs}<div class="body"><div class="id">{html.escape(row["id"])}</div>'
-            f'<div>{_highlight(row["text"], row["entities"])}</div>{_routing_table(row["entities"])}</div></div>')
+def _env() -> jinja2.Environment:
+    loader = jinja2.FileSystemLoader(Path(__file__).with_name("templates"))
+    return jinja2.Environment(loader=loader, autoescape=True, undefined=jinja2.StrictUndefined)
 
 
-def _tables(stats: _Stats, files: list[dict], reasons: Counter, top: int) -> str:
-    total = sum(stats.types.values()) or 1
-    type_rows = "".join(
-        f'<tr><td><span class="bar" style="background:{COLOURS.get(t, "#ddd")};width:12px"></span> {t}</td>'
-        f'<td class="n">{n}</td><td><span class="bar" style="background:{COLOURS.get(t, "#ddd")};'
-        f'width:{200 * n / total:.0f}px"></span></td></tr>' for t, n in stats.types.most_common())
-    top_rows = "".join(f'<tr><td>{html.escape(text)}</td><td>{t}</td><td class="n">{n}</td>'
-                       f'<td class="n">{stats.score_sum[(text, t)] / n:.2f}</td></tr>'
-                       for (text, t), n in stats.entities.most_common(top))
-    hist_rows = "".join(f"<tr><td>{t}</td>" + "".join(f'<td class="n">{c}</td>' for c in stats.bins[t]) + "</tr>"
-                        for t in sorted(stats.bins))
-    hist_head = "".join(f"<th>{i / 10:.1f}</th>" for i in range(10))
-    route_rows = "".join(f"<tr><td>{t}</td>" + "".join(f'<td class="n">{v / acc[3]:.2f}</td>' for v in acc[:3])
-                         + f'<td class="n">{int(acc[3])}</td></tr>' for t, acc in sorted(stats.routing.items()))
-    route_head = "".join(f"<th>{name}</th>" for _, name in SOURCE_NAMES)
-    file_rows = "".join(f'<tr><td>{html.escape(f["file"])}</td><td class="n">{f["rows"]}</td><td>{f["model"]}</td></tr>'
-                        for f in files)
-    reject_rows = "".join(f'<tr><td>{html.escape(r)}</td><td class="n">{n}</td></tr>' for r, n in reasons.most_common())
-    return (f'<div class="grid"><div><h2>Entities per type</h2><table><tr><th>type</th><th>count</th><th></th></tr>'
-            f'{type_rows}</table></div><div><h2>Top entities</h2><table><tr><th>entity</th><th>type</th>'
-            f'<th>count</th><th>mean score</th></tr>{top_rows}</table></div></div>'
-            f'<div class="grid"><div><h2>Score spread (entities per score bin)</h2><table><tr><th>type</th>{hist_head}'
-            f'</tr>{hist_rows}</table></div><div><h2>Mean routing mass per source (tweets with an image)</h2><table>'
-            f'<tr><th>type</th>{route_head}<th>entities</th></tr>{route_rows}</table></div></div>'
-            f'<div class="grid"><div><h2>Files</h2><table><tr><th>part</th><th>rows</th><th>model</th></tr>{file_rows}'
-            f'</table></div><div><h2>Rejected records</h2><table><tr><th>reason</th><th>count</th></tr>'
-            f'{reject_rows or "<tr><td class=muted>none</td><td></td></tr>"}</table></div></div>')
-
-
-def write_report(out_dir: str | Path, sample_size: int = 40, image_sample: int = 12, top: int = 25) -> Path:
-    """Write `out_dir/_report.html` from the folder's Parquet parts, manifest and rejects; returns its path."""
+def write_report(out_dir: str | os.PathLike, seed: int = 0, sample_size: int = 30, image_sample: int = 12,
+                 least: int = 12, top: int = 25, image_root: str | None = None) -> Path:
+    """Write `out_dir/_report.html` from the Parquet parts in `out_dir/data/` (manifest and rejects optional)."""
     out = Path(out_dir)
-    if not out.is_dir() or not any(_parts(out)):
-        raise InputError(f"{out}: no Parquet parts to report on; run tag-corpus with --out {out} first")
-    stats = _Stats(sample_size, image_sample)
-    files = _read(out, stats)
-    reasons = _rejects(out)
-    legend = "".join(f'<span><mark style="background:{c}">{t}</mark></span>' for t, c in COLOURS.items())
-    body = (f"<h1>tag-corpus report</h1><div class='meta'>{html.escape(str(out.resolve()))} · {stats.rows} tweets "
-            f"in {len(files)} part(s) · {stats.with_entities} with entities · {stats.with_image} tagged with their "
-            f"image · {sum(stats.types.values())} entities · {sum(reasons.values())} rejected records</div>"
-            f"{_tables(stats, files, reasons, top)}"
-            f"<h2>Tweets with an image: entities and routing mass per visual source</h2>"
-            f"<div class='legend'>{legend} · routing: share of the fusion's coupling mass from the original image, "
-            f"grounding crops and RCNN crops (averaged over the entity's words)</div>"
-            + ("".join(_tweet_html(r, root) for r, root in stats.image_sample)
-               or "<p class='muted'>no tweet was tagged with a cached image</p>")
-            + "<h2>Sample of tweets</h2>"
-            + ("".join(_tweet_html(r, root) for r, root in stats.sample) or "<p class='muted'>none</p>"))
-    page = (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>tag-corpus report</title>'
-            f'<meta name="viewport" content="width=device-width,initial-scale=1"><style>{CSS}</style></head>'
-            f"<body>{body}</body></html>\n")
-    path = out / REPORT_NAME
-    atomic_write_text(path, page)
-    log.info("report: %s (%d tweets, %d entities)", path, stats.rows, sum(stats.types.values()))
-    return path
+    final = out / REPORT_NAME
+    refuse_link(final)  # a planted link or non-file at _report.html: exit 2 before any work
+    started = time.monotonic()
+    parts = find_parts(out)
+    a = aggregate(parts.batches(), seed=seed, sample=sample_size, image_sample=image_sample, least=least, top=top)
+    agg_s = time.monotonic() - started
+    if a.rows == 0:
+        log.warning("%s: the Parquet parts hold 0 rows; the report shows only rejects and footers", parts.folder)
+    rows = fetch_rows(parts, a.sample + a.image_sample + [r for r, _ in a.least])
+    manifest, manifest_note = read_json_file(out)
+    reasons, rejects_note = reject_reasons(out)
+    images = _Images(parts, manifest, image_root)
+    types, routing = _type_rows(a)
+    models = sorted(parts.meta.get("model_id", {}).items())
+    footer = [(k, v[:400], n) for k, vals in sorted(parts.meta.items()) for v, n in sorted(vals.items())]
+    page = _env().get_template("report.html.j2").render(
+        a=a, out=str(out.resolve()), folder=str(parts.folder.resolve()), files=len(parts.files),
+        skipped=parts.skipped, models=models, encoders=_encoders(parts, manifest), tagged=_tagged(a, parts),
+        rejects=reasons.most_common(), rejects_total=sum(reasons.values()), notes=[n for n in (manifest_note,
+        rejects_note) if n], types=types, routing=routing, hist=sorted(a.hist.items()), sources=SOURCES,
+        bins=[f"{i / BINS:.1f}" for i in range(BINS)], legend=LEGEND, footer=footer, seed=seed,
+        sample=[_tweet(rows[r], images) for r in a.sample],
+        image_sample=[_tweet(rows[r], images) for r in a.image_sample],
+        least=[_tweet(rows[r], images, score) for r, score in a.least], num=_num, bar=_bar, pct=_pct)
+    atomic_write_text(final, page)
+    log.info("report: %s (%d tweets, %d entities, %d part(s); aggregates in %.2fs, page in %.2fs)", final, a.rows,
+             a.entities, len(parts.files), agg_s, time.monotonic() - started - agg_s)
+    return final
