@@ -136,8 +136,8 @@ def _segments(text: str, entities: list[dict[str, Any]]) -> list[dict[str, Any]]
 
 def _tweet(row: dict[str, Any], images: _Images, least: float | None = None) -> dict[str, Any]:
     ents = [e for e in row.get("entities") or [] if isinstance(e, dict)]
-    routed = [{"text": e.get("text"), "type": e.get("type"),
-               "cells": [(e.get(k), f"src-{k[8:]}") for k, _ in SOURCES]} for e in ents if e.get("routing_orig") is not None]
+    routed = [{"text": e.get("text"), "type": e.get("type"), "cells": [(e.get(k), f"src-{k[8:]}") for k, _ in SOURCES]}
+              for e in ents if e.get("routing_orig") is not None]
     source = row.get("source") or row.get("_part")
     where = f"{source}:{row['line']}" if row.get("line") is not None else str(source)
     return {"id": row.get("id"), "where": where, "image_used": bool(row.get("image_used")), "least": least,
