@@ -14,15 +14,16 @@ from typing import Iterator, List, Optional
 
 import typer
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if not sys.stderr.isatty():  # before transformers is imported: no progress bars in cron logs (Ray workers inherit it)
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 from pipeline.config import load_config  # noqa: E402
-from pipeline.runtime.progress import setup_logging  # noqa: E402
+from pipeline.runtime.progress import log_error_to_files, setup_logging  # noqa: E402
 from rpihmif.errors import PipelineError  # noqa: E402
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  context_settings={"help_option_names": ["-h", "--help"]},
                   help="Multimodal NER on tweets with RPI-HMIF: cache CLIP features, train, tag large dumps.")
 Arg, Opt = typer.Argument, typer.Option
 log = logging.getLogger("rpihmif.cli")
@@ -37,22 +38,45 @@ def exit_codes() -> Iterator[None]:
     try:
         yield
     except PipelineError as exc:
-        typer.echo(f"error: {exc}", err=True)
+        _fail(f"error: {exc}")
         raise typer.Exit(exc.exit_code)
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         raise typer.Exit(130)
     except (OSError, ValueError, RuntimeError) as exc:
         log.debug("failure", exc_info=True)
-        typer.echo(f"error: {type(exc).__name__}: {exc}", err=True)
+        _fail(f"error: {type(exc).__name__}: {exc}")
         raise typer.Exit(1)
+
+
+def _fail(line: str) -> None:
+    """The error line on stderr and in the stage's log files (train.log), so cron logs say why."""
+    typer.echo(line, err=True)
+    log_error_to_files(line)
 
 
 def _print_json(data: dict) -> None:
     typer.echo(json.dumps(data, indent=2, ensure_ascii=False))
 
 
+def _version(value: bool) -> None:
+    if value:
+        from rpihmif import __version__
+        typer.echo(f"rpihmif {__version__}")
+        raise typer.Exit()
+
+
 # fmt: off
+@app.callback()
+def main_options(
+    version: bool = Opt(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    offline: bool = Opt(False, "--offline", help="No network: hub ids load only from the Hugging Face cache (as HF_HUB_OFFLINE=1)."),
+) -> None:
+    """Multimodal NER on tweets with RPI-HMIF: cache CLIP features, train, tag large dumps."""
+    if offline:
+        os.environ["HF_HUB_OFFLINE"] = "1"
+
+
 @app.command("make-sample")
 def make_sample_cmd(
     out: Path = Arg(..., help="Folder to write the sample into (benchmark layout under OUT/twitter2015, dump at OUT/tweets.jsonl.gz)."),

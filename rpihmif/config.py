@@ -1,4 +1,4 @@
-"""Configuration dataclasses of the RPI-HMIF model, one per component, saved as the checkpoint's config.json.
+"""Configuration dataclasses of the RPI-HMIF model, one per component, and `RPIHMIFConfig`, the checkpoint's config.json.
 
 Defaults live here and are mirrored, with a comment each, in `conf/train.yaml`.
 """
@@ -8,10 +8,12 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from transformers import PreTrainedConfig
+
 from rpihmif.labels import LABELS
 from rpihmif.visual import SOURCES, VisualSpec
 
-__all__ = ["TextEncoderConfig", "HIMConfig", "IFFEConfig", "VisualConfig", "ModelConfig"]
+__all__ = ["TextEncoderConfig", "HIMConfig", "IFFEConfig", "VisualConfig", "ModelConfig", "RPIHMIFConfig"]
 
 TASK_QUESTION = "Which people, locations, organizations and other named entities does this tweet mention?"
 
@@ -73,12 +75,67 @@ class ModelConfig:
         for key, value in data.items():
             if key in parts:
                 names = {f.name for f in dataclasses.fields(parts[key])}
+                if not isinstance(value, dict):
+                    raise ValueError(f"{key} must be a mapping, got {value!r}")
                 unknown = set(value) - names
                 if unknown:
                     raise ValueError(f"unknown {key} config keys {sorted(unknown)}; known: {sorted(names)}")
                 kwargs[key] = parts[key](**value)
-            elif key in ("text_only", "labels"):
+                _check_types(key, kwargs[key])
+            elif key == "text_only" and isinstance(value, bool):
                 kwargs[key] = value
+            elif key == "labels" and isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+                kwargs[key] = value
+            elif key in ("text_only", "labels"):
+                raise ValueError(f"{key} has the wrong type: {value!r}")
             else:
                 raise ValueError(f"unknown model config key {key!r}")
         return cls(**kwargs)
+
+
+def _check_types(part: str, obj: Any) -> None:
+    """Each field must have its default's type (ints pass as floats); sizes must be positive where they count."""
+    for f in dataclasses.fields(obj):
+        value, default = getattr(obj, f.name), f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        ok = (isinstance(value, bool) if isinstance(default, bool) else
+              isinstance(value, (int, float)) and not isinstance(value, bool) if isinstance(default, float) else
+              isinstance(value, int) and not isinstance(value, bool) if isinstance(default, int) else
+              isinstance(value, type(default)))
+        if not ok:
+            raise ValueError(f"{part}.{f.name} must be {type(default).__name__}, got {value!r}")
+        if isinstance(default, int) and not isinstance(default, bool) and default > 0 and value < 0:
+            raise ValueError(f"{part}.{f.name} must be >= 0, got {value!r}")
+
+
+# config keys that name the machine a model was built on; never written into a checkpoint
+MACHINE_KEYS = ("_name_or_path", "name_or_path", "_commit_hash")
+
+
+class RPIHMIFConfig(PreTrainedConfig):
+    """Hugging Face config of a checkpoint: `rpihmif` = ModelConfig dict, `encoder` = the text encoder's config dict
+    (with its `model_type`), labels as `id2label`. `AutoConfig` opens it once `rpihmif` is imported."""
+
+    model_type = "rpihmif"
+
+    def __init__(self, rpihmif: dict[str, Any] | None = None, encoder: dict[str, Any] | None = None, **kwargs: Any):
+        self.rpihmif = dataclasses.asdict(ModelConfig.from_dict(rpihmif or {}))
+        self.encoder = {k: v for k, v in (encoder or {}).items() if k not in MACHINE_KEYS}
+        labels = self.rpihmif["labels"]
+        kwargs["id2label"] = {i: label for i, label in enumerate(labels)}
+        kwargs["label2id"] = {label: i for i, label in enumerate(labels)}
+        super().__init__(**kwargs)
+
+    @classmethod
+    def from_parts(cls, model_config: ModelConfig, encoder_config: Any) -> "RPIHMIFConfig":
+        """From the model's ModelConfig and the encoder's PreTrainedConfig (or its dict)."""
+        encoder = encoder_config if isinstance(encoder_config, dict) else encoder_config.to_dict()
+        return cls(rpihmif=model_config.to_dict(), encoder=encoder)
+
+    def model_config(self) -> ModelConfig:
+        return ModelConfig.from_dict(self.rpihmif)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = super().to_dict()
+        for key in MACHINE_KEYS:
+            out.pop(key, None)
+        return out

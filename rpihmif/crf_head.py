@@ -1,14 +1,28 @@
 """Linear-chain CRF head over word positions, built on pytorch-crf (`torchcrf.CRF`, batch_first).
 
-Adds masked forward-backward marginals (log space) used as entity confidence scores at prediction time.
+Adds masked forward-backward marginals (log space) used as entity confidence scores at prediction time. Always fp32:
+emissions are cast up and autocast is off inside, so bf16 autocast around the model never reaches the CRF.
 """
 from __future__ import annotations
+
+import functools
 
 import torch
 from torch import nn
 from torchcrf import CRF
 
 __all__ = ["CRFHead"]
+
+
+def _fp32(method):
+    """Run a CRF method with autocast off and fp32 emissions (loss, Viterbi and marginals stay fp32)."""
+
+    @functools.wraps(method)
+    def wrapper(self, emissions: torch.Tensor, *args):
+        with torch.autocast(emissions.device.type, enabled=False):
+            return method(self, emissions.float(), *args)
+
+    return wrapper
 
 
 class CRFHead(nn.Module):
@@ -37,6 +51,7 @@ class CRFHead(nn.Module):
         mask[:, 0] = True
         return mask, nonempty
 
+    @_fp32
     def loss(self, emissions: torch.Tensor, tags: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Mean negative log-likelihood over the batch.
 
@@ -47,12 +62,14 @@ class CRFHead(nn.Module):
         llh = self.crf(emissions, tags.long() * full, full, reduction="none")
         return -(llh * nonempty.to(llh.dtype)).sum() / emissions.size(0)
 
+    @_fp32
     def decode(self, emissions: torch.Tensor, mask: torch.Tensor) -> list[list[int]]:
         """Viterbi tag ids per row, each as long as the row's mask (emissions (B, W, L), mask (B, W))."""
         full, nonempty = self._check(emissions, mask)
         paths = self.crf.decode(emissions, full)
         return [p if keep else [] for p, keep in zip(paths, nonempty.tolist())]
 
+    @_fp32
     def marginals(self, emissions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """P(tag at word t = j | sentence) by forward-backward; (B, W, L), zero at masked positions."""
         full, nonempty = self._check(emissions, mask)

@@ -5,19 +5,30 @@ Switches: text_only, him.question ("" = off), iffe.iterations (0 = concat), visu
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
+from transformers import AutoConfig, AutoModel, PreTrainedModel
 
 from rpihmif.alignment import NUM_SHAPES, TextBatch
-from rpihmif.config import ModelConfig
+from rpihmif.config import ModelConfig, RPIHMIFConfig
 from rpihmif.crf_head import CRFHead
 from rpihmif.fusion import IFFE
 from rpihmif.him import HIM
 from rpihmif.text_encoder import load_text_encoder
 from rpihmif.visual import VisualBatch
 
-__all__ = ["ModelOutput", "RPIHMIF", "build_model"]
+__all__ = ["ModelOutput", "RPIHMIF", "build_model", "encoder_config"]
+
+
+def encoder_config(data: dict):
+    """The text encoder's PreTrainedConfig from its saved dict (which names its `model_type`)."""
+    data = dict(data)
+    model_type = data.pop("model_type", None)
+    if not model_type:
+        raise ValueError("the encoder config has no model_type")
+    return AutoConfig.for_model(model_type, **data)
 
 
 @dataclass
@@ -33,12 +44,23 @@ class ModelOutput:
     present: torch.Tensor | None = None  # (B,) bool: the row had visual tokens of a used source
 
 
-class RPIHMIF(nn.Module):
-    """The full tagger over a `transformers` encoder; build with `RPIHMIF(config, encoder)`."""
+class RPIHMIF(PreTrainedModel):
+    """The full tagger over a `transformers` encoder: `RPIHMIF(ModelConfig, encoder)` for a fresh model,
+    `RPIHMIF.from_pretrained(folder)` / `save_pretrained(folder)` for checkpoints (`rpihmif.checkpoint`)."""
 
-    def __init__(self, config: ModelConfig, encoder: nn.Module):
-        super().__init__()
-        self.config = config
+    config_class = RPIHMIFConfig
+    base_model_prefix = "rpihmif"
+    main_input_name = "text"
+
+    def __init__(self, config: RPIHMIFConfig | ModelConfig, encoder: nn.Module | None = None):
+        if isinstance(config, ModelConfig):
+            if encoder is None:
+                raise ValueError("RPIHMIF(ModelConfig, encoder): the encoder is required with a ModelConfig")
+            config = RPIHMIFConfig.from_parts(config, encoder.config)
+        super().__init__(config)
+        self.model_config = mc = config.model_config()
+        if encoder is None:  # from_pretrained: rebuild the encoder from its saved config, weights come after
+            encoder = AutoModel.from_config(encoder_config(config.encoder))
         self.encoder = encoder
         if getattr(encoder, "pooler", None) is not None:
             encoder.pooler = None  # unused: word features come from last_hidden_state
@@ -46,18 +68,34 @@ class RPIHMIF(nn.Module):
         encoder_dim = enc_cfg.hidden_size
         self.use_token_types = getattr(enc_cfg, "type_vocab_size", 0) > 1
         max_pos = getattr(enc_cfg, "max_position_embeddings", None)
-        if max_pos is not None and config.text.max_seq > max_pos:
-            raise ValueError(f"text.max_seq {config.text.max_seq} > encoder max_position_embeddings {max_pos}")
-        tc = config.text
+        if max_pos is not None and mc.text.max_seq > max_pos:
+            raise ValueError(f"text.max_seq {mc.text.max_seq} > encoder max_position_embeddings {max_pos}")
+        tc = mc.text
         self.shape = nn.Embedding(NUM_SHAPES, tc.shape_dim, padding_idx=0) if tc.word_shape else None
         text_dim = encoder_dim + (tc.shape_dim if tc.word_shape else 0)
         # text-path layers are built first so that, under one seed, a model without images starts (and trains)
         # exactly like the text-only model: the visual layers draw their initialisation afterwards
         self.dropout = nn.Dropout(tc.dropout)
-        self.emission = nn.Linear(text_dim, len(config.labels))
-        self.crf = CRFHead(len(config.labels))
-        self.him = HIM(config.him, config.visual, text_dim, encoder_dim, config.text_only)
-        self.iffe = None if config.text_only else IFFE(config.iffe, text_dim, config.him.hidden)
+        self.emission = nn.Linear(text_dim, len(mc.labels))
+        self.crf = CRFHead(len(mc.labels))
+        self.him = HIM(mc.him, mc.visual, text_dim, encoder_dim, mc.text_only)
+        self.iffe = None if mc.text_only else IFFE(mc.iffe, text_dim, mc.him.hidden)
+        self.post_init()
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """Layers initialise themselves when built; loading fills every weight (strict), so nothing to do here."""
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs) -> "RPIHMIF":
+        """A local checkpoint folder (this or the old format) loads strictly with errors naming the file
+        (`rpihmif.errors.UsageError`); anything else goes to transformers' loader."""
+        if not Path(pretrained_model_name_or_path).is_dir():
+            return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        from rpihmif.checkpoint import load_model_folder
+
+        model = load_model_folder(pretrained_model_name_or_path)
+        dtype = kwargs.get("dtype", kwargs.get("torch_dtype"))
+        return model.to(dtype) if isinstance(dtype, torch.dtype) else model
 
     def forward(self, text: TextBatch, visual: VisualBatch | None = None) -> ModelOutput:
         """text: TextBatch (B, T)/(B, W); visual: VisualBatch of the same B or None (= text path)."""
@@ -80,7 +118,7 @@ class RPIHMIF(nn.Module):
             features = fused.features
         # shape: (B, W, L)
         emissions = self.emission(self.dropout(features))
-        loss = self.crf.loss(emissions, text.labels, text.word_mask) if text.labels is not None else None
+        loss = self.crf.loss(emissions, text.labels, text.word_mask) if text.labels is not None else None  # fp32
         out = ModelOutput(loss=loss, emissions=emissions, word_mask=text.word_mask)
         if fused is not None:
             out.routing, out.coupling, out.gate, out.present = fused.routing, fused.coupling, him.gate, him.present

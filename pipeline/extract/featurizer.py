@@ -23,6 +23,7 @@ from pipeline.extract.clip_encoder import (
 )
 from pipeline.io.images import DEFAULT_MAX_PIXELS, decode_image, sha256_bytes
 from pipeline.io.safe_paths import safe_resolve
+from pipeline.runtime.precision import resolve_precision
 from rpihmif.errors import InputError, UsageError
 
 __all__ = ["ClipFeaturizer", "featurize_images", "resolve_fingerprint", "pad_crops"]
@@ -40,13 +41,17 @@ class ClipFeaturizer:
     """
 
     def __init__(self, settings: dict[str, Any] | VisionSettings, max_image_pixels: int = DEFAULT_MAX_PIXELS,
-                 device: str = "cpu", threads: int | None = None, expected_fingerprint: str | None = None):
+                 device: str = "cpu", threads: int | None = None, expected_fingerprint: str | None = None,
+                 precision: str = "fp32"):
         self.settings = settings if isinstance(settings, VisionSettings) else VisionSettings(**settings)
         if threads:
             torch.set_num_threads(threads)
         self.max_image_pixels = max_image_pixels
         self.device = torch.device(device)
         self.model = load_vision_encoder(self.settings).to(self.device)
+        # bf16 autocast of the forward only: stored features are rounded to settings.dtype as before, and the
+        # fingerprint ignores precision (it names the encoder, sizes and stored dtype)
+        self.precision = resolve_precision(precision, self.device)
         self.preprocess = Preprocessor.for_encoder(self.settings.vit_name)
         self.spec = visual_spec(self.model.config, self.settings)
         self.np_dtype = np.dtype(self.settings.dtype)
@@ -84,7 +89,9 @@ class ClipFeaturizer:
         # shape: (N, 3, S, S) -> (N, L, Dv)
         x = torch.stack(pixels).to(self.device)
         self.forwards += len(pixels)
-        return encode(self.model, x).float().cpu().numpy().astype(self.np_dtype)
+        with self.precision.autocast():
+            feats = encode(self.model, x)
+        return feats.float().cpu().numpy().astype(self.np_dtype)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """batch: "key" (B,) sha256 hex or "", "path" (B,) resolved image paths, "grounding"/"rcnn" (B, K) resolved

@@ -18,6 +18,7 @@ from cache.durable import FileLock
 from cache.integrity import repair_folder
 from cache.reader import FEATURE_NAMES, CacheWriter, FeatureCache, fingerprint_folders
 from pipeline.extract.clip_encoder import VisionSettings
+from pipeline.runtime.precision import resolve_precision
 from pipeline.extract.featurizer import ClipFeaturizer, featurize_images, resolve_fingerprint
 from pipeline.extract.items import WorkItem, benchmark_items, dump_items, hash_items, item_batches
 from pipeline.runtime.executor import run_actor_pool, run_inprocess
@@ -50,6 +51,7 @@ def run_extract(config: dict[str, Any], dumps: list[Path] | None = None) -> dict
         raise UsageError("batch_size and shard_size must be >= 1")
     from pipeline.runtime.device import resolve_device
     device = resolve_device(config.get("device", "auto"))
+    precision = resolve_precision(config["precision"], device)  # each worker logs its own choice too
     cache_dir = Path(config["cache_dir"])
     dumps = [Path(p) for p in list(config["dump"]["files"]) + list(dumps or [])]
     if not config["dataset"] and not dumps:
@@ -128,7 +130,8 @@ def run_extract(config: dict[str, Any], dumps: list[Path] | None = None) -> dict
 
     # 3. compute what is missing; a single writer in this process commits the shards
     featurizer_kwargs = {"settings": settings.__dict__, "max_image_pixels": int(config["max_image_pixels"]),
-                         "device": str(device), "expected_fingerprint": fp["id"]}
+                         "device": str(device), "expected_fingerprint": fp["id"], "precision": config["precision"]}
+    summary["precision"] = precision.name
     n_workers = max(1, workers)
     t_compute = time.monotonic()
     with CacheWriter(cache_dir, fp, shard_size=int(config["shard_size"]), dtype=settings.dtype) as writer:

@@ -1,10 +1,12 @@
 """Progress and logging for long loops: a tqdm bar on a terminal, plain periodic log lines under cron.
 
-`progress()` wraps an iterable, `Progress` counts batches of n; `setup_logging()` sends log lines to stderr and a file.
+`progress()` wraps an iterable, `Progress` counts batches of n; `setup_logging()` sends log lines to stderr and a file
+(and turns transformers / hf-hub bars off off a terminal); `log_error_to_files()` copies a failure into the log files.
 """
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -14,7 +16,7 @@ from tqdm import tqdm
 
 from cache.durable import open_append
 
-__all__ = ["progress", "Progress", "setup_logging", "is_terminal"]
+__all__ = ["progress", "Progress", "setup_logging", "is_terminal", "quiet_library_bars", "log_error_to_files"]
 
 T = TypeVar("T")
 log = logging.getLogger("rpihmif")
@@ -86,8 +88,32 @@ class _StderrHandler(logging.StreamHandler):
         pass
 
 
+def quiet_library_bars() -> None:
+    """No transformers / huggingface_hub progress bars (carriage-return redraws) when stderr is not a terminal; the
+    environment variable carries the choice into Ray workers and subprocesses."""
+    if is_terminal():
+        return
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    import huggingface_hub.utils
+    import transformers.utils.logging
+
+    huggingface_hub.utils.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def log_error_to_files(message: str) -> None:
+    """Append an ERROR line to every log file set up by `setup_logging` (stderr gets the message separately)."""
+    root = logging.getLogger()
+    record = root.makeRecord("rpihmif.cli", logging.ERROR, __file__, 0, message, None, None)
+    for handler in root.handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+            handler.flush()
+
+
 def setup_logging(log_file: str | Path | None = None, level: int = logging.INFO) -> None:
     """Log to stderr (and `log_file`, appended) with timestamps; idempotent across calls."""
+    quiet_library_bars()
     root = logging.getLogger()
     root.setLevel(level)
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%d %H:%M:%S")

@@ -27,16 +27,18 @@ class TagActor:
     """
 
     def __init__(self, load_path: str, device: str = "auto", seed: int = 0, cache_folder: str = "",
-                 inference_batch: int = 64, threads: int = 0):
+                 inference_batch: int = 64, threads: int = 0, precision: str = "fp32"):
         import torch
 
         from pipeline.runtime.device import resolve_device, seed_everything
+        from pipeline.runtime.precision import resolve_precision
         from rpihmif.predictor import Tagger
 
         if threads > 0:  # 0 keeps torch's default (in a Ray actor: its num_cpus, via OMP_NUM_THREADS)
             torch.set_num_threads(threads)
         seed_everything(seed)
-        self.tagger = Tagger.from_pretrained(load_path, str(resolve_device(device)))
+        device = resolve_device(device)
+        self.tagger = Tagger.from_pretrained(load_path, str(device), autocast=resolve_precision(precision, device).autocast)
         self.tagger.predict([["warm", "up"]])  # first-call costs (lazy imports, kernel set-up) belong to loading
         self.inference_batch = inference_batch
         self.cache_folder = cache_folder  # one fingerprint folder of the feature cache ("" = none)
@@ -132,7 +134,8 @@ class RayExecutor:
 def make_executor(config: dict[str, Any], load_path: str, cache_folder: str = "") -> LocalExecutor | RayExecutor:
     """In-process when `workers <= 1` and no `ray_address` (and `use_ray` is false), Ray actors otherwise."""
     kwargs = dict(load_path=load_path, device=config["device"], seed=config["seed"], cache_folder=cache_folder,
-                  inference_batch=config["batch_size"], threads=config["threads"])
+                  inference_batch=config["batch_size"], threads=config["threads"],
+                  precision=config["precision"])
     if config["workers"] <= 1 and not config["ray_address"] and not config["use_ray"]:
         return LocalExecutor(**kwargs)
     gpus = min(1.0, _cuda_devices() / max(config["workers"], 1)) if config["device"] != "cpu" else 0.0

@@ -14,6 +14,7 @@ from seqeval.metrics import classification_report
 from cache.durable import atomic_write_text, ensure_dir, refuse_link
 from pipeline.io.checkpoint_folder import checkpoint_info, load_error
 from pipeline.runtime.device import resolve_device
+from pipeline.runtime.precision import resolve_precision
 from rpihmif.errors import PipelineError, UsageError
 from rpihmif.labels import ENTITY_TYPES
 
@@ -65,8 +66,10 @@ def evaluate_file(checkpoint: Path, split_file: Path, cfg: dict[str, Any], out: 
     checkpoint_info(checkpoint)
     if not Path(split_file).is_file():
         raise UsageError(f"split file {split_file} not found")
+    device = resolve_device(cfg["device"])
     try:
-        tagger = Tagger.from_pretrained(checkpoint, device=resolve_device(cfg["device"]))
+        tagger = Tagger.from_pretrained(checkpoint, device=device,
+                                        autocast=resolve_precision(cfg["precision"], device).autocast)
     except PipelineError:
         raise
     except Exception as exc:  # noqa: BLE001 -- SafetensorError and friends: one line naming the folder

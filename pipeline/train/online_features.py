@@ -33,7 +33,7 @@ class OnlineFeatures(TweetFeatures):
         from pipeline.extract.featurizer import ClipFeaturizer
 
         try:
-            featurizer = ClipFeaturizer(vision_settings(cfg), device="cpu")
+            featurizer = ClipFeaturizer(vision_settings(cfg), device="cpu", precision=cfg["precision"])
         except (FileNotFoundError, OSError) as exc:
             raise UsageError(f"vit_name {cfg['vit_name']!r}: cannot load a CLIP vision encoder: {exc}") from exc
         fp = featurizer.fingerprint["id"]

@@ -19,6 +19,7 @@ from cache.durable import atomic_dir, atomic_write_text, ensure_dir, recover_dir
 from pipeline.io.conll import Tweet
 from pipeline.io.dataset import BenchmarkDataset
 from pipeline.runtime.device import resolve_device, seed_everything
+from pipeline.runtime.precision import resolve_precision
 from pipeline.runtime.progress import progress, setup_logging
 from pipeline.train.cached_features import TweetFeatures
 from pipeline.train.evaluate import entity_scores
@@ -100,6 +101,7 @@ class Trainer:
         self.cfg = cfg
         self.run_dir = Path(cfg["save_path"])
         self.device = resolve_device(cfg["device"])
+        self.precision = resolve_precision(cfg["precision"], self.device)  # bf16 autocast of the forward; CRF fp32
         seed_everything(cfg["seed"])
         if not (Path(cfg["data_dir"]) / cfg["dataset"]).is_dir():
             raise UsageError(f"dataset folder {Path(cfg['data_dir']) / cfg['dataset']} not found; set data_dir to the "
@@ -109,8 +111,8 @@ class Trainer:
         self.dev_set = dataset.read("valid", lenient=cfg["lenient"], fix_bio=cfg["fix_bio"])
         self.features = training_features(cfg, dataset)
         try:
-            encoder, self.tokenizer = load_text_encoder(cfg["bert_name"])
-        except (OSError, ValueError) as exc:
+            encoder, self.tokenizer = load_text_encoder(cfg["bert_name"], offline=cfg["offline"])
+        except (OSError, ValueError, UsageError) as exc:
             raise UsageError(f"bert_name {cfg['bert_name']!r}: cannot load a text encoder: {exc}") from exc
         self.model_config = build_model_config(cfg, self.features.visual_config())
         self.model = RPIHMIF(self.model_config, encoder).to(self.device)
@@ -118,7 +120,8 @@ class Trainer:
         # multimodal model with no image anywhere trains exactly like the text-only model
         seed_everything(cfg["seed"])
         self.tweet_encoder = TweetEncoder.for_model(self.tokenizer, self.model_config)
-        self.tagger = Tagger(self.model, self.tokenizer, self.model_config, device=self.device)
+        self.tagger = Tagger(self.model, self.tokenizer, self.model_config, device=self.device,
+                             autocast=self.precision.autocast)
         self.encoded = self._encode(self.train_set)
         steps = cfg["num_epochs"] * ((len(self.encoded) + cfg["train_batch_size"] - 1) // cfg["train_batch_size"])
         self.optimizer = torch.optim.AdamW(self.model.param_groups(
@@ -180,8 +183,9 @@ class Trainer:
 
     def fit(self) -> dict[str, Any]:
         cfg = self.cfg
-        log.info("train %d tweets, valid %d tweets, %d epochs, device %s, images: %s", len(self.encoded),
-                 len(self.dev_set), cfg["num_epochs"], self.device, self.features.describe())
+        log.info("train %d tweets, valid %d tweets, %d epochs, device %s, precision %s (%s), images: %s",
+                 len(self.encoded), len(self.dev_set), cfg["num_epochs"], self.device, self.precision.name,
+                 self.precision.reason, self.features.describe())
         while self.epoch < cfg["num_epochs"]:
             start = time.monotonic()
             loss = self._train_epoch()
@@ -212,7 +216,8 @@ class Trainer:
             labels = [self.encoded[i][1] for i in idx]
             text = self.tweet_encoder.collate(windows, labels).to(self.device)
             visual = self.features.batch([self.train_set[i] for i in idx], self.model_config, self.device)
-            out = model(text, visual)
+            with self.precision.autocast():  # weights, gradients and optimizer state stay fp32
+                out = model(text, visual)
             self.optimizer.zero_grad(set_to_none=True)
             out.loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["max_grad_norm"])

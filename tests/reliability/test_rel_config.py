@@ -50,7 +50,7 @@ def test_checkpoint_of_another_label_set(tag_world, tmp_path):
     ckpt = tmp_path / "ckpt"
     shutil.copytree(tag_world["ckpt"], ckpt)
     conf = json.loads((ckpt / "config.json").read_text())
-    conf["model"]["labels"] = [x for x in conf["model"]["labels"] if not x.endswith("MISC")]
+    conf["rpihmif"]["labels"] = [x for x in conf["rpihmif"]["labels"] if not x.endswith("MISC")]
     (ckpt / "config.json").write_text(json.dumps(conf))
     dump = tf.write_dump(tmp_path / "d.jsonl", tf.tweets(3))
     out = tmp_path / "out"
