@@ -1,4 +1,4 @@
-"""Command line of the RPI-HMIF pipeline: make-sample, data-stats, extract-features, train, evaluate, tag-corpus, report.
+"""Command line of the RPI-HMIF pipeline: make-sample, data-stats, extract-features, train, evaluate, tag-corpus, report, config.
 
 Thin glue: each command parses options, loads `conf/<stage>.yaml` plus `--set key=value`, and calls one stage.
 """
@@ -18,8 +18,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 if not sys.stderr.isatty():  # before transformers is imported: no progress bars in cron logs (Ray workers inherit it)
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
-from pipeline.config import load_config  # noqa: E402
 from pipeline.runtime.progress import log_error_to_files, setup_logging  # noqa: E402
+from pipeline.stage_config import STAGES, render_yaml, stage_config  # noqa: E402
 from rpihmif.errors import PipelineError  # noqa: E402
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -113,7 +113,7 @@ def extract_features_cmd(
     from pipeline.extract.stage import run_extract
     setup_logging()
     with exit_codes():
-        cfg = load_config("extract", config, set_, {"workers": workers, "ray_address": ray_address})
+        cfg = stage_config("extract", config, set_, {"workers": workers, "ray_address": ray_address})
         _print_json(run_extract(cfg, dumps=list(dump)))
 
 
@@ -126,7 +126,7 @@ def train_cmd(
     """Train text encoder + HIM + IFFE + CRF; keep the best epoch on valid; resume with --set load_path=RUN/last."""
     from pipeline.train.trainer import train
     with exit_codes():
-        cfg = load_config("train", config, set_, {"lenient": lenient})
+        cfg = stage_config("train", config, set_, {"lenient": lenient})
         _print_json(train(cfg))
 
 
@@ -144,7 +144,7 @@ def evaluate_cmd(
     from pipeline.train.evaluate import evaluate_file
     setup_logging()
     with exit_codes():
-        cfg = load_config("train", config, set_, {"lenient": lenient})
+        cfg = stage_config("evaluate", config, set_, {"lenient": lenient})
         _print_json(evaluate_file(checkpoint, split_file, cfg, out=out, predictions=predictions))
 
 
@@ -165,7 +165,7 @@ def tag_corpus_cmd(
     with exit_codes():
         named = {"load_path": str(model) if model else None, "out": str(out) if out else None,
                  "workers": workers, "ray_address": ray_address, "require_images": require_images}
-        _print_json(run_tag(list(inputs), load_config("tag", config, set_, named)))
+        _print_json(run_tag(list(inputs), stage_config("tag", config, set_, named)))
 
 
 @app.command("report")
@@ -181,6 +181,17 @@ def report_cmd(
     with exit_codes():
         typer.echo(str(write_report(out_dir, seed=seed, sample_size=sample, least=max(1, sample // 2) if sample else 0,
                                     image_sample=min(sample, 12), image_root=str(image_root) if image_root else None)))
+
+
+@app.command("config")
+def config_cmd(
+    stage: str = Arg(..., help=f"Stage whose config to print: {', '.join(STAGES)}."),
+    config: Optional[Path] = Opt(None, "--config", help=CONFIG_HELP),
+    set_: List[str] = Opt([], "--set", help=SET_HELP),
+) -> None:
+    """Print the effective config of STAGE (yaml with each key's comment) after --config and --set; exit 2 if invalid."""
+    with exit_codes():
+        typer.echo(render_yaml(stage_config(stage, config, set_)), nl=False)
 # fmt: on
 
 

@@ -23,7 +23,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.config import load_config  # noqa: E402
+from pipeline.stage_config import TrainConfig, stage_config  # noqa: E402
 from pipeline.extract.stage import run_extract  # noqa: E402
 from pipeline.io.dataset import BenchmarkDataset  # noqa: E402
 from pipeline.io.sample import CUES_FILE, DATASET, make_sample  # noqa: E402
@@ -62,12 +62,12 @@ def _present_sources(feat: dict | None, used: list[str]) -> list[str]:
     return out
 
 
-def evaluate_run(run_dir: Path, train_cfg: dict[str, Any], cues: dict[str, dict[str, str]]) -> dict[str, Any]:
+def evaluate_run(run_dir: Path, train_cfg: TrainConfig, cues: dict[str, dict[str, str]]) -> dict[str, Any]:
     """Dev scores of run/best: all entities, image-decided tweets only, and the routing of image-decided entities."""
     tagger = Tagger.from_pretrained(run_dir / "best")
-    dataset = BenchmarkDataset(train_cfg["data_dir"], train_cfg["dataset"])
+    dataset = BenchmarkDataset(train_cfg.data_dir, train_cfg.dataset)
     dev = dataset.read("valid")
-    features = TweetFeatures.for_model(train_cfg, dataset, tagger.config)
+    features = TweetFeatures.for_model(train_cfg.cache_dir, dataset, tagger.config)
     feats = features.lookup(dev)
     preds = tagger.predict([t.words for t in dev], feats, batch_size=64)
     decided = [i for i, t in enumerate(dev) if t.image_id in cues]
@@ -147,7 +147,7 @@ def main() -> None:
         make_sample(data, seed=args.sample_seed)
     cues = json.loads((data / DATASET / CUES_FILE).read_text())
     cache = work / "cache"
-    extract_cfg = load_config("extract", overrides=[f"data_dir={data}", f"dataset={DATASET}", f"cache_dir={cache}",
+    extract_cfg = stage_config("extract", overrides=[f"data_dir={data}", f"dataset={DATASET}", f"cache_dir={cache}",
                                                     f"random_vit_layers={args.vit_layers}",
                                                     f"workers={args.workers}"])
     extract = run_extract(extract_cfg)
@@ -158,7 +158,7 @@ def main() -> None:
     for name in names:
         start = time.monotonic()
         run = work / "runs" / name
-        cfg = load_config("train", overrides=[*shared, f"save_path={run}", *CONFIGS[name]])
+        cfg = stage_config("train", overrides=[*shared, f"save_path={run}", *CONFIGS[name]])
         summary = train(cfg)
         for h in list(logging.getLogger().handlers):  # one train.log per run, not appended to the next runs'
             if isinstance(h, logging.FileHandler):

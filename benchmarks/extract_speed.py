@@ -19,7 +19,7 @@ from PIL import Image, ImageDraw
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline.config import load_config  # noqa: E402
+from pipeline.stage_config import stage_config  # noqa: E402
 from pipeline.extract.clip_encoder import Preprocessor, VisionSettings, encode, load_vision_encoder  # noqa: E402
 from pipeline.extract.stage import run_extract  # noqa: E402
 
@@ -96,7 +96,7 @@ def main() -> None:
         root = Path(tmp)
         dump = make_images(root, args.images, args.crops, args.copies)
         settings = VisionSettings(random_vit_layers=args.layers, random_vit_hidden=args.hidden)
-        config = load_config("extract", None, [
+        config = stage_config("extract", None, [
             "dataset=", f"cache_dir={root / 'cache'}", f"random_vit_layers={args.layers}",
             f"random_vit_hidden={args.hidden}", f"workers={args.workers}", f"batch_size={args.batch_size}",
             "shard_size=512"])

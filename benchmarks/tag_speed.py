@@ -25,9 +25,9 @@ FALLBACK = ["RT @fan : John Smith is at the game today in London http://t.co/x1"
 CHILD = """
 import json, resource, sys, time
 sys.path.insert(0, {repo!r})
-from pipeline.config import load_config
+from pipeline.stage_config import stage_config
 from pipeline.tag.stage import run_tag
-conf = load_config("tag", overrides=["load_path=" + sys.argv[2], "out=" + sys.argv[3], "batch_size=" + sys.argv[4],
+conf = stage_config("tag", overrides=["load_path=" + sys.argv[2], "out=" + sys.argv[3], "batch_size=" + sys.argv[4],
                                     "threads=" + sys.argv[5]])
 t0 = time.perf_counter(); first = run_tag([sys.argv[1]], conf); t1 = time.perf_counter()
 again = run_tag([sys.argv[1]], conf); t2 = time.perf_counter()

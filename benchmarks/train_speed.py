@@ -22,10 +22,10 @@ def one_epoch(args: argparse.Namespace) -> None:
     """Child: build the trainer in `args.mode` and time one training epoch (no dev scoring)."""
     import torch
 
-    from pipeline.config import load_config
+    from pipeline.stage_config import stage_config
     from pipeline.train.trainer import Trainer
 
-    cfg = load_config("train", overrides=[f"data_dir={args.data}", "dataset=twitter2015", f"cache_dir={args.cache}",
+    cfg = stage_config("train", overrides=[f"data_dir={args.data}", "dataset=twitter2015", f"cache_dir={args.cache}",
                                           f"vision={args.mode}", f"save_path={args.data.parent / 'run'}", "device=cpu",
                                           f"random_vit_layers={args.layers}", f"bert_name={args.bert_name}"])
     trainer = Trainer(cfg)
@@ -49,7 +49,7 @@ def main() -> None:
     if args.mode:
         return one_epoch(args)
 
-    from pipeline.config import load_config
+    from pipeline.stage_config import stage_config
     from pipeline.extract.stage import run_extract
     from pipeline.io.sample import make_sample
 
@@ -57,7 +57,7 @@ def main() -> None:
         data, cache = Path(tmp) / "data", Path(tmp) / "cache"
         make_sample(data, seed=0)
         start = time.perf_counter()
-        extract = run_extract(load_config("extract", overrides=[
+        extract = run_extract(stage_config("extract", overrides=[
             f"data_dir={data}", "dataset=twitter2015", f"cache_dir={cache}", f"random_vit_layers={args.layers}"]), dumps=[])
         extract_s = time.perf_counter() - start
         runs = {}

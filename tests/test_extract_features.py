@@ -18,7 +18,7 @@ import torch
 from _vision_helpers import draw_image, make_dataset, make_tiny_clip, write_dump
 
 from cache.reader import open_cache
-from pipeline.config import load_config
+from pipeline.stage_config import stage_config
 from pipeline.extract.stage import ClipFeaturizer, featurize_images, run_extract
 
 REPO = Path(__file__).resolve().parent.parent
@@ -39,7 +39,7 @@ def env(tmp_path_factory):
 def _config(tmp: Path, clip: Path, cache: str, **over) -> dict:
     sets = [f"data_dir={tmp / 'data'}", f"cache_dir={tmp / cache}", f"vit_name={clip}", "batch_size=3",
             "shard_size=4", "workers=0", "precision=fp32"] + [f"{k}={v}" for k, v in over.items()]
-    return load_config("extract", None, sets)
+    return stage_config("extract", None, sets)
 
 
 def _dump_cache(cache) -> dict:
@@ -181,7 +181,8 @@ def _kill_script(config: dict, kill_after_rows: int) -> str:
                 self._file.flush()
                 os.kill(os.getpid(), signal.SIGKILL)
         feature_cache.CacheWriter.add_rows = add_rows
-        run_extract(json.loads({json.dumps(json.dumps(config))}))
+        from pipeline.stage_config import ExtractConfig
+        run_extract(ExtractConfig.from_dict(json.loads({json.dumps(json.dumps(config.to_dict()))})))
     """)
 
 

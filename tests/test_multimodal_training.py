@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.config import load_config
+from pipeline.stage_config import stage_config
 from pipeline.extract.stage import run_extract
 from pipeline.io.sample import make_sample
 from pipeline.train.trainer import Trainer, train
@@ -22,9 +22,9 @@ def sample_with_cache(tmp_path_factory, tiny_bert_dir):
     root = tmp_path_factory.mktemp("mm")
     make_sample(root / "data", seed=0, sizes={"train": 24, "valid": 12, "test": 8})
     clip = make_tiny_clip(root / "clip")
-    cfg = load_config("extract", overrides=[f"data_dir={root / 'data'}", "dataset=twitter2015", f"vit_name={clip}",
-                                            f"cache_dir={root / 'cache'}", "workers=0", "batch_size=16",
-                                            "precision=fp32"])
+    cfg = stage_config("extract", overrides=[f"data_dir={root / 'data'}", "dataset=twitter2015", f"vit_name={clip}",
+                                             f"cache_dir={root / 'cache'}", "workers=0", "batch_size=16",
+                                             "precision=fp32"])
     run_extract(cfg, dumps=[])
     return root, clip
 
@@ -34,7 +34,7 @@ def _train_cfg(root: Path, clip: Path, bert: str, **extra) -> dict:
             "bert_name": bert, "save_path": root / "run", "device": "cpu", "max_seq": 48, "train_batch_size": 8,
             "num_epochs": 1, "him.hidden": 16, "him.num_capsules": 2, "him.heads": 2, "dropout": 0.0, "precision": "fp32"}
     sets.update(extra)
-    return load_config("train", overrides=[f"{k}={v}" for k, v in sets.items()])
+    return stage_config("train", overrides=[f"{k}={v}" for k, v in sets.items()])
 
 
 def _unique_image_tweets(trainer: Trainer, dataset_dir: Path) -> list[int]:

@@ -20,7 +20,7 @@ import pytest
 import tag_fixtures as tf
 
 from cache.durable import FileLock
-from pipeline.config import load_config
+from pipeline.stage_config import stage_config
 from pipeline.tag.manifest import REJECTS_NAME
 from pipeline.tag.parquet_parts import SCHEMA
 from pipeline.tag.report import write_report
@@ -52,7 +52,7 @@ def _config(world, out, **extra):
     sets = {"load_path": str(world["ckpt"]), "out": str(out), "cache_dir": str(world["cache"]),
             "batch_size": 8, "bucket_size": 32, "row_group_size": 16, "max_record_bytes": 2000, "threads": 1,
             **extra}
-    return load_config("tag", overrides=[f"{k}={v}" for k, v in sets.items()])
+    return stage_config("tag", overrides=[f"{k}={v}" for k, v in sets.items()])
 
 
 def _dump(world, name, n, bad=()):
@@ -179,7 +179,8 @@ def test_second_concurrent_run_exits_3(world, tmp_path):
             FileLock(out).acquire()
 
 
-RUNNER = "import json,sys; from pipeline.tag.stage import run_tag; run_tag([sys.argv[1]], json.loads(sys.argv[2]))"
+RUNNER = ("import json,sys; from pipeline.tag.stage import run_tag; from pipeline.stage_config import TagConfig; "
+          "run_tag([sys.argv[1]], TagConfig.from_dict(json.loads(sys.argv[2])))")
 
 
 @pytest.mark.slow
@@ -188,7 +189,7 @@ def test_sigkill_leaves_no_partial_parquet_and_rerun_is_identical(world, tmp_pat
     ref, out = tmp_path / "ref", tmp_path / "out"
     run_tag([dump], _config(world, ref))
     conf = _config(world, out)
-    proc = subprocess.Popen([sys.executable, "-c", RUNNER, str(dump), json.dumps(conf)], cwd=REPO,
+    proc = subprocess.Popen([sys.executable, "-c", RUNNER, str(dump), json.dumps(conf.to_dict())], cwd=REPO,
                             stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and proc.poll() is None:  # kill once row groups are being written
@@ -236,7 +237,7 @@ def test_real_ray_cluster_on_loopback_matches_embedded(world, tmp_path):
     try:
         conf = _config(world, tmp_path / "cluster", workers=2, ray_address=f"127.0.0.1:{port}")
         for _ in range(60):  # the head needs a few seconds before it accepts drivers
-            run = subprocess.run([sys.executable, "-c", RUNNER, str(dump), json.dumps(conf)], cwd=REPO, env=env,
+            run = subprocess.run([sys.executable, "-c", RUNNER, str(dump), json.dumps(conf.to_dict())], cwd=REPO, env=env,
                                  capture_output=True, text=True, timeout=300)
             if run.returncode == 0 or "ConnectionError" not in run.stderr + run.stdout:
                 break

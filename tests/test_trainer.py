@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import load_config
+from pipeline.stage_config import stage_config
 from pipeline.io.conll import read_conll
 from pipeline.train.trainer import train
 
@@ -60,7 +60,7 @@ def tiny_overrides(tiny_bert_dir, data: Path, run: Path, **extra) -> list[str]:
 
 def test_train_writes_run_folder_and_learns(tiny_bert_dir, tiny_data, tmp_path):
     run = tmp_path / "run"
-    cfg = load_config("train", overrides=tiny_overrides(tiny_bert_dir, tiny_data, run, num_epochs=8))
+    cfg = stage_config("train", overrides=tiny_overrides(tiny_bert_dir, tiny_data, run, num_epochs=8))
     result = train(cfg)
     for name in ("model.safetensors", "config.json", "metrics.json", "tokenizer.json"):
         assert (run / "best" / name).is_file(), name
@@ -86,7 +86,7 @@ def _set_args(overrides: list[str]) -> list[str]:
 def test_killed_run_resumes_to_the_same_result(tiny_bert_dir, tiny_data, tmp_path):
     """SIGKILL after the first saved epoch; resuming from last/ ends with the uninterrupted run's metrics."""
     full = tmp_path / "full"
-    train(load_config("train", overrides=tiny_overrides(tiny_bert_dir, tiny_data, full, num_epochs=4)))
+    train(stage_config("train", overrides=tiny_overrides(tiny_bert_dir, tiny_data, full, num_epochs=4)))
     killed = tmp_path / "killed"
     args = _set_args(tiny_overrides(tiny_bert_dir, tiny_data, killed, num_epochs=4))
     proc = subprocess.Popen([sys.executable, str(ROOT / "cli.py"), "train", *args], cwd=ROOT,
@@ -108,7 +108,7 @@ def test_killed_run_resumes_to_the_same_result(tiny_bert_dir, tiny_data, tmp_pat
 
 def test_evaluate_cli_scores_every_entity_and_writes_predictions(tiny_bert_dir, tiny_data, tmp_path):
     run = tmp_path / "run"
-    train(load_config("train", overrides=tiny_overrides(tiny_bert_dir, tiny_data, run, num_epochs=2)))
+    train(stage_config("train", overrides=tiny_overrides(tiny_bert_dir, tiny_data, run, num_epochs=2)))
     out, pred = tmp_path / "m.json", tmp_path / "pred.txt"
     res = run_cli("evaluate", str(run / "best"), str(tiny_data / "test.txt"), "--out", str(out),
                   "--predictions", str(pred), "--set", f"cache_dir={tmp_path / 'none'}")
@@ -124,7 +124,7 @@ def test_evaluate_cli_scores_every_entity_and_writes_predictions(tiny_bert_dir, 
 
 @pytest.mark.parametrize("args, code, message", [
     (["train", "--set", "num_epoch=2"], 2, "unknown key 'num_epoch'"),
-    (["train", "--set", "vision=sideways"], 2, "vision must be cached or online"),
+    (["train", "--set", "vision=sideways"], 2, "vision must be one of cached, online"),
     (["train", "--set", "data_dir=/nonexistent", "--set", "dataset=x"], 2, "/nonexistent/x"),
     (["evaluate", "/nonexistent/ckpt", "x.txt"], 2, "not a checkpoint folder"),
 ])
@@ -147,9 +147,9 @@ def test_malformed_split_exits_1_naming_file_and_line(tiny_bert_dir, tiny_data, 
 
 def test_multimodal_model_without_images_trains_exactly_like_text_only(tiny_bert_dir, tiny_data, tmp_path):
     """No cache anywhere: the full model's masks make it the text path, and it trains to the same numbers."""
-    full = train(load_config("train", overrides=tiny_overrides(tiny_bert_dir, tiny_data, tmp_path / "full",
+    full = train(stage_config("train", overrides=tiny_overrides(tiny_bert_dir, tiny_data, tmp_path / "full",
                                                                num_epochs=2, dropout=0.1)))
-    text = train(load_config("train", overrides=tiny_overrides(tiny_bert_dir, tiny_data, tmp_path / "text",
+    text = train(stage_config("train", overrides=tiny_overrides(tiny_bert_dir, tiny_data, tmp_path / "text",
                                                                num_epochs=2, dropout=0.1, text_only="true")))
     a = json.loads((tmp_path / "full" / "metrics.json").read_text())["epochs"]
     b = json.loads((tmp_path / "text" / "metrics.json").read_text())["epochs"]

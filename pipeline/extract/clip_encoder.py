@@ -16,12 +16,11 @@ import torch
 from PIL import Image
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
-from rpihmif.errors import UsageError
 from rpihmif.visual import VisualSpec
 
 __all__ = [
     "CLIP_MEAN", "CLIP_STD", "VisionSettings", "Preprocessor", "load_vision_encoder", "random_vit_config",
-    "encode", "weights_sha256", "encoder_fingerprint", "fingerprint_id", "visual_spec", "vision_settings",
+    "encode", "weights_sha256", "encoder_fingerprint", "fingerprint_id", "visual_spec",
 ]
 
 log = logging.getLogger("pipeline.extract.clip_encoder")
@@ -33,7 +32,10 @@ FINGERPRINT_VERSION = 1  # bump when the meaning of stored features changes (pre
 
 @dataclass
 class VisionSettings:
-    """What decides the features: encoder source, input sizes and stored dtype (mirrors conf/extract.yaml)."""
+    """What decides the features: encoder source, input sizes and stored dtype (mirrors conf/extract.yaml).
+
+    Built from a checked stage config; the ranges are checked in pipeline/stage_config.py.
+    """
 
     vit_name: str = ""  # local CLIPVisionModel folder; "" = seeded random-init ViT-B/32-shaped encoder
     random_vit_layers: int = 12  # layers of the random-init encoder
@@ -45,20 +47,19 @@ class VisionSettings:
     max_crops: int = 3  # crops of each kind
     dtype: str = "float16"  # stored feature dtype: float16 | float32
 
-    def __post_init__(self) -> None:
-        if self.dtype not in ("float16", "float32"):
-            raise ValueError(f"expected dtype float16 or float32, got {self.dtype!r}")
-        for name in ("image_size", "aux_size", "rcnn_size"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"expected {name} > 0, got {getattr(self, name)}")
-        if self.max_crops < 1:
-            raise ValueError(f"expected max_crops >= 1, got {self.max_crops}")
+    @classmethod
+    def of_extract(cls, cfg: Any) -> "VisionSettings":
+        """From a checked `ExtractConfig` (pipeline.stage_config holds the range checks)."""
+        return cls(vit_name=cfg.vit_name, random_vit_layers=cfg.random_vit_layers,
+                   random_vit_hidden=cfg.random_vit_hidden, seed=cfg.seed, image_size=cfg.image_size,
+                   aux_size=cfg.aux_size, rcnn_size=cfg.rcnn_size, max_crops=cfg.max_crops, dtype=cfg.dtype)
 
     @classmethod
-    def from_config(cls, config: dict[str, Any]) -> "VisionSettings":
-        """Pick the known keys out of a stage config dict (missing keys keep their defaults)."""
-        names = cls.__dataclass_fields__
-        return cls(**{k: config[k] for k in names if k in config})
+    def of_train(cls, cfg: Any) -> "VisionSettings":
+        """From a checked `TrainConfig` (`vision: online`, and naming the cache of `vit_name`): the same defaults as
+        conf/extract.yaml, so the fingerprints agree."""
+        return cls(vit_name=cfg.vit_name, random_vit_layers=cfg.random_vit_layers, seed=cfg.vit_seed,
+                   image_size=cfg.image_size, aux_size=cfg.aux_size, rcnn_size=cfg.rcnn_size, dtype=cfg.feature_dtype)
 
 
 def random_vit_config(layers: int = 12, hidden: int = 768, image_size: int = 224, patch_size: int = 32) -> CLIPVisionConfig:
@@ -206,13 +207,3 @@ def fingerprint_id(hashed: dict[str, Any]) -> str:
     """Short id (16 hex) of the hashed part of a fingerprint; prefixed "rand-" for random-init encoders."""
     digest = hashlib.sha256(json.dumps(hashed, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
     return f"rand-{digest}" if hashed.get("random_init") else digest
-
-
-def vision_settings(cfg: dict[str, Any]) -> VisionSettings:
-    """Encoder settings of a train config; they match `conf/extract.yaml` defaults so fingerprints can agree."""
-    try:
-        return VisionSettings(vit_name=cfg["vit_name"], random_vit_layers=cfg["random_vit_layers"], seed=cfg["vit_seed"],
-                              image_size=cfg["image_size"], aux_size=cfg["aux_size"], rcnn_size=cfg["rcnn_size"],
-                              dtype=cfg["feature_dtype"])
-    except ValueError as exc:
-        raise UsageError(f"vision settings: {exc}") from exc

@@ -17,6 +17,7 @@ from cache.durable import sha256_file
 from cache.format import DUMP_SOURCE
 from pipeline.extract.featurizer import pad_crops
 from pipeline.io.safe_paths import safe_resolve
+from pipeline.stage_config import ExtractConfig
 from rpihmif.errors import InputError
 
 __all__ = ["WorkItem", "benchmark_items", "dump_items", "hash_items", "item_batches"]
@@ -54,20 +55,20 @@ def _crop_reject(source: str, image_id: str, kind: str, path: str, reason: str, 
     return {"source": source, "image_id": image_id, "kind": kind, "path": path, "reason": reason, **extra}
 
 
-def benchmark_items(config: dict[str, Any], crop_rejects: list[dict[str, Any]]) -> Iterator[WorkItem]:
+def benchmark_items(config: ExtractConfig, crop_rejects: list[dict[str, Any]]) -> Iterator[WorkItem]:
     """One item per distinct image of the configured splits; missing or unsafe crops go to `crop_rejects`."""
     from pipeline.io.dataset import BenchmarkDataset
     from pipeline.io.safe_paths import UnsafePathError
 
-    ds = BenchmarkDataset(config["data_dir"], config["dataset"])
-    k = config["max_crops"]
+    ds = BenchmarkDataset(config.data_dir, config.dataset)
+    k = config.max_crops
     present = ds.splits()
     if not ds.images_dir.is_dir():
         log.warning("%s: no images folder (%s): text-only dataset, no benchmark images to encode", ds.root,
                     ds.images_dir.name)
         return
     seen: set[str] = set()
-    for split in config["splits"]:
+    for split in config.splits:
         split = ds.canonical_split(split)
         if split not in present:
             log.info("%s: no %s split; skipped", ds.root, split)
@@ -105,20 +106,19 @@ def benchmark_items(config: dict[str, Any], crop_rejects: list[dict[str, Any]]) 
             yield item
 
 
-def dump_items(config: dict[str, Any], dumps: list[Path], crop_rejects: list[dict[str, Any]],
+def dump_items(config: ExtractConfig, dumps: list[Path], crop_rejects: list[dict[str, Any]],
                record_rejects: list[dict[str, Any]]) -> Iterator[WorkItem]:
     """One item per distinct image path of the dumps; bad records -> `record_rejects`, bad crops -> `crop_rejects`."""
     from pipeline.io.dumps import DumpFields, Reject, iter_dump
 
-    dcfg = config["dump"]
-    fields = DumpFields.from_config(dcfg)
-    k = config["max_crops"]
+    fields = DumpFields.from_config(config.dump)
+    k = config.max_crops
     seen: set[str] = set()
     for dump in dumps:
         dump = Path(dump)
         if not dump.is_file():
             raise InputError(f"{dump}: dump file not found; pass existing JSONL(.gz) files with --dump")
-        root = Path(dcfg["image_root"]) if dcfg["image_root"] else dump.resolve().parent
+        root = Path(config.dump.image_root) if config.dump.image_root else dump.resolve().parent
         for rec in iter_dump(dump, fields, unique_ids=False):  # only image paths matter here, not ids
             if isinstance(rec, Reject):
                 record_rejects.append({"source": DUMP_SOURCE, "kind": "record", "file": rec.file, "line": rec.line,

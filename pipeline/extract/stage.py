@@ -23,6 +23,7 @@ from pipeline.extract.featurizer import ClipFeaturizer, featurize_images, resolv
 from pipeline.extract.items import WorkItem, benchmark_items, dump_items, hash_items, item_batches
 from pipeline.runtime.executor import run_actor_pool, run_inprocess
 from pipeline.runtime.progress import Progress
+from pipeline.stage_config import ExtractConfig
 from rpihmif.errors import LockHeldError, UsageError
 
 __all__ = ["run_extract", "ClipFeaturizer", "featurize_images", "resolve_fingerprint"]
@@ -34,27 +35,20 @@ def _reject_sig(record: dict[str, Any]) -> tuple:
     return tuple(str(record.get(f, "")) for f in ("kind", "source", "image_id", "path", "file", "line", "reason"))
 
 
-def run_extract(config: dict[str, Any], dumps: list[Path] | None = None) -> dict[str, Any]:
+def run_extract(config: ExtractConfig, dumps: list[Path] | None = None) -> dict[str, Any]:
     """Encode every distinct image of the dataset splits and dumps not yet in the cache; return a summary dict.
 
-    config: conf/extract.yaml keys. dumps: JSONL(.gz) files (added to config["dump"]["files"]).
+    config: the checked conf/extract.yaml. dumps: JSONL(.gz) files (added to config.dump.files).
     """
     t0 = time.monotonic()
-    try:
-        settings = VisionSettings.from_config(config)
-    except (TypeError, ValueError) as exc:
-        raise UsageError(f"extract config: {exc}") from exc
-    workers, address = int(config["workers"]), str(config.get("ray_address") or "")
-    if workers < 0:
-        raise UsageError(f"workers must be >= 0 (0 = in-process, no Ray), got {workers}")
-    if config["batch_size"] < 1 or config["shard_size"] < 1:
-        raise UsageError("batch_size and shard_size must be >= 1")
+    settings = VisionSettings.of_extract(config)
+    workers, address = config.workers, config.ray_address
     from pipeline.runtime.device import resolve_device
-    device = resolve_device(config.get("device", "auto"))
-    precision = resolve_precision(config["precision"], device)  # each worker logs its own choice too
-    cache_dir = Path(config["cache_dir"])
-    dumps = [Path(p) for p in list(config["dump"]["files"]) + list(dumps or [])]
-    if not config["dataset"] and not dumps:
+    device = resolve_device(config.device)
+    precision = resolve_precision(config.precision, device)  # each worker logs its own choice too
+    cache_dir = Path(config.cache_dir)
+    dumps = [Path(p) for p in list(config.dump.files) + list(dumps or [])]
+    if not config.dataset and not dumps:
         raise UsageError("nothing to extract: set dataset (with data_dir) or pass --dump files")
 
     fp = resolve_fingerprint(settings, cache_dir)
@@ -64,7 +58,7 @@ def run_extract(config: dict[str, Any], dumps: list[Path] | None = None) -> dict
     crop_rejects: list[dict[str, Any]] = []
     record_rejects: list[dict[str, Any]] = []
     items: list[WorkItem] = []
-    if config["dataset"]:
+    if config.dataset:
         items.extend(benchmark_items(config, crop_rejects))
     if dumps:
         items.extend(dump_items(config, dumps, crop_rejects, record_rejects))
@@ -129,18 +123,18 @@ def run_extract(config: dict[str, Any], dumps: list[Path] | None = None) -> dict
         return summary
 
     # 3. compute what is missing; a single writer in this process commits the shards
-    featurizer_kwargs = {"settings": settings.__dict__, "max_image_pixels": int(config["max_image_pixels"]),
-                         "device": str(device), "expected_fingerprint": fp["id"], "precision": config["precision"]}
+    featurizer_kwargs = {"settings": settings.__dict__, "max_image_pixels": config.max_image_pixels,
+                         "device": str(device), "expected_fingerprint": fp["id"], "precision": config.precision}
     summary["precision"] = precision.name
     n_workers = max(1, workers)
     t_compute = time.monotonic()
-    with CacheWriter(cache_dir, fp, shard_size=int(config["shard_size"]), dtype=settings.dtype) as writer:
+    with CacheWriter(cache_dir, fp, shard_size=config.shard_size, dtype=settings.dtype) as writer:
         # another run may have committed shards between the plan above and taking the lock: never store twice
         fresh = FeatureCache(folder).index
         if len(fresh.shards) != (len(existing.index.shards) if existing else 0):
             todo, new_aliases, new_rejects = _replan(fresh, todo, by_key, new_aliases, new_rejects, summary)
         todo.sort(key=lambda it: str(it.path))  # deterministic batches
-        batches = item_batches(todo, int(config["batch_size"]), settings.max_crops)
+        batches = item_batches(todo, config.batch_size, settings.max_crops)
         crop_reject_count = sum(r["kind"] in ("grounding", "rcnn") for r in new_rejects)
         for r in new_rejects:
             writer.add_reject(r)
@@ -186,15 +180,12 @@ def run_extract(config: dict[str, Any], dumps: list[Path] | None = None) -> dict
     return summary
 
 
-def _verify_cache(folder: Path, fp: dict[str, Any], config: dict[str, Any]) -> dict[str, Any] | None:
+def _verify_cache(folder: Path, fp: dict[str, Any], config: ExtractConfig) -> dict[str, Any] | None:
     """Read back the shards not verified before (all with verify_cache: all); damaged ones are set aside here, so
     the plan below recomputes their images. None when another run holds the cache (it is writing, not us)."""
-    mode = str(config.get("verify_cache", "changed"))
-    if mode not in ("changed", "all"):
-        raise UsageError(f"verify_cache must be changed or all, got {mode!r}")
     try:
         with FileLock(folder, "extract-features run"):
-            result = repair_folder(folder, fp, full=mode == "all")
+            result = repair_folder(folder, fp, full=config.verify_cache == "all")
     except LockHeldError:
         log.info("%s: another run holds the cache; shards not verified by this run", folder)
         return None

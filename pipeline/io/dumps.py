@@ -34,10 +34,9 @@ class DumpFields:
     rcnn: str = "rcnn_crops"
 
     @classmethod
-    def from_config(cls, config: dict[str, Any]) -> "DumpFields":
-        return cls(config.get("id_field", "id"), config.get("text_field", "text"),
-                   config.get("image_field", "image"), config.get("crops_field", "crops"),
-                   config.get("rcnn_field", "rcnn_crops"))
+    def from_config(cls, config: Any) -> "DumpFields":
+        """From a config (section) with `id_field`, `text_field`, `image_field`, `crops_field`, `rcnn_field`."""
+        return cls(config.id_field, config.text_field, config.image_field, config.crops_field, config.rcnn_field)
 
 
 @dataclass

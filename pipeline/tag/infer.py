@@ -12,6 +12,7 @@ from contextlib import ExitStack
 from typing import Any, Iterable, Iterator
 
 from pipeline.runtime.executor import ray_failure
+from pipeline.stage_config import TagConfig
 
 log = logging.getLogger("rpihmif.tag")
 
@@ -131,15 +132,14 @@ class RayExecutor:
         self._stack.close()
 
 
-def make_executor(config: dict[str, Any], load_path: str, cache_folder: str = "") -> LocalExecutor | RayExecutor:
+def make_executor(config: TagConfig, load_path: str, cache_folder: str = "") -> LocalExecutor | RayExecutor:
     """In-process when `workers <= 1` and no `ray_address` (and `use_ray` is false), Ray actors otherwise."""
-    kwargs = dict(load_path=load_path, device=config["device"], seed=config["seed"], cache_folder=cache_folder,
-                  inference_batch=config["batch_size"], threads=config["threads"],
-                  precision=config["precision"])
-    if config["workers"] <= 1 and not config["ray_address"] and not config["use_ray"]:
+    kwargs = dict(load_path=load_path, device=config.device, seed=config.seed, cache_folder=cache_folder,
+                  inference_batch=config.batch_size, threads=config.threads, precision=config.precision)
+    if config.workers <= 1 and not config.ray_address and not config.use_ray:
         return LocalExecutor(**kwargs)
-    gpus = min(1.0, _cuda_devices() / max(config["workers"], 1)) if config["device"] != "cpu" else 0.0
-    return RayExecutor(config["ray_address"], config["workers"], cpus_per_worker=config["cpus_per_worker"],
+    gpus = min(1.0, _cuda_devices() / max(config.workers, 1)) if config.device != "cpu" else 0.0
+    return RayExecutor(config.ray_address, config.workers, cpus_per_worker=config.cpus_per_worker,
                        gpus_per_worker=gpus, **kwargs)
 
 

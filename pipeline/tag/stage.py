@@ -20,6 +20,7 @@ from cache.format import DUMP_SOURCE
 from pipeline.io.checkpoint_folder import checkpoint_info, load_error
 from pipeline.io.dumps import DumpFields, DumpRecord, Reject, expand_inputs, iter_dump
 from pipeline.runtime.progress import progress
+from pipeline.stage_config import TagConfig
 from pipeline.tag.infer import make_executor
 from pipeline.tag.manifest import REJECTS_NAME, Manifest
 from pipeline.tag.parquet_parts import PartWriter
@@ -56,7 +57,7 @@ class _Counts:
 @dataclass
 class _Context:
     out: Path
-    config: dict[str, Any]
+    config: TagConfig
     fields: DumpFields
     model_id: str
     cache: Any  # FeatureCache of the model's encoder, or None (text-only model / no cache)
@@ -64,25 +65,25 @@ class _Context:
     taken: set[str] = field(default_factory=set)  # output names in use by other inputs
 
 
-def resolve_model_path(config: dict[str, Any]) -> Path:
+def resolve_model_path(config: TagConfig) -> Path:
     """The checkpoint folder of `load_path` (DeepKE name; --model); a file inside it is accepted too."""
-    raw = str(config.get("load_path") or "")
+    raw = config.load_path
     if not raw:
         raise UsageError("no model: pass --model CHECKPOINT (or --set load_path=CHECKPOINT)")
     path = Path(raw)
     return path.parent if path.is_file() else path  # checkpoint_info() validates the folder
 
 
-def _open_feature_cache(config: dict[str, Any], model_config: Any) -> Any:
+def _open_feature_cache(config: TagConfig, model_config: Any) -> Any:
     if model_config.text_only or not model_config.visual.fingerprint:
         log.info("text-only model: images are not used")
         return None
     from cache.reader import open_cache
 
-    cache = open_cache(config["cache_dir"], model_config.visual.fingerprint)
+    cache = open_cache(config.cache_dir, model_config.visual.fingerprint)
     if cache is None:
         log.warning("no feature cache of the model's encoder under %s: every image is masked "
-                    "(run extract-features over the dumps first)", config["cache_dir"])
+                    "(run extract-features over the dumps first)", config.cache_dir)
     return cache
 
 
@@ -110,7 +111,7 @@ def _clean_temps(out: Path) -> None:
 
 def _prepare(records: Iterable[DumpRecord | Reject], ctx: _Context, counts: _Counts, rejects: Any) -> Iterator[_TagItem]:
     """Tokenize good records and look up their image keys; write rejects as they come."""
-    require = ctx.config["require_images"]
+    require = ctx.config.require_images
 
     def reject(r: Reject) -> None:
         rejects.write(json.dumps(r.to_json(), ensure_ascii=False) + "\n")
@@ -167,7 +168,7 @@ def _tag_stream(items: Iterator[_TagItem], ctx: _Context, counts: _Counts) -> It
     meta: deque = deque()
 
     def payloads() -> Iterator[dict[str, list]]:
-        for chunk, idx, last in _batches(items, ctx.config["bucket_size"], ctx.config["batch_size"]):
+        for chunk, idx, last in _batches(items, ctx.config.bucket_size, ctx.config.batch_size):
             meta.append((chunk, idx, last))
             yield {"words": [[t.text for t in chunk[i].tokens] for i in idx], "keys": [chunk[i].key for i in idx]}
 
@@ -205,12 +206,12 @@ def _merge_rejects(out: Path, key: str, new: Path) -> None:
 
 def _tag_file(path: Path, key: str, output: str, sha: str, ctx: _Context) -> _Counts:
     counts = _Counts()
-    writer = PartWriter(ctx.out / output, ctx.config["row_group_size"],
+    writer = PartWriter(ctx.out / output, ctx.config.row_group_size,
                         metadata={"model_id": ctx.model_id, "source": key, "source_sha256": sha})
     rejects_tmp = temp_path(ctx.out / f"{output}.rejects")
     try:
         with open(rejects_tmp, "w", encoding="utf-8", opener=open_nofollow) as rejects:
-            records = progress(iter_dump(path, ctx.fields, ctx.config["max_record_bytes"], name=key),
+            records = progress(iter_dump(path, ctx.fields, ctx.config.max_record_bytes, name=key),
                                desc=path.name, unit="records")
             for rows in _tag_stream(_prepare(records, ctx, counts, rejects), ctx, counts):
                 writer.add(rows)
@@ -223,19 +224,16 @@ def _tag_file(path: Path, key: str, output: str, sha: str, ctx: _Context) -> _Co
     return counts
 
 
-def run_tag(inputs: list[Path], config: dict[str, Any]) -> dict[str, Any]:
-    """Tag every input dump (files or folders) into `config["out"]`; returns the run's summary dict."""
+def run_tag(inputs: list[Path], config: TagConfig) -> dict[str, Any]:
+    """Tag every input dump (files or folders) into `config.out`; returns the run's summary dict."""
     started = time.monotonic()
-    if not config.get("out"):
+    if not config.out:
         raise UsageError("no output folder: pass --out DIR (or --set out=DIR)")
-    for name in ("batch_size", "bucket_size", "row_group_size", "max_record_bytes"):
-        if config[name] < 1:
-            raise UsageError(f"{name} must be >= 1, got {config[name]}")
     load_path = resolve_model_path(config)
     files = expand_inputs(list(inputs))
     if not files:
         raise UsageError(f"no JSONL(.gz) dumps found in {', '.join(map(str, inputs))}")
-    out = Path(config["out"])
+    out = Path(config.out)
     mid, model_config = checkpoint_info(load_path)
     total, per_file, tagged_s = _Counts(), [], 0.0
     with FileLock(out, "tag-corpus run"):
@@ -272,7 +270,7 @@ def run_tag(inputs: list[Path], config: dict[str, Any]) -> dict[str, Any]:
                 manifest.record(key, size=size, sha256=sha, rows=counts.rows, rejects=counts.rejects,
                                 model_id=mid, output=output, images_used=counts.images_used,
                                 images_missing=counts.images_missing, load_path=str(load_path.resolve()),
-                                image_root=str(Path(config["image_root"] or path.parent).resolve()))
+                                image_root=str(Path(config.image_root or path.parent).resolve()))
                 log.info("%s -> %s: %d rows, %d rejects, %d images used, %d not cached", path, output,
                          counts.rows, counts.rejects, counts.images_used, counts.images_missing)
                 total.add(counts)

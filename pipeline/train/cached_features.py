@@ -12,6 +12,7 @@ import torch
 
 from pipeline.io.conll import Tweet
 from pipeline.io.dataset import BenchmarkDataset
+from pipeline.stage_config import TrainConfig
 from rpihmif.config import ModelConfig, VisualConfig
 from rpihmif.visual import VisualBatch, collate_visual
 
@@ -29,29 +30,29 @@ class TweetFeatures:
         self.missing = 0
 
     @classmethod
-    def for_training(cls, cfg: dict[str, Any], dataset: BenchmarkDataset) -> "TweetFeatures":
-        """The cache of `cfg["cache_dir"]` (None when absent or `text_only`)."""
-        if cfg["text_only"]:
+    def for_training(cls, cfg: TrainConfig, dataset: BenchmarkDataset) -> "TweetFeatures":
+        """The cache of `cfg.cache_dir` (None when absent or `text_only`)."""
+        if cfg.text_only:
             return cls(None, dataset.name, text_only=True)
         from cache.reader import open_cache
         fingerprint = None
-        if cfg["vit_name"]:  # pick the cache folder of exactly this encoder
-            from pipeline.extract.clip_encoder import vision_settings
+        if cfg.vit_name:  # pick the cache folder of exactly this encoder
+            from pipeline.extract.clip_encoder import VisionSettings
             from pipeline.extract.featurizer import resolve_fingerprint
-            fingerprint = resolve_fingerprint(vision_settings(cfg), Path(cfg["cache_dir"]))["id"]
-        cache = open_cache(cfg["cache_dir"], fingerprint)
+            fingerprint = resolve_fingerprint(VisionSettings.of_train(cfg), Path(cfg.cache_dir))["id"]
+        cache = open_cache(cfg.cache_dir, fingerprint)
         if cache is None:
             log.warning("no feature cache under %s: every tweet is trained with its image masked "
-                        "(run extract-features first for the multimodal model)", cfg["cache_dir"])
+                        "(run extract-features first for the multimodal model)", cfg.cache_dir)
         return cls(cache, dataset.name)
 
     @classmethod
-    def for_model(cls, cfg: dict[str, Any], dataset: BenchmarkDataset, config: ModelConfig) -> "TweetFeatures":
+    def for_model(cls, cache_dir: str | Path, dataset: BenchmarkDataset, config: ModelConfig) -> "TweetFeatures":
         """The cache folder of the encoder the model was trained with; another encoder's cache is a UsageError."""
         if config.text_only or not config.visual.fingerprint:
             return cls(None, dataset.name, text_only=True)
         from cache.reader import open_cache
-        return cls(open_cache(cfg["cache_dir"], config.visual.fingerprint), dataset.name)
+        return cls(open_cache(cache_dir, config.visual.fingerprint), dataset.name)
 
     @property
     def has_vision(self) -> bool:

@@ -15,6 +15,7 @@ from cache.durable import atomic_write_text, ensure_dir, refuse_link
 from pipeline.io.checkpoint_folder import checkpoint_info, load_error
 from pipeline.runtime.device import resolve_device
 from pipeline.runtime.precision import resolve_precision
+from pipeline.stage_config import EvaluateConfig
 from rpihmif.errors import PipelineError, UsageError
 from rpihmif.labels import ENTITY_TYPES
 
@@ -51,7 +52,7 @@ def entity_scores(gold: list[list[str]], pred: list[list[str]]) -> dict[str, Any
     }
 
 
-def evaluate_file(checkpoint: Path, split_file: Path, cfg: dict[str, Any], out: Path | None = None,
+def evaluate_file(checkpoint: Path, split_file: Path, cfg: EvaluateConfig, out: Path | None = None,
                   predictions: Path | None = None) -> dict[str, Any]:
     """Score `checkpoint` on `split_file`; write metrics JSON to `out` and CoNLL predictions to `predictions`."""
     from pipeline.io.conll import read_conll, write_conll
@@ -66,18 +67,18 @@ def evaluate_file(checkpoint: Path, split_file: Path, cfg: dict[str, Any], out: 
     checkpoint_info(checkpoint)
     if not Path(split_file).is_file():
         raise UsageError(f"split file {split_file} not found")
-    device = resolve_device(cfg["device"])
+    device = resolve_device(cfg.device)
     try:
         tagger = Tagger.from_pretrained(checkpoint, device=device,
-                                        autocast=resolve_precision(cfg["precision"], device).autocast)
+                                        autocast=resolve_precision(cfg.precision, device).autocast)
     except PipelineError:
         raise
     except Exception as exc:  # noqa: BLE001 -- SafetensorError and friends: one line naming the folder
         raise load_error(checkpoint, exc) from exc
     dataset = BenchmarkDataset.from_split_file(split_file)
-    tweets = read_conll(split_file, lenient=cfg["lenient"], fix_bio=cfg["fix_bio"])
-    features = TweetFeatures.for_model(cfg, dataset, tagger.config)
-    preds = tagger.predict([t.words for t in tweets], features.lookup(tweets), batch_size=cfg["eval_batch_size"])
+    tweets = read_conll(split_file, lenient=cfg.lenient, fix_bio=cfg.fix_bio)
+    features = TweetFeatures.for_model(cfg.cache_dir, dataset, tagger.config)
+    preds = tagger.predict([t.words for t in tweets], features.lookup(tweets), batch_size=cfg.batch_size)
     metrics = entity_scores([t.labels for t in tweets], [p.labels for p in preds])
     metrics.update({"file": str(split_file), "checkpoint": str(checkpoint), "tweets": len(tweets),
                     "images_used": features.found})

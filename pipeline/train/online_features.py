@@ -8,9 +8,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from pipeline.extract.clip_encoder import vision_settings
+from pipeline.extract.clip_encoder import VisionSettings
 from pipeline.io.conll import Tweet
 from pipeline.io.dataset import BenchmarkDataset
+from pipeline.stage_config import TrainConfig
 from pipeline.train.cached_features import TweetFeatures
 from rpihmif.config import VisualConfig
 from rpihmif.errors import InputError, UsageError
@@ -28,16 +29,16 @@ class OnlineFeatures(TweetFeatures):
         self.featurizer, self.dataset, self.fingerprint_id = featurizer, dataset, fingerprint_id
 
     @classmethod
-    def from_config(cls, cfg: dict[str, Any], dataset: BenchmarkDataset) -> "OnlineFeatures":
+    def from_config(cls, cfg: TrainConfig, dataset: BenchmarkDataset) -> "OnlineFeatures":
         from cache.reader import fingerprint_folders
         from pipeline.extract.featurizer import ClipFeaturizer
 
         try:
-            featurizer = ClipFeaturizer(vision_settings(cfg), device="cpu", precision=cfg["precision"])
+            featurizer = ClipFeaturizer(VisionSettings.of_train(cfg), device="cpu", precision=cfg.precision)
         except (FileNotFoundError, OSError) as exc:
-            raise UsageError(f"vit_name {cfg['vit_name']!r}: cannot load a CLIP vision encoder: {exc}") from exc
+            raise UsageError(f"vit_name {cfg.vit_name!r}: cannot load a CLIP vision encoder: {exc}") from exc
         fp = featurizer.fingerprint["id"]
-        cached = [p.name for p in fingerprint_folders(cfg["cache_dir"])]
+        cached = [p.name for p in fingerprint_folders(cfg.cache_dir)]
         if cached and fp not in cached:
             log.warning("online encoder %s differs from the cached encoder(s) %s: features will not match the cache",
                         fp, ", ".join(cached))

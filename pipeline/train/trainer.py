@@ -4,6 +4,7 @@ Writes a run folder (best/ checkpoint, last/ resume state, metrics.json, train.l
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import random
@@ -26,7 +27,8 @@ from pipeline.train.evaluate import entity_scores
 from pipeline.train.online_features import OnlineFeatures
 from rpihmif.alignment import TweetEncoder
 from rpihmif.checkpoint import load_checkpoint, save_checkpoint
-from rpihmif.config import HIMConfig, IFFEConfig, ModelConfig, TextEncoderConfig, VisualConfig
+from pipeline.stage_config import TrainConfig
+from rpihmif.config import ModelConfig, TextEncoderConfig, VisualConfig
 from rpihmif.errors import UsageError
 from rpihmif.labels import LABEL2ID
 from rpihmif.model import RPIHMIF
@@ -39,32 +41,18 @@ log = logging.getLogger("rpihmif.train")
 STATE_FILE = "trainer_state.pt"
 
 
-def build_model_config(cfg: dict[str, Any], visual: VisualConfig | None) -> ModelConfig:
+def build_model_config(cfg: TrainConfig, visual: VisualConfig | None) -> ModelConfig:
     """Model hyper-parameters from the train config (DeepKE names) and the cache's visual layout."""
-    sources = list(cfg["visual"]["sources"])
-    unknown = set(sources) - {"orig", "grounding", "rcnn"}
-    if unknown:
-        raise UsageError(f"visual.sources: unknown {sorted(unknown)}; use any of orig, grounding, rcnn")
     visual = visual or VisualConfig()
-    visual.sources = sources
+    visual.sources = list(cfg.visual.sources)
     return ModelConfig(
-        text=TextEncoderConfig(bert_name=cfg["bert_name"], max_seq=cfg["max_seq"], word_shape=cfg["word_shape"],
-                               dropout=cfg["dropout"]),
-        him=HIMConfig(**cfg["him"]),
-        iffe=IFFEConfig(**cfg["iffe"]),
+        text=TextEncoderConfig(bert_name=cfg.bert_name, max_seq=cfg.max_seq, window_stride=cfg.window_stride,
+                               word_shape=cfg.word_shape, shape_dim=cfg.shape_dim, dropout=cfg.dropout),
+        him=dataclasses.replace(cfg.him),
+        iffe=dataclasses.replace(cfg.iffe),
         visual=visual,
-        text_only=bool(cfg["text_only"]),
+        text_only=cfg.text_only,
     )
-
-
-def _check(cfg: dict[str, Any]) -> None:
-    if cfg["vision"] not in ("cached", "online"):
-        raise UsageError(f"vision must be cached or online, got {cfg['vision']!r}")
-    for key in ("num_epochs", "train_batch_size", "eval_batch_size", "max_seq"):
-        if cfg[key] < 1:
-            raise UsageError(f"{key} must be >= 1, got {cfg[key]}")
-    if not 0 <= cfg["warmup_ratio"] < 1:
-        raise UsageError(f"warmup_ratio must be in [0, 1), got {cfg['warmup_ratio']}")
 
 
 def _batches(n: int, size: int, generator: torch.Generator) -> list[list[int]]:
@@ -87,46 +75,48 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 
 
-def training_features(cfg: dict[str, Any], dataset: BenchmarkDataset) -> TweetFeatures:
+def training_features(cfg: TrainConfig, dataset: BenchmarkDataset) -> TweetFeatures:
     """Where training reads visual features: the feature cache, or the CLIP encoder in the loop (`vision: online`)."""
-    if cfg["vision"] == "online" and not cfg["text_only"]:
+    if cfg.vision == "online" and not cfg.text_only:
         return OnlineFeatures.from_config(cfg, dataset)
     return TweetFeatures.for_training(cfg, dataset)
 
 class Trainer:
     """Holds the model, data and optimizer of one run; `fit()` runs the remaining epochs."""
 
-    def __init__(self, cfg: dict[str, Any]):
-        _check(cfg)
+    def __init__(self, cfg: TrainConfig):
         self.cfg = cfg
-        self.run_dir = Path(cfg["save_path"])
-        self.device = resolve_device(cfg["device"])
-        self.precision = resolve_precision(cfg["precision"], self.device)  # bf16 autocast of the forward; CRF fp32
-        seed_everything(cfg["seed"])
-        if not (Path(cfg["data_dir"]) / cfg["dataset"]).is_dir():
-            raise UsageError(f"dataset folder {Path(cfg['data_dir']) / cfg['dataset']} not found; set data_dir to the "
-                             f"folder holding {cfg['dataset']}/ with train.txt and valid.txt (DeepKE layout)")
-        dataset = BenchmarkDataset(cfg["data_dir"], cfg["dataset"])
-        self.train_set = dataset.read("train", lenient=cfg["lenient"], fix_bio=cfg["fix_bio"])
-        self.dev_set = dataset.read("valid", lenient=cfg["lenient"], fix_bio=cfg["fix_bio"])
+        self.run_dir = Path(cfg.save_path)
+        self.device = resolve_device(cfg.device)
+        self.precision = resolve_precision(cfg.precision, self.device)  # bf16 autocast of the forward; CRF fp32
+        seed_everything(cfg.seed)
+        if not (Path(cfg.data_dir) / cfg.dataset).is_dir():
+            raise UsageError(f"dataset folder {Path(cfg.data_dir) / cfg.dataset} not found; set data_dir to the "
+                             f"folder holding {cfg.dataset}/ with train.txt and valid.txt (DeepKE layout)")
+        dataset = BenchmarkDataset(cfg.data_dir, cfg.dataset)
+        self.train_set = dataset.read("train", lenient=cfg.lenient, fix_bio=cfg.fix_bio)
+        self.dev_set = dataset.read("valid", lenient=cfg.lenient, fix_bio=cfg.fix_bio)
         self.features = training_features(cfg, dataset)
         try:
-            encoder, self.tokenizer = load_text_encoder(cfg["bert_name"], offline=cfg["offline"])
+            encoder, self.tokenizer = load_text_encoder(cfg.bert_name, offline=cfg.offline)
         except (OSError, ValueError, UsageError) as exc:
-            raise UsageError(f"bert_name {cfg['bert_name']!r}: cannot load a text encoder: {exc}") from exc
+            raise UsageError(f"bert_name {cfg.bert_name!r}: cannot load a text encoder: {exc}") from exc
         self.model_config = build_model_config(cfg, self.features.visual_config())
-        self.model = RPIHMIF(self.model_config, encoder).to(self.device)
+        try:
+            self.model = RPIHMIF(self.model_config, encoder).to(self.device)
+            self.tweet_encoder = TweetEncoder.for_model(self.tokenizer, self.model_config)
+        except ValueError as exc:  # a combination the model rejects (e.g. max_seq too short for him.question)
+            raise UsageError(f"train config: {exc}") from exc
         # reseed: dropout and shuffling must not depend on how many layers the model drew at initialisation, so a
         # multimodal model with no image anywhere trains exactly like the text-only model
-        seed_everything(cfg["seed"])
-        self.tweet_encoder = TweetEncoder.for_model(self.tokenizer, self.model_config)
+        seed_everything(cfg.seed)
         self.tagger = Tagger(self.model, self.tokenizer, self.model_config, device=self.device,
                              autocast=self.precision.autocast)
         self.encoded = self._encode(self.train_set)
-        steps = cfg["num_epochs"] * ((len(self.encoded) + cfg["train_batch_size"] - 1) // cfg["train_batch_size"])
+        steps = cfg.num_epochs * ((len(self.encoded) + cfg.train_batch_size - 1) // cfg.train_batch_size)
         self.optimizer = torch.optim.AdamW(self.model.param_groups(
-            cfg["learning_rate"], cfg["fusion_learning_rate"], cfg["crf_learning_rate"], cfg["weight_decay"]))
-        self.scheduler = get_linear_schedule_with_warmup(self.optimizer, int(cfg["warmup_ratio"] * steps), steps)
+            cfg.learning_rate, cfg.fusion_learning_rate, cfg.crf_learning_rate, cfg.weight_decay))
+        self.scheduler = get_linear_schedule_with_warmup(self.optimizer, int(cfg.warmup_ratio * steps), steps)
         self.epoch, self.best_f1, self.history = 0, -1.0, []
 
     def _encode(self, tweets: list[Tweet]) -> list[tuple[Any, list[int]]]:
@@ -140,7 +130,7 @@ class Trainer:
             cut_words, cut_tweets = cut_words + n_cut, cut_tweets + bool(n_cut)
         if cut_words:
             log.warning("training truncated %d words in %d tweets longer than max_seq=%d sub-words",
-                        cut_words, cut_tweets, self.cfg["max_seq"])
+                        cut_words, cut_tweets, self.cfg.max_seq)
         return encoded
 
     def resume(self, load_path: str) -> None:
@@ -184,16 +174,16 @@ class Trainer:
     def fit(self) -> dict[str, Any]:
         cfg = self.cfg
         log.info("train %d tweets, valid %d tweets, %d epochs, device %s, precision %s (%s), images: %s",
-                 len(self.encoded), len(self.dev_set), cfg["num_epochs"], self.device, self.precision.name,
+                 len(self.encoded), len(self.dev_set), cfg.num_epochs, self.device, self.precision.name,
                  self.precision.reason, self.features.describe())
-        while self.epoch < cfg["num_epochs"]:
+        while self.epoch < cfg.num_epochs:
             start = time.monotonic()
             loss = self._train_epoch()
             dev = self.score(self.dev_set)
             seconds = time.monotonic() - start
             self.epoch += 1
             self.history.append({"epoch": self.epoch, "loss": round(loss, 4), "seconds": round(seconds, 1), "dev": dev})
-            log.info("epoch %d/%d: loss %.4f, dev P %.2f R %.2f F1 %.2f (%.0fs)", self.epoch, cfg["num_epochs"], loss,
+            log.info("epoch %d/%d: loss %.4f, dev P %.2f R %.2f F1 %.2f (%.0fs)", self.epoch, cfg.num_epochs, loss,
                      dev["precision"], dev["recall"], dev["f1"], seconds)
             if dev["f1"] > self.best_f1:
                 self.best_f1 = dev["f1"]
@@ -208,8 +198,8 @@ class Trainer:
     def _train_epoch(self) -> float:
         cfg, model = self.cfg, self.model
         model.train()
-        generator = torch.Generator().manual_seed(cfg["seed"] * 1000 + self.epoch)
-        batches = _batches(len(self.encoded), cfg["train_batch_size"], generator)
+        generator = torch.Generator().manual_seed(cfg.seed * 1000 + self.epoch)
+        batches = _batches(len(self.encoded), cfg.train_batch_size, generator)
         total, count = 0.0, 0
         for idx in progress(batches, total=len(batches), desc=f"epoch {self.epoch + 1}", unit="batch"):
             windows = [self.encoded[i][0] for i in idx]
@@ -220,7 +210,7 @@ class Trainer:
                 out = model(text, visual)
             self.optimizer.zero_grad(set_to_none=True)
             out.loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["max_grad_norm"])
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
             self.optimizer.step()
             self.scheduler.step()
             total, count = total + out.loss.item(), count + 1
@@ -230,14 +220,14 @@ class Trainer:
         """Entity-level P/R/F1 of the current model on `tweets` (every word predicted, windows merged)."""
         self.model.eval()
         preds = self.tagger.predict([t.words for t in tweets], self.features.lookup(tweets),
-                                    batch_size=self.cfg["eval_batch_size"])
+                                    batch_size=self.cfg.eval_batch_size)
         return entity_scores([t.labels for t in tweets], [p.labels for p in preds])
 
     def metrics(self) -> dict[str, Any]:
         best = max(self.history, key=lambda h: h["dev"]["f1"]) if self.history else None
         return {"best_epoch": best["epoch"] if best else None, "best_dev": best["dev"] if best else None,
-                "epochs": self.history, "dataset": self.cfg["dataset"], "seed": self.cfg["seed"],
-                "config": {k: v for k, v in self.cfg.items()}}
+                "epochs": self.history, "dataset": self.cfg.dataset, "seed": self.cfg.seed,
+                "config": self.cfg.to_dict()}
 
     def _save_last(self) -> None:
         with atomic_dir(self.run_dir / "last") as tmp:
@@ -247,9 +237,9 @@ class Trainer:
                         "history": self.history}, tmp / STATE_FILE)
 
 
-def train(cfg: dict[str, Any]) -> dict[str, Any]:
-    """Run the train stage from a loaded `conf/train.yaml` dict; return the final metrics."""
-    run_dir = ensure_dir(cfg["save_path"], "save_path")
+def train(cfg: TrainConfig) -> dict[str, Any]:
+    """Run the train stage from a checked `conf/train.yaml` config; return the final metrics."""
+    run_dir = ensure_dir(cfg.save_path, "save_path")
     for name in ("best", "last", "best.old", "last.old"):  # our own folders: a planted link is refused up front
         if (run_dir / name).is_symlink() or (run_dir / name).is_file():
             raise UsageError(f"{run_dir / name} is a symbolic link or a file where train keeps its own folder; "
@@ -257,13 +247,13 @@ def train(cfg: dict[str, Any]) -> dict[str, Any]:
     for name in ("metrics.json", "metrics.json.old", "train.log"):
         refuse_link(run_dir / name)
     setup_logging(run_dir / "train.log")
-    if cfg["log_dir"]:
-        setup_logging(Path(cfg["log_dir"]) / "train.log")
+    if cfg.log_dir:
+        setup_logging(Path(cfg.log_dir) / "train.log")
     for name in ("best", "last", "metrics.json"):  # finish or drop what a killed run left half-swapped
         recover_dir(run_dir / name)
     trainer = Trainer(cfg)
-    if cfg["load_path"]:
-        trainer.resume(cfg["load_path"])
+    if cfg.load_path:
+        trainer.resume(cfg.load_path)
     metrics = trainer.fit()
     log.info("best dev F1 %.2f at epoch %s; checkpoint %s", metrics["best_dev"]["f1"] if metrics["best_dev"] else 0,
              metrics["best_epoch"], run_dir / "best")

@@ -1,0 +1,391 @@
+"""Typed stage configs: one dataclass per stage built from `conf/<stage>.yaml` + `--set`, every range check in CHECKS.
+
+The yaml is the single source of defaults (fields have none); adding a knob is one field here plus one yaml line.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Union
+
+import yaml
+
+from pipeline.config import CONF_DIR, load_config
+from rpihmif.config import HIMConfig, IFFEConfig
+from rpihmif.errors import UsageError
+
+__all__ = ["DumpSection", "ExtractConfig", "VisualSection", "TrainConfig", "EvaluateConfig", "TagConfig",
+           "StageConfig", "STAGES", "CHECKS", "stage_config", "from_dict", "render_yaml", "yaml_comments"]
+
+
+class _Stage:
+    """Shared helpers of the stage dataclasses."""
+
+    stage: typing.ClassVar[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Any:
+        """Build and check from a complete key -> value dict (a loaded yaml, or `to_dict()` output)."""
+        return from_dict(cls.stage, data)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the stages; keys, meanings and defaults: conf/<stage>.yaml
+# ---------------------------------------------------------------------------------------------------------------
+@dataclass
+class DumpSection:
+    """`dump:` of extract.yaml: tweet dumps whose images to encode, and their record field names."""
+
+    files: list[str]
+    id_field: str
+    text_field: str
+    image_field: str
+    crops_field: str
+    rcnn_field: str
+    image_root: str
+
+
+@dataclass
+class ExtractConfig(_Stage):
+    """conf/extract.yaml: `python cli.py extract-features`."""
+
+    stage: typing.ClassVar[str] = "extract"
+    data_dir: str
+    dataset: str
+    splits: list[str]
+    cache_dir: str
+    vit_name: str
+    random_vit_layers: int
+    random_vit_hidden: int
+    image_size: int
+    aux_size: int
+    rcnn_size: int
+    max_crops: int
+    dtype: str
+    batch_size: int
+    shard_size: int
+    workers: int
+    ray_address: str
+    device: str
+    offline: bool
+    precision: str
+    max_image_pixels: int
+    seed: int
+    verify_cache: str
+    dump: DumpSection
+
+
+@dataclass
+class VisualSection:
+    """`visual:` of train.yaml (the rest of the model's VisualConfig comes from the feature cache)."""
+
+    sources: list[str]
+
+
+@dataclass
+class TrainConfig(_Stage):
+    """conf/train.yaml: `python cli.py train`; `him`/`iffe` are the model's own config classes."""
+
+    stage: typing.ClassVar[str] = "train"
+    data_dir: str
+    dataset: str
+    cache_dir: str
+    bert_name: str
+    vit_name: str
+    vision: str
+    random_vit_layers: int
+    vit_seed: int
+    image_size: int
+    feature_dtype: str
+    text_only: bool
+    max_seq: int
+    window_stride: int
+    word_shape: bool
+    shape_dim: int
+    train_batch_size: int
+    eval_batch_size: int
+    num_epochs: int
+    learning_rate: float
+    fusion_learning_rate: float
+    crf_learning_rate: float
+    weight_decay: float
+    warmup_ratio: float
+    max_grad_norm: float
+    dropout: float
+    aux_size: int
+    rcnn_size: int
+    seed: int
+    device: str
+    offline: bool
+    precision: str
+    save_path: str
+    load_path: str
+    log_dir: str
+    lenient: bool
+    fix_bio: bool
+    him: HIMConfig
+    iffe: IFFEConfig
+    visual: VisualSection
+
+
+@dataclass
+class EvaluateConfig(_Stage):
+    """conf/evaluate.yaml: `python cli.py evaluate CHECKPOINT SPLIT_FILE`."""
+
+    stage: typing.ClassVar[str] = "evaluate"
+    cache_dir: str
+    batch_size: int
+    device: str
+    precision: str
+    lenient: bool
+    fix_bio: bool
+
+
+@dataclass
+class TagConfig(_Stage):
+    """conf/tag.yaml: `python cli.py tag-corpus`."""
+
+    stage: typing.ClassVar[str] = "tag"
+    load_path: str
+    out: str
+    cache_dir: str
+    id_field: str
+    text_field: str
+    image_field: str
+    crops_field: str
+    rcnn_field: str
+    image_root: str
+    require_images: bool
+    max_record_bytes: int
+    batch_size: int
+    bucket_size: int
+    row_group_size: int
+    workers: int
+    ray_address: str
+    use_ray: bool
+    cpus_per_worker: float
+    threads: int
+    device: str
+    precision: str
+    seed: int
+
+
+StageConfig = Union[ExtractConfig, TrainConfig, EvaluateConfig, TagConfig]
+STAGES: dict[str, type] = {"extract": ExtractConfig, "train": TrainConfig, "evaluate": EvaluateConfig, "tag": TagConfig}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# every range / enum check, by stage and dotted key
+# ---------------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Check:
+    """One rule on a value: `ok(value)` and the allowed range in words (`rule`)."""
+
+    ok: Callable[[Any], bool]
+    rule: str
+
+
+def at_least(n: int | float) -> Check:
+    return Check(lambda v: v >= n, f">= {n}")
+
+
+def positive() -> Check:
+    return Check(lambda v: v > 0, "> 0")
+
+
+def between(lo: float, hi: float, hi_open: bool = False) -> Check:
+    return Check(lambda v: lo <= v < hi if hi_open else lo <= v <= hi, f"in [{lo}, {hi}{')' if hi_open else ']'}")
+
+
+def one_of(*choices: str) -> Check:
+    return Check(lambda v: v in choices, f"one of {', '.join(choices)}")
+
+
+def subset_of(*choices: str) -> Check:
+    return Check(lambda v: bool(v) and set(v) <= set(choices), f"a non-empty list of {', '.join(choices)}")
+
+
+def matches(pattern: str, words: str) -> Check:
+    return Check(lambda v: re.fullmatch(pattern, v) is not None, words)
+
+
+SEED = between(0, 2**32 - 1)  # NumPy's seed range
+DEVICE = matches(r"auto|cpu|cuda(:\d+)?", "auto, cpu, cuda or cuda:N")
+DTYPE = one_of("float16", "float32")
+COUNT = at_least(1)
+PRECISION = one_of("auto", "fp32", "bf16")
+VISION = {"random_vit_layers": COUNT, "image_size": COUNT, "aux_size": COUNT, "rcnn_size": COUNT}
+
+CHECKS: dict[str, dict[str, Check]] = {
+    "extract": {
+        **VISION, "splits": subset_of("train", "valid", "test", "dev", "val"), "random_vit_hidden": COUNT,
+        "max_crops": COUNT, "dtype": DTYPE, "batch_size": COUNT, "shard_size": COUNT, "workers": at_least(0),
+        "device": DEVICE, "precision": PRECISION, "max_image_pixels": COUNT, "seed": SEED,
+        "verify_cache": one_of("changed", "all"),
+    },
+    "train": {
+        **VISION, "vision": one_of("cached", "online"), "vit_seed": SEED, "feature_dtype": DTYPE,
+        "max_seq": at_least(10), "window_stride": at_least(0), "shape_dim": COUNT,
+        "train_batch_size": COUNT, "eval_batch_size": COUNT, "num_epochs": COUNT,
+        "learning_rate": positive(), "fusion_learning_rate": positive(), "crf_learning_rate": positive(),
+        "weight_decay": at_least(0), "warmup_ratio": between(0, 1, hi_open=True), "max_grad_norm": positive(),
+        "dropout": between(0, 1, hi_open=True), "seed": SEED, "device": DEVICE, "precision": PRECISION,
+        "save_path": matches(r".+", "a folder"),
+        "him.num_capsules": COUNT, "him.hidden": COUNT, "him.heads": COUNT, "iffe.iterations": at_least(0),
+        "visual.sources": subset_of("orig", "grounding", "rcnn"),
+    },
+    "evaluate": {"batch_size": COUNT, "device": DEVICE, "precision": PRECISION},
+    "tag": {
+        "max_record_bytes": COUNT, "batch_size": COUNT, "bucket_size": COUNT, "row_group_size": COUNT,
+        "workers": COUNT, "cpus_per_worker": positive(), "threads": at_least(0), "device": DEVICE,
+        "precision": PRECISION, "seed": SEED,
+    },
+}
+
+
+def _cross_checks(stage: str, cfg: Any) -> list[str]:
+    """Rules between keys, as messages."""
+    problems = []
+    if stage == "train" and cfg.him.hidden % cfg.him.heads:
+        problems.append(f"him.hidden ({cfg.him.hidden}) must be divisible by him.heads ({cfg.him.heads})")
+    return problems
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# building
+# ---------------------------------------------------------------------------------------------------------------
+def stage_config(stage: str, path: str | Path | None = None, overrides: list[str] | None = None,
+                 named: dict[str, Any] | None = None) -> Any:
+    """The checked, typed config of `stage`: conf/<stage>.yaml, then `path`, named CLI options and `--set`."""
+    if stage not in STAGES:
+        raise UsageError(f"unknown stage {stage!r}; use one of {', '.join(STAGES)}")
+    return from_dict(stage, load_config(stage, path, overrides, named))
+
+
+def from_dict(stage: str, data: dict[str, Any]) -> Any:
+    """Build `STAGES[stage]` from a complete dict, check types, then every rule of CHECKS[stage]."""
+    cfg = _build(STAGES[stage], data, stage, "")
+    problems = []
+    for dotted, check in CHECKS[stage].items():
+        value = cfg
+        for part in dotted.split("."):
+            value = getattr(value, part)
+        if not check.ok(value):
+            problems.append(f"{dotted} must be {check.rule}, got {value!r}")
+    problems += _cross_checks(stage, cfg)
+    if problems:
+        raise UsageError(f"{stage} config: {'; '.join(problems)} (fix conf/{stage}.yaml, --config or --set)")
+    return cfg
+
+
+def _build(cls: type, data: Any, stage: str, prefix: str) -> Any:
+    if not isinstance(data, dict):
+        raise UsageError(f"{stage} config: {prefix.rstrip('.') or 'the top level'} must be a section of keys")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown, missing = sorted(set(data) - set(names)), [n for n in names if n not in data]
+    if unknown:
+        raise UsageError(f"{stage} config: unknown key(s) {', '.join(prefix + k for k in unknown)}; "
+                         f"known: {', '.join(names)}")
+    if missing:
+        raise UsageError(f"{stage} config: missing key(s) {', '.join(prefix + k for k in missing)}; every key "
+                         f"needs a line in conf/{stage}.yaml")
+    kwargs = {}
+    for name in names:
+        hint, value = hints[name], data[name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = _build(hint, value, stage, f"{prefix}{name}.")
+        else:
+            kwargs[name] = _typed(f"{prefix}{name}", value, hint, stage)
+    return cls(**kwargs)
+
+
+def _typed(key: str, value: Any, hint: Any, stage: str) -> Any:
+    """`value` as the field's type (int is fine for float) or a UsageError naming the key."""
+    if typing.get_origin(hint) is list:
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return list(value)
+        expected = "a list of strings"
+    elif hint is bool:
+        if isinstance(value, bool):
+            return value
+        expected = "true or false"
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        expected = "an integer"
+    elif hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        expected = "a number"
+    elif hint is str:
+        if isinstance(value, str):
+            return value
+        expected = "a string"
+    else:  # a field type this builder does not know: a programming error, not a user's
+        raise TypeError(f"{stage} config: unsupported field type {hint!r} of {key}")
+    raise UsageError(f"{stage} config: {key} must be {expected}, got {value!r}")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# printing (python cli.py config STAGE)
+# ---------------------------------------------------------------------------------------------------------------
+_KEY_LINE = re.compile(r"^(?P<indent> *)(?P<key>[A-Za-z_]\w*):(?P<rest>.*)$")
+
+
+def yaml_comments(path: Path) -> dict[str, str]:
+    """Dotted key -> its trailing `# comment` in a stage yaml ("" when the line has none)."""
+    comments: dict[str, str] = {}
+    stack: list[tuple[int, str]] = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        match = _KEY_LINE.match(line)
+        if not match:
+            continue
+        indent = len(match["indent"])
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        dotted = ".".join([k for _, k in stack] + [match["key"]])
+        comments[dotted] = match["rest"].partition(" #")[2].strip()
+        stack.append((indent, match["key"]))
+    return comments
+
+
+def _flow(value: Any) -> str:
+    """One value as a yaml flow scalar or list that reads back to the same Python value."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        text = repr(value)
+        mantissa, e, exp = text.partition("e")
+        return f"{mantissa}.0e{exp}" if e and "." not in mantissa else text  # PyYAML needs the dot in 5.0e-05
+    if isinstance(value, list):
+        return "[" + ", ".join(_flow(v) for v in value) + "]"
+    if isinstance(value, str):
+        plain = value and value == value.strip() and not re.search(r"[#:{}\[\],&*!|>'\"%@`]", value)
+        return value if plain and yaml.safe_load(value) == value else json.dumps(value, ensure_ascii=False)
+    return str(value)
+
+
+def render_yaml(cfg: Any) -> str:
+    """The effective config as yaml, with each key's comment from the stage's default yaml; reads back unchanged."""
+    stage = cfg.stage
+    comments = yaml_comments(CONF_DIR / f"{stage}.yaml")
+    lines = [f"# effective {stage} config (python cli.py config {stage}); usable as --config"]
+
+    def emit(data: dict[str, Any], prefix: str, indent: int) -> None:
+        for key, value in data.items():
+            note = comments.get(prefix + key, "")
+            text = " " * indent + f"{key}:" + ("" if isinstance(value, dict) else f" {_flow(value)}")
+            lines.append(f"{text:<30} # {note}" if note else text)
+            if isinstance(value, dict):
+                emit(value, f"{prefix}{key}.", indent + 2)
+
+    emit(cfg.to_dict(), "", 0)
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,143 @@
+"""Typed stage configs: yaml <-> dataclass agreement, the one table of range checks, and `cli.py config`.
+
+Each bad value must be a UsageError (exit 2) naming the key and the allowed range.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+import cli
+from pipeline.config import CONF_DIR
+from pipeline.stage_config import (
+    CHECKS,
+    STAGES,
+    EvaluateConfig,
+    TrainConfig,
+    from_dict,
+    render_yaml,
+    stage_config,
+    yaml_comments,
+)
+from pipeline.train.trainer import build_model_config
+from rpihmif.config import HIMConfig, IFFEConfig, ModelConfig, TextEncoderConfig, VisualConfig
+from rpihmif.errors import UsageError
+
+
+def _keys(data: dict, prefix: str = "") -> set[str]:
+    out = set()
+    for key, value in data.items():
+        out.add(prefix + key)
+        if isinstance(value, dict):
+            out |= _keys(value, f"{prefix}{key}.")
+    return out
+
+
+@pytest.mark.parametrize("stage", sorted(STAGES))
+def test_yaml_keys_are_the_dataclass_fields_and_each_has_a_comment(stage):
+    path = CONF_DIR / f"{stage}.yaml"
+    raw = yaml.safe_load(path.read_text())
+    cfg = stage_config(stage)
+    assert isinstance(cfg, STAGES[stage])
+    assert _keys(raw) == _keys(cfg.to_dict())
+    comments = yaml_comments(path)
+    assert set(comments) == _keys(raw)
+    assert all(comments.values()), [k for k, v in comments.items() if not v]
+
+
+@pytest.mark.parametrize("stage", sorted(STAGES))
+def test_every_check_names_a_field(stage):
+    keys = _keys(stage_config(stage).to_dict())
+    assert set(CHECKS[stage]) <= keys, set(CHECKS[stage]) - keys
+
+
+def test_model_knobs_settable_from_train_yaml_and_mirror_model_defaults():
+    cfg = stage_config("train")
+    text = {f.name for f in dataclasses.fields(TextEncoderConfig)}
+    assert text <= {f.name for f in dataclasses.fields(TrainConfig)}  # every text knob is a train.yaml key
+    assert cfg.him == HIMConfig() and cfg.iffe == IFFEConfig()
+    assert {k: getattr(cfg, k) for k in text} == dataclasses.asdict(TextEncoderConfig())
+    assert cfg.visual.sources == VisualConfig().sources and cfg.text_only is ModelConfig().text_only
+
+
+def test_window_stride_and_shape_dim_reach_the_model_config():
+    cfg = stage_config("train", overrides=["window_stride=5", "shape_dim=8", "dropout=0.3", "him.heads=2",
+                                           "iffe.iterations=0", "visual.sources=orig"])
+    model = build_model_config(cfg, None)
+    assert (model.text.window_stride, model.text.shape_dim, model.text.dropout) == (5, 8, 0.3)
+    assert (model.him.heads, model.iffe.iterations, model.visual.sources) == (2, 0, ["orig"])
+    model.him.heads = 7  # the model config is a copy: the stage config stays as loaded
+    assert cfg.him.heads == 2
+
+
+@pytest.mark.parametrize("stage, override, words", [
+    ("train", "warmup_ratio=1", "warmup_ratio must be in [0, 1), got 1.0"),
+    ("train", "num_epochs=0", "num_epochs must be >= 1, got 0"),
+    ("train", "vision=offline", "vision must be one of cached, online, got 'offline'"),
+    ("train", "visual.sources=orig,faces", "visual.sources must be a non-empty list of orig, grounding, rcnn"),
+    ("train", "learning_rate=0", "learning_rate must be > 0, got 0.0"),
+    ("train", "dropout=1.5", "dropout must be in [0, 1), got 1.5"),
+    ("train", "him.heads=3", "him.hidden (256) must be divisible by him.heads (3)"),
+    ("train", "seed=-1", "seed must be in [0, 4294967295], got -1"),
+    ("train", "device=gpu", "device must be auto, cpu, cuda or cuda:N, got 'gpu'"),
+    ("extract", "workers=-1", "workers must be >= 0, got -1"),
+    ("extract", "dtype=int8", "dtype must be one of float16, float32, got 'int8'"),
+    ("extract", "shard_size=0", "shard_size must be >= 1, got 0"),
+    ("extract", "splits=train,dev2", "splits must be a non-empty list of train, valid, test, dev, val"),
+    ("extract", "max_crops=0", "max_crops must be >= 1, got 0"),
+    ("tag", "bucket_size=0", "bucket_size must be >= 1, got 0"),
+    ("tag", "cpus_per_worker=0", "cpus_per_worker must be > 0, got 0.0"),
+    ("evaluate", "batch_size=0", "batch_size must be >= 1, got 0"),
+])
+def test_bad_values_name_key_and_range(stage, override, words):
+    with pytest.raises(UsageError) as info:
+        stage_config(stage, overrides=[override])
+    assert info.value.exit_code == 2
+    assert words in str(info.value) and f"{stage} config:" in str(info.value)
+
+
+def test_all_problems_reported_at_once_and_types_checked_on_dicts():
+    with pytest.raises(UsageError, match="num_epochs must be >= 1.*max_grad_norm must be > 0"):
+        stage_config("train", overrides=["num_epochs=0", "max_grad_norm=0"])
+    data = stage_config("train").to_dict()
+    data["him"]["hidden"] = "lots"
+    with pytest.raises(UsageError, match="him.hidden must be an integer, got 'lots'"):
+        from_dict("train", data)
+    del data["him"]
+    with pytest.raises(UsageError, match="missing key.*him"):
+        from_dict("train", data)
+
+
+def test_evaluate_has_its_own_yaml():
+    cfg = stage_config("evaluate", overrides=["batch_size=8"])
+    assert isinstance(cfg, EvaluateConfig) and cfg.batch_size == 8
+    with pytest.raises(UsageError, match="unknown key 'num_epochs'"):  # train.yaml keys are not evaluate's
+        stage_config("evaluate", overrides=["num_epochs=1"])
+
+
+@pytest.mark.parametrize("stage", sorted(STAGES))
+def test_rendered_config_reads_back_unchanged(stage, tmp_path):
+    sets = {"train": ["learning_rate=1e-5", "him.question='Who: is #here?'", "visual.sources=orig"],
+            "extract": ["dump.files=a.jsonl,b c.jsonl", "dataset=", "seed=7"],
+            "tag": ["cpus_per_worker=0.5", "out=o ut", "id_field=true"],
+            "evaluate": ["lenient=true"]}[stage]
+    cfg = stage_config(stage, overrides=sets)
+    path = tmp_path / "effective.yaml"
+    path.write_text(render_yaml(cfg))
+    assert stage_config(stage, path=path) == cfg
+
+
+def test_config_command_prints_overrides_and_exits_2_on_bad_values():
+    runner = CliRunner()
+    res = runner.invoke(cli.app, ["config", "train", "--set", "num_epochs=3", "--set", "iffe.iterations=0"])
+    assert res.exit_code == 0, res.output
+    printed = yaml.safe_load(res.output)
+    assert printed["num_epochs"] == 3 and printed["iffe"] == {"iterations": 0}
+    assert "num_epochs: 3                  # passes over train" in res.output
+    res = runner.invoke(cli.app, ["config", "tag", "--set", "workers=0"])
+    assert res.exit_code == 2 and "workers must be >= 1, got 0" in res.output
+    res = runner.invoke(cli.app, ["config", "nonesuch"])
+    assert res.exit_code == 2 and "unknown stage 'nonesuch'" in res.output
