@@ -53,7 +53,7 @@ def ensure_dir(path: str | os.PathLike, what: str = "output folder") -> Path:
         raise UsageError(f"{what} {path} is a file, not a folder; give a folder path")
     try:
         path.mkdir(parents=True, exist_ok=True)
-    except FileExistsError as exc:
+    except (FileExistsError, NotADirectoryError) as exc:
         raise UsageError(f"{what} {path}: a parent is a file, not a folder ({exc.filename})") from exc
     except PermissionError as exc:
         raise UsageError(f"{what} {path} cannot be created: permission denied") from exc

@@ -68,6 +68,9 @@ def spec_of(fingerprint: dict[str, Any]) -> VisualSpec:
 def read_fingerprint(folder: Path) -> dict[str, Any]:
     """`folder/fingerprint.json`; UsageError naming the folder to delete when it is unreadable or incomplete."""
     path = folder / "fingerprint.json"
+    if path.is_symlink():
+        raise UsageError(f"{path} is a symbolic link where the feature cache keeps its own file; remove the link "
+                         "(nothing is ever written through it)")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
         data["id"], data["hashed"], data["info"]["spec"]  # noqa: B018 -- required fields

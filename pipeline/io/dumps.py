@@ -61,6 +61,10 @@ class Reject:
     reason: str
     id: str | None = None
 
+    def __post_init__(self) -> None:  # an unpaired surrogate in an id must not break the rejects file
+        if self.id is not None and _has_surrogate(self.id):
+            self.id = self.id.encode("utf-8", "backslashreplace").decode("utf-8")
+
     def to_json(self) -> dict[str, Any]:
         return {"file": self.file, "line": self.line, "id": self.id, "reason": self.reason}
 

@@ -15,14 +15,14 @@ from itertools import islice
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from cache.durable import FileLock, atomic_file, is_temp_name, open_nofollow, sha256_file, temp_path
+from cache.durable import FileLock, atomic_file, is_temp_name, open_nofollow, refuse_link, sha256_file, temp_path
 from cache.format import DUMP_SOURCE
 from pipeline.io.checkpoint_folder import checkpoint_info, load_error
 from pipeline.io.dumps import DumpFields, DumpRecord, Reject, expand_inputs, iter_dump
 from pipeline.runtime.progress import progress
 from pipeline.stage_config import TagConfig
 from pipeline.tag.infer import make_executor
-from pipeline.tag.manifest import REJECTS_NAME, Manifest
+from pipeline.tag.manifest import MANIFEST_NAME, REJECTS_NAME, Manifest
 from pipeline.tag.parquet_parts import PartWriter
 from pipeline.tag.tweet_tokenizer import Token, tokenize
 from rpihmif.errors import PipelineError, UsageError
@@ -237,6 +237,8 @@ def run_tag(inputs: list[Path], config: TagConfig) -> dict[str, Any]:
     mid, model_config = checkpoint_info(load_path)
     total, per_file, tagged_s = _Counts(), [], 0.0
     with FileLock(out, "tag-corpus run"):
+        for name in (MANIFEST_NAME, REJECTS_NAME):  # read and rewritten by this run: never through a link
+            refuse_link(out / name)
         _clean_temps(out)
         manifest = Manifest(out)
         ctx = _Context(out, config, DumpFields.from_config(config), mid, None)

@@ -49,3 +49,26 @@ def tag_world(tmp_path_factory, tiny_bert_dir) -> dict:
     tf.make_feature_cache(root / "cache", cfg.visual.spec(), images[:2])
     return {"root": root, "ckpt": ckpt, "cache": root / "cache", "images": images,
             "spec": dataclasses.asdict(cfg.visual.spec())}
+
+
+@pytest.fixture(scope="session")
+def world(tmp_path_factory, tiny_bert_dir) -> dict:
+    """A sample, its cache (several shards) from a tiny CLIP, and a 1-epoch checkpoint trained on that cache."""
+    from rel_helpers import cli, sets
+
+    from pipeline.io.sample import make_sample
+
+    root = tmp_path_factory.mktemp("world")
+    make_sample(root / "data", seed=0, sizes={"train": 16, "valid": 8, "test": 6})
+    clip = make_tiny_clip(root / "clip")
+    extract = ["extract-features", *sets(data_dir=root / "data", dataset="twitter2015", vit_name=clip,
+                                         cache_dir=root / "cache", workers=0, batch_size=4, shard_size=6,
+                                         device="cpu"), "--dump", root / "data" / "tweets.jsonl.gz"]
+    res = cli(*extract)
+    assert res.exit_code == 0, res.stderr
+    train = ["train", *sets(data_dir=root / "data", dataset="twitter2015", cache_dir=root / "cache", vit_name=clip,
+                            bert_name=tiny_bert_dir, save_path=root / "run", device="cpu", max_seq=48,
+                            train_batch_size=8, num_epochs=1, him__hidden=16, him__num_capsules=2, him__heads=2)]
+    res = cli(*train)
+    assert res.exit_code == 0, res.stderr
+    return {"root": root, "extract": extract, "train": train, "ckpt": root / "run" / "best", "clip": clip}

@@ -13,7 +13,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from _vision_helpers import fake_fingerprint, fake_rows, make_tiny_clip
+from _vision_helpers import fake_fingerprint, fake_rows
 from rel_helpers import assert_same_cache, cache_snapshot, cli, sets
 
 from cache.format import SHARD_GLOB
@@ -128,27 +128,6 @@ def test_garbage_index_is_never_wrong_only_slower_and_rebuilt_by_repair(fake_cac
 
 
 # ---- through the CLI: extract repairs, train and tag refuse --------------------------------------------------------
-@pytest.fixture(scope="module")
-def world(tmp_path_factory, tiny_bert_dir) -> dict:
-    """A sample, its cache (several shards) from a tiny CLIP, and a 1-epoch checkpoint trained on that cache."""
-    from pipeline.io.sample import make_sample
-
-    root = tmp_path_factory.mktemp("corrupt")
-    make_sample(root / "data", seed=0, sizes={"train": 16, "valid": 8, "test": 6})
-    clip = make_tiny_clip(root / "clip")
-    extract = ["extract-features", *sets(data_dir=root / "data", dataset="twitter2015", vit_name=clip,
-                                         cache_dir=root / "cache", workers=0, batch_size=4, shard_size=6,
-                                         device="cpu"), "--dump", root / "data" / "tweets.jsonl.gz"]
-    res = cli(*extract)
-    assert res.exit_code == 0, res.stderr
-    train = ["train", *sets(data_dir=root / "data", dataset="twitter2015", cache_dir=root / "cache", vit_name=clip,
-                            bert_name=tiny_bert_dir, save_path=root / "run", device="cpu", max_seq=48,
-                            train_batch_size=8, num_epochs=1, him__hidden=16, him__num_capsules=2, him__heads=2)]
-    res = cli(*train)
-    assert res.exit_code == 0, res.stderr
-    return {"root": root, "extract": extract, "train": train, "ckpt": root / "run" / "best", "clip": clip}
-
-
 def _copy_cache(world: dict, tmp_path: Path) -> tuple[Path, Path]:
     """A private copy of the world's cache; returns (cache_dir, the shard holding the first training image)."""
     cache_dir = tmp_path / "cache"
