@@ -57,6 +57,13 @@ def _plain(value: Any, depth: int = 0) -> bool:
     return value is None or isinstance(value, (str, int, float, bool))
 
 
+def _too_deep(value: Any, depth: int = 0) -> bool:
+    if depth > _MAX_DEPTH:
+        return True
+    children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+    return any(_too_deep(v, depth + 1) for v in children)
+
+
 def _coerce(key: str, value: Any, default: Any, source: str) -> Any:
     """Check `value` against the type of the yaml default; ints are accepted where floats are expected."""
     if default is None or value is None:
@@ -140,6 +147,8 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         raise UsageError(f"{path}: yaml nested too deeply; a config is at most {_MAX_DEPTH} levels deep") from exc
     if not isinstance(data, dict):
         raise UsageError(f"{path}: expected a mapping of keys to values at the top level")
+    if _too_deep(data):
+        raise UsageError(f"{path}: values nested more than {_MAX_DEPTH} levels deep; a stage config is 2 levels deep")
     return data
 
 

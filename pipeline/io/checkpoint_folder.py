@@ -12,7 +12,7 @@ import struct
 from pathlib import Path
 from typing import Any
 
-from rpihmif.errors import UsageError
+from rpihmif.errors import PipelineError, UsageError
 from rpihmif.labels import LABELS
 
 __all__ = ["checkpoint_info", "load_error", "check_weights_header"]
@@ -25,7 +25,7 @@ _INT_LIMIT = 1 << 31  # no size in a config needs more; larger ones overflow or 
 # sizes that shape no weight (so the weights header cannot check them) but drive loops or windows
 _BOUNDS = {"iterations": 64, "num_hidden_layers": 1024, "max_seq": 1 << 16, "max_crops": 64, "window_stride": 1 << 16,
            "max_position_embeddings": 1 << 20, "num_attention_heads": 4096, "heads": 4096, "num_capsules": 4096}
-_TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model")
+_TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json")  # the stages load the fast tokenizer
 
 
 def _refuse(folder: Path, what: str) -> UsageError:
@@ -100,19 +100,16 @@ def _check_shapes(folder: Path, tensors: dict[str, tuple[str, list[int]]]) -> No
     """Build the model on torch's meta device (no memory) and compare its parameter shapes with the weights header."""
     import torch
 
+    from rpihmif.checkpoint import read_checkpoint_config
+    from rpihmif.config import RPIHMIFConfig
+    from rpihmif.model import RPIHMIF
+
+    config, encoder = read_checkpoint_config(folder)
     try:
-        from transformers import AutoConfig, AutoModel
-
-        from rpihmif.checkpoint import read_checkpoint_config
-        from rpihmif.model import RPIHMIF
-
-        config, encoder = read_checkpoint_config(folder)
-        encoder = dict(encoder)
-        model_type = encoder.pop("model_type", None)
         with torch.device("meta"):
-            model = RPIHMIF(config, AutoModel.from_config(AutoConfig.for_model(model_type, **encoder)))
-    except (ImportError, AttributeError, NameError):
-        return  # a loader of another layout: load_error still names the folder if loading fails
+            model = RPIHMIF(RPIHMIFConfig.from_parts(config, encoder))
+    except PipelineError:
+        raise
     except Exception as exc:  # noqa: BLE001 -- any failure to build is a bad config
         raise UsageError(f"{folder / 'config.json'}: cannot build the model it describes ({str(exc)[:200]}); "
                          "retrain, or copy the checkpoint folder again") from exc
@@ -150,8 +147,9 @@ def checkpoint_info(folder: str | Path) -> tuple[str, Any]:
     if not (folder / WEIGHTS).is_file():
         raise _refuse(folder, f"no {WEIGHTS} (incomplete checkpoint folder)")
     _check_shapes(folder, check_weights_header(folder / WEIGHTS))
-    if not (folder / "tokenizer_config.json").is_file() or not any((folder / n).is_file() for n in _TOKENIZER_FILES):
-        raise _refuse(folder, f"tokenizer files missing (tokenizer_config.json and one of {', '.join(_TOKENIZER_FILES)})")
+    missing = [n for n in _TOKENIZER_FILES if not (folder / n).is_file()]
+    if missing:
+        raise _refuse(folder, f"tokenizer files missing ({', '.join(missing)})")
     return mid, config
 
 
