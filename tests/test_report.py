@@ -278,3 +278,12 @@ def test_tagged_at_range_and_encoder_from_footers(tmp_path):
     _, text = _parse(write_report(tmp_path).read_text())
     assert "2026-01-01T00:00:00+00:00 to 2026-01-03T00:00:00+00:00" in text
     assert "3fa9c0d1e2b4a5c6" in text and "random-init" not in text and "m-7 (2 part(s))" in text
+
+
+def test_encoder_from_the_checkpoint_the_manifest_names_flags_random_init(dataset, tmp_path_factory):
+    out, _ = dataset
+    ckpt = tmp_path_factory.mktemp("ckpt")
+    (ckpt / "config.json").write_text(json.dumps({"model": {"visual": {"fingerprint": "rand-0123abcd"}}}))
+    (out / "_manifest.json").write_text(json.dumps({"version": 1, "inputs": {"/d.jsonl": {"load_path": str(ckpt)}}}))
+    _, text = _parse(write_report(out).read_text())
+    assert f"rand-0123abcd (from the checkpoint {ckpt})" in text and "random-init encoder, not a pretrained" in text

@@ -5,6 +5,7 @@ written atomically with cache.durable (never through a link planted at `_report.
 """
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -16,7 +17,7 @@ from typing import Any
 import jinja2
 
 from cache.durable import atomic_write_text, refuse_link
-from pipeline.tag.report_data import Parts, fetch_rows, find_parts, read_json_file, reject_reasons
+from pipeline.tag.report_data import Parts, fetch_rows, find_parts, read_json_file, read_regular, reject_reasons
 from pipeline.tag.report_images import Thumb, thumbnail
 from pipeline.tag.report_stats import BINS, ROUTING, Aggregates, aggregate
 
@@ -144,18 +145,33 @@ def _tweet(row: dict[str, Any], images: _Images, least: float | None = None) -> 
             "segments": _segments(str(row.get("text") or ""), ents), "routed": routed, "thumbs": images.thumbs(row)}
 
 
+def _checkpoint_encoder(load_path: str) -> str | None:
+    """The encoder fingerprint recorded in a checkpoint's config.json (read defensively), or None."""
+    try:
+        model = json.loads(read_regular(Path(load_path) / "config.json", 4 << 20)).get("model", {})
+        visual = model.get("visual", {}) if isinstance(model, dict) else {}
+    except (OSError, ValueError, RecursionError, AttributeError):
+        return None
+    if model.get("text_only"):
+        return "none: text-only model"
+    fp = visual.get("fingerprint") if isinstance(visual, dict) else None
+    return fp if isinstance(fp, str) and fp else None
+
+
 def _encoders(parts: Parts, manifest: Any) -> list[dict[str, Any]]:
-    found: dict[str, int] = {}
+    """Encoders named by the part footers, else by the checkpoints the manifest names; random-init ones flagged."""
+    found: dict[str, str] = {}
     for key in _ENCODER_KEYS:
         for value, n in parts.meta.get(key, {}).items():
-            found[value] = found.get(value, 0) + n
+            found[value] = f"{n} part(s)"
     if not found:
-        for entry in _manifest_entries(manifest):
-            for key in _ENCODER_KEYS:
-                if isinstance(entry.get(key), str):
-                    found[entry[key]] = found.get(entry[key], 0) + 1
-    return [{"name": v, "files": n, "random": v.startswith("rand-") or "random" in v.lower()}
-            for v, n in sorted(found.items())]
+        paths = {e["load_path"] for e in _manifest_entries(manifest) if isinstance(e.get("load_path"), str)}
+        for path in sorted(paths)[:5]:
+            fp = _checkpoint_encoder(path)
+            if fp:
+                found[fp] = f"from the checkpoint {path}"
+    return [{"name": v, "where": where, "random": v.startswith("rand-") or "random" in v.lower()}
+            for v, where in sorted(found.items())]
 
 
 def _tagged(a: Aggregates, parts: Parts) -> str:
