@@ -282,8 +282,13 @@ def test_tagged_at_range_and_encoder_from_footers(tmp_path):
 
 def test_encoder_from_the_checkpoint_the_manifest_names_flags_random_init(dataset, tmp_path_factory):
     out, _ = dataset
+    from rpihmif.config import ModelConfig
+
     ckpt = tmp_path_factory.mktemp("ckpt")
-    (ckpt / "config.json").write_text(json.dumps({"model": {"visual": {"fingerprint": "rand-0123abcd"}}}))
+    model = ModelConfig().to_dict()
+    model["visual"]["fingerprint"] = "rand-0123abcd"
+    config = {"model_type": "rpihmif", "rpihmif": model, "encoder": {"model_type": "bert"}}
+    (ckpt / "config.json").write_text(json.dumps(config))
     (out / "_manifest.json").write_text(json.dumps({"version": 1, "inputs": {"/d.jsonl": {"load_path": str(ckpt)}}}))
     _, text = _parse(write_report(out).read_text())
     assert f"rand-0123abcd (from the checkpoint {ckpt})" in text and "random-init encoder, not a pretrained" in text

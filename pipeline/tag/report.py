@@ -5,7 +5,6 @@ written atomically with cache.durable (never through a link planted at `_report.
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -17,9 +16,10 @@ from typing import Any
 import jinja2
 
 from cache.durable import atomic_write_text, refuse_link
-from pipeline.tag.report_data import Parts, fetch_rows, find_parts, read_json_file, read_regular, reject_reasons
+from pipeline.tag.report_data import Parts, fetch_rows, find_parts, read_json_file, reject_reasons
 from pipeline.tag.report_images import Thumb, thumbnail
 from pipeline.tag.report_stats import BINS, ROUTING, Aggregates, aggregate
+from rpihmif.errors import PipelineError
 
 __all__ = ["write_report", "REPORT_NAME"]
 
@@ -146,16 +146,16 @@ def _tweet(row: dict[str, Any], images: _Images, least: float | None = None) -> 
 
 
 def _checkpoint_encoder(load_path: str) -> str | None:
-    """The encoder fingerprint recorded in a checkpoint's config.json (read defensively), or None."""
+    """The encoder fingerprint recorded in a checkpoint's config (either checkpoint format), or None."""
+    from rpihmif.checkpoint import read_checkpoint_config
+
     try:
-        model = json.loads(read_regular(Path(load_path) / "config.json", 4 << 20)).get("model", {})
-        visual = model.get("visual", {}) if isinstance(model, dict) else {}
-    except (OSError, ValueError, RecursionError, AttributeError):
+        config, _ = read_checkpoint_config(load_path)  # checks is_file first: never opens a FIFO
+    except (PipelineError, OSError, ValueError, RecursionError):
         return None
-    if model.get("text_only"):
+    if config.text_only:
         return "none: text-only model"
-    fp = visual.get("fingerprint") if isinstance(visual, dict) else None
-    return fp if isinstance(fp, str) and fp else None
+    return config.visual.fingerprint or None
 
 
 def _encoders(parts: Parts, manifest: Any) -> list[dict[str, Any]]:
