@@ -152,19 +152,22 @@ def evaluate_cmd(
 def tag_corpus_cmd(
     inputs: List[Path] = Arg(..., help="JSONL / JSONL.gz tweet dumps, or folders of them."),
     model: Optional[Path] = Opt(None, "--model", help="Checkpoint folder (config: load_path)."),
-    out: Optional[Path] = Opt(None, "--out", help="Output folder: one Parquet per input, _manifest.json, _rejects.jsonl (the _ prefix keeps the folder readable by Parquet readers)."),
+    out: Optional[Path] = Opt(None, "--out", help="Output folder: data/ (Parquet parts only: read it with any Parquet reader), _manifest.json, _rejects.jsonl."),
     config: Optional[Path] = Opt(None, "--config", help=CONFIG_HELP),
     set_: List[str] = Opt([], "--set", help=SET_HELP),
-    workers: Optional[int] = Opt(None, "--workers", help="Ray inference actors (config: workers)."),
+    workers: Optional[int] = Opt(None, "--workers", help="Ray workers; 1 runs in-process (config: workers)."),
     ray_address: Optional[str] = Opt(None, "--ray-address", help="Existing Ray cluster host:port; default starts Ray embedded."),
-    require_images: Optional[bool] = Opt(None, "--require-images/--allow-missing-images", help="Reject tweets whose image is not cached."),
+    require_images: Optional[bool] = Opt(None, "--require-images", help="Reject tweets whose image is not cached."),
+    allow_missing_images: Optional[bool] = Opt(None, "--allow-missing-images", help="Tag text-only when the model's feature cache is missing (else exit 2)."),
+    force: Optional[bool] = Opt(None, "--force", help="Re-tag every chunk, even those already done."),
 ) -> None:
-    """Tag large tweet dumps into Parquet entities; reruns skip inputs already done (cron-safe, locked)."""
+    """Tag large tweet dumps into a Parquet dataset, chunk by chunk; reruns redo only what is not done (cron-safe)."""
     from pipeline.tag.stage import run_tag
     setup_logging()
     with exit_codes():
         named = {"load_path": str(model) if model else None, "out": str(out) if out else None,
-                 "workers": workers, "ray_address": ray_address, "require_images": require_images}
+                 "workers": workers, "ray_address": ray_address, "require_images": require_images,
+                 "allow_missing_images": allow_missing_images, "force": force}
         _print_json(run_tag(list(inputs), stage_config("tag", config, set_, named)))
 
 

@@ -141,6 +141,7 @@ class EvaluateConfig(_Stage):
 
     stage: typing.ClassVar[str] = "evaluate"
     cache_dir: str
+    allow_missing_images: bool
     batch_size: int
     device: str
     precision: str
@@ -163,10 +164,14 @@ class TagConfig(_Stage):
     rcnn_field: str
     image_root: str
     require_images: bool
+    allow_missing_images: bool
+    force: bool
+    chunk_records: int
     max_record_bytes: int
     batch_size: int
     bucket_size: int
-    row_group_size: int
+    row_group_bytes: int
+    progress_every_s: float
     workers: int
     ray_address: str
     use_ray: bool
@@ -243,7 +248,8 @@ CHECKS: dict[str, dict[str, Check]] = {
     },
     "evaluate": {"batch_size": COUNT, "device": DEVICE, "precision": PRECISION},
     "tag": {
-        "max_record_bytes": COUNT, "batch_size": COUNT, "bucket_size": COUNT, "row_group_size": COUNT,
+        "max_record_bytes": COUNT, "batch_size": COUNT, "bucket_size": COUNT, "row_group_bytes": COUNT,
+        "chunk_records": COUNT, "progress_every_s": positive(),
         "workers": COUNT, "cpus_per_worker": positive(), "threads": at_least(0), "device": DEVICE,
         "precision": PRECISION, "seed": SEED,
     },

@@ -8,7 +8,6 @@ import json
 import logging
 import time
 from collections import Counter
-from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ from pipeline.extract.clip_encoder import VisionSettings
 from pipeline.runtime.precision import resolve_precision
 from pipeline.extract.featurizer import ClipFeaturizer, featurize_images, resolve_fingerprint
 from pipeline.extract.items import WorkItem, benchmark_items, dump_items, hash_items, item_batches
-from pipeline.runtime.executor import run_actor_pool, run_inprocess
+from pipeline.runtime.executor import Executor
 from pipeline.runtime.progress import Progress
 from pipeline.stage_config import ExtractConfig
 from rpihmif.errors import LockHeldError, UsageError
@@ -52,7 +51,7 @@ def run_extract(config: ExtractConfig, dumps: list[Path] | None = None) -> dict[
         raise UsageError("nothing to extract: set dataset (with data_dir) or pass --dump files")
 
     fp = resolve_fingerprint(settings, cache_dir)
-    log.info("encoder %s: %s", fp["id"], fp["info"]["encoder"])
+    log.info("encoder %s: %s; feature cache root %s", fp["id"], fp["info"]["encoder"], cache_dir.resolve())
 
     # 1. what the inputs reference
     crop_rejects: list[dict[str, Any]] = []
@@ -142,14 +141,11 @@ def run_extract(config: ExtractConfig, dumps: list[Path] | None = None) -> dict[
             writer.add_alias(*a)
         summary["aliases_written"] += len(new_aliases)
         if todo:
-            stack = ExitStack()
-            if workers == 0:
-                results = run_inprocess(ClipFeaturizer, featurizer_kwargs, batches)
-            else:
-                from pipeline.runtime.ray_cluster import init_ray
-                stack.enter_context(init_ray(address, n_workers))
-                gpus = 1.0 if device.type == "cuda" else 0.0
-                results = run_actor_pool(ClipFeaturizer, featurizer_kwargs, batches, n_workers, gpus)
+            log.info("extracting into %s with %s", folder.resolve(),
+                     "in-process" if workers == 0 else f"{n_workers} Ray worker(s)")
+            executor = Executor(ClipFeaturizer, featurizer_kwargs, workers=n_workers, in_process=workers == 0,
+                                address=address, gpus_per_worker=1.0 if device.type == "cuda" else 0.0)
+            results = executor.map_unordered(batches)
             bar = Progress(len(todo), desc="extract-features", unit="img")
             try:
                 # steady-state rate: images after every worker delivered its first batch (start-up excluded)
@@ -167,8 +163,8 @@ def run_extract(config: ExtractConfig, dumps: list[Path] | None = None) -> dict[
                 summary["steady_images_per_s"] = round(steady[0] / steady[1], 3) if steady[0] and steady[1] > 0 else None
             finally:
                 bar.close()
-                results.close()  # stops the actors before Ray shuts down
-                stack.close()
+                results.close()
+                executor.close()  # stops the actors before Ray shuts down
     summary["shards_written"] = len(writer.committed)
     elapsed = time.monotonic() - t_compute
     summary["rejected_crops"] = crop_reject_count

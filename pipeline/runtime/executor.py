@@ -1,16 +1,19 @@
-"""Streaming batches through a callable model class: in-process, or through a bounded pool of Ray actors.
+"""The one executor of the batch stages: a worker class (loaded once in `__init__`, one task per `__call__`) mapped
+over a stream of tasks, in this process or as Ray actors that Ray restarts and retries when a process or node dies.
 
-The class loads in `__init__` and maps a batch dict in `__call__` (STYLE §4); resources are set by the caller.
+Results come back in completion order; each result must name its task (the callers key them themselves).
 """
 from __future__ import annotations
 
+import logging
+from contextlib import ExitStack
 from typing import Any, Callable, Iterable, Iterator
 
 from rpihmif.errors import PipelineError
 
-__all__ = ["run_inprocess", "run_actor_pool", "ray_failure"]
+__all__ = ["Executor", "ray_failure"]
 
-Batch = dict[str, Any]
+log = logging.getLogger("rpihmif.executor")
 
 
 def ray_failure(exc: BaseException, what: str) -> PipelineError:
@@ -23,57 +26,80 @@ def ray_failure(exc: BaseException, what: str) -> PipelineError:
                          "already committed is kept and only the rest is redone")
 
 
-def run_inprocess(model_cls: Callable[..., Callable[[Batch], Batch]], model_kwargs: dict[str, Any],
-                  batches: Iterable[Batch]) -> Iterator[Batch]:
-    """One `model_cls(**model_kwargs)` in this process, applied to each batch in order."""
-    model = model_cls(**model_kwargs)
-    for batch in batches:
-        yield model(batch)
+class Executor:
+    """`workers` copies of `worker_cls(**worker_kwargs)`; `in_process` runs one copy here without Ray.
 
-
-def run_actor_pool(model_cls: type, model_kwargs: dict[str, Any], batches: Iterable[Batch], workers: int,
-                   num_gpus: float, in_flight: int = 2) -> Iterator[Batch]:
-    """Stream batches through `workers` actors, at most `in_flight` per actor: driver memory stays bounded.
-
-    Results come in completion order. Closing the generator early cancels what is pending and kills the actors.
+    Ray mode: actors with `max_restarts` / `max_task_retries` (a killed worker process or a removed node is replaced and
+    its task re-run by Ray), `in_flight` tasks queued per actor through `ray.util.ActorPool`, actors spread over nodes.
+    Tasks must therefore be idempotent (the tag workers write only temp files the driver commits).
     """
-    import ray
 
-    actor_cls = ray.remote(model_cls).options(num_cpus=1, num_gpus=num_gpus)
-    actors = [actor_cls.remote(**model_kwargs) for _ in range(workers)]
-    pending: dict[Any, Any] = {}
-    it = iter(batches)
-    exhausted = False
+    def __init__(self, worker_cls: Callable[..., Callable[[Any], Any]], worker_kwargs: dict[str, Any], *,
+                 workers: int = 1, in_process: bool = True, address: str = "", cpus_per_worker: float = 1.0,
+                 gpus_per_worker: float = 0.0, in_flight: int = 2, max_restarts: int = 4):
+        self._stack = ExitStack()
+        self.in_process = in_process
+        if in_process:
+            self._local = worker_cls(**worker_kwargs)
+            self.workers, self.description = 1, "in-process (no Ray)"
+            return
+        import math
 
-    def submit(actor: Any) -> bool:
-        nonlocal exhausted
-        if exhausted:
-            return False
-        batch = next(it, None)
-        if batch is None:
-            exhausted = True
-            return False
-        pending[actor.__call__.remote(batch)] = actor
-        return True
+        import ray
+        from ray.util import ActorPool
 
-    try:
-        for _ in range(in_flight):
-            for actor in actors:
-                submit(actor)
-        while pending:
-            done, _ = ray.wait(list(pending), num_returns=1)
-            actor = pending.pop(done[0])
-            try:
-                result = ray.get(done[0])
-            except ray.exceptions.RayError as exc:
-                raise ray_failure(exc, getattr(model_cls, "__name__", "actor")) from exc
-            submit(actor)
-            yield result
-    finally:
-        for ref in pending:  # only on error or early close
-            try:
-                ray.cancel(ref)
-            except Exception:  # noqa: BLE001 -- best effort; the actors are killed next
-                pass
-        for actor in actors:
-            ray.kill(actor)
+        from pipeline.runtime.ray_cluster import init_ray
+
+        self._ray = ray
+        self._what = getattr(worker_cls, "__name__", "actor")
+        self.workers = max(1, workers)
+        self._stack.enter_context(init_ray(address, max(1, math.ceil(self.workers * cpus_per_worker))))
+        try:
+            remote = ray.remote(worker_cls).options(
+                num_cpus=cpus_per_worker, num_gpus=gpus_per_worker, max_restarts=max_restarts,
+                max_task_retries=max_restarts, scheduling_strategy="SPREAD")
+            self.actors = [remote.remote(**worker_kwargs) for _ in range(self.workers)]
+            # each actor appears `in_flight` times: one queued task per slot keeps it busy while the driver commits
+            self._pool = ActorPool([a for a in self.actors for _ in range(max(1, in_flight))])
+        except BaseException:
+            self._stack.close()
+            raise
+        self.description = (f"{self.workers} Ray worker(s) on {address or 'embedded Ray'} "
+                            f"(restarts {max_restarts}, {cpus_per_worker:g} CPU each)")
+
+    def map_unordered(self, tasks: Iterable[Any]) -> Iterator[Any]:
+        """Yield `worker(task)` for each task as it finishes; at most workers*in_flight tasks are held at once."""
+        if self.in_process:
+            for task in tasks:
+                yield self._local(task)
+            return
+        pool = self._pool
+        for task in tasks:
+            while not pool.has_free():
+                yield self._next(pool)
+            pool.submit(lambda actor, t: actor.__call__.remote(t), task)
+        while pool.has_next():
+            yield self._next(pool)
+
+    def _next(self, pool: Any) -> Any:
+        try:
+            return pool.get_next_unordered()
+        except self._ray.exceptions.RayError as exc:
+            raise ray_failure(exc, f"{self._what} (beyond its retries)") from exc
+
+    def close(self) -> None:
+        """Stop the actors (pending tasks are dropped) and shut down Ray if this executor started it."""
+        if not self.in_process:
+            for actor in self.actors:
+                try:
+                    self._ray.kill(actor, no_restart=True)
+                except Exception:  # noqa: BLE001 -- best effort at shutdown; Ray stops them anyway
+                    pass
+            self.actors = []
+        self._stack.close()
+
+    def __enter__(self) -> "Executor":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()

@@ -1,289 +1,263 @@
-"""tag-corpus stage: bulk tagging of JSONL(.gz) tweet dumps into one Parquet part per input file.
-
-Streams read -> tokenize -> length-bucketed batches -> inference (in-process or Ray actors) -> row groups,
-under an exclusive lock on the output folder, skipping inputs the manifest already has (cron reruns).
+"""tag-corpus stage (driver): plan chunks of every input, have workers tag them into Parquet parts, commit each
+part exactly once under the output's lock; a rerun redoes only chunks not committed or no longer valid.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
+import re
+import signal
+import threading
 import time
-from collections import deque
-from dataclasses import dataclass, field
-from itertools import islice
+from collections import Counter
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterator
 
-from cache.durable import FileLock, atomic_file, is_temp_name, open_nofollow, refuse_link, sha256_file, temp_path
-from cache.format import DUMP_SOURCE
-from pipeline.io.checkpoint_folder import checkpoint_info, load_error
-from pipeline.io.dumps import DumpFields, DumpRecord, Reject, expand_inputs, iter_dump
-from pipeline.runtime.progress import progress
+from cache.durable import FileLock, ensure_dir, refuse_link
+from pipeline.io.dumps import expand_inputs
+from pipeline.runtime.executor import Executor
+from pipeline.tag.chunks import read_chunks
+from pipeline.tag.commit import Committer, part_name
+from pipeline.tag.manifest import MANIFEST_NAME, REJECTS_NAME, data_folder
+from pipeline.tag.parquet_parts import footer
+from pipeline.tag.plan import (Freshness, InputPlan, ModelSpec, cache_state, check_image_cache, model_spec,
+                               plan_input, resolve_model_path)
+from pipeline.tag.worker import ChunkTagger
 from pipeline.stage_config import TagConfig
-from pipeline.tag.infer import make_executor
-from pipeline.tag.manifest import MANIFEST_NAME, REJECTS_NAME, Manifest
-from pipeline.tag.parquet_parts import PartWriter
-from pipeline.tag.tweet_tokenizer import Token, tokenize
 from rpihmif.errors import PipelineError, UsageError
 
 __all__ = ["run_tag", "resolve_model_path"]
 
 log = logging.getLogger("rpihmif.tag")
 
-_ROUTING = ("routing_orig", "routing_grounding", "routing_rcnn")
+class _Terminated(BaseException):
+    """Raised in the driver by SIGTERM (outside a commit): stop, keep what is committed."""
 
 
-@dataclass
-class _TagItem:
-    record: DumpRecord
-    tokens: list[Token]
-    key: str | None  # feature-cache key of the record's image, None = no cached image
+@contextmanager
+def _on_sigterm(state: dict[str, Any]) -> Iterator[None]:
+    """SIGTERM stops the run between commits (a commit in progress finishes first)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        state["stop"] = True
+        if not state["in_commit"]:
+            raise _Terminated()
+
+    old = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
 
 
-@dataclass
-class _Counts:
-    rows: int = 0
-    rejects: int = 0
-    images_used: int = 0
-    images_missing: int = 0
-    no_image: int = 0
-
-    def add(self, other: "_Counts") -> None:
-        for name in self.__dataclass_fields__:
-            setattr(self, name, getattr(self, name) + getattr(other, name))
-
-
-@dataclass
-class _Context:
-    out: Path
-    config: TagConfig
-    fields: DumpFields
-    model_id: str
-    cache: Any  # FeatureCache of the model's encoder, or None (text-only model / no cache)
-    executor: Any = None
-    taken: set[str] = field(default_factory=set)  # output names in use by other inputs
-
-
-def resolve_model_path(config: TagConfig) -> Path:
-    """The checkpoint folder of `load_path` (DeepKE name; --model); a file inside it is accepted too."""
-    raw = config.load_path
-    if not raw:
-        raise UsageError("no model: pass --model CHECKPOINT (or --set load_path=CHECKPOINT)")
-    path = Path(raw)
-    return path.parent if path.is_file() else path  # checkpoint_info() validates the folder
-
-
-def _open_feature_cache(config: TagConfig, model_config: Any) -> Any:
-    if model_config.text_only or not model_config.visual.fingerprint:
-        log.info("text-only model: images are not used")
+def _open_cache(config: TagConfig, spec: ModelSpec) -> Any:
+    if not spec.uses_images:
         return None
     from cache.reader import open_cache
 
-    cache = open_cache(config.cache_dir, model_config.visual.fingerprint)
-    if cache is None:
-        log.warning("no feature cache of the model's encoder under %s: every image is masked "
-                    "(run extract-features over the dumps first)", config.cache_dir)
-    return cache
+    return open_cache(config.cache_dir, spec.fingerprint)
 
 
-def _output_name(path: Path, key: str, ctx: _Context, manifest: Manifest) -> str:
-    """`<stem>.parquet`, or `<stem>-<path hash>.parquet` when another input already has that name."""
-    previous = manifest.output_of(key)
-    if previous:
-        return previous
-    stem = path.name
-    for suffix in (".gz", ".jsonl", ".ndjson", ".json"):
-        stem = stem[: -len(suffix)] if stem.endswith(suffix) else stem
-    stem = stem.lstrip("._") or "part"
-    name = f"{stem}.parquet"
-    if name in ctx.taken:
-        name = f"{stem}-{hashlib.sha1(key.encode()).hexdigest()[:8]}.parquet"
-    return name
+def _reason(text: str) -> str:
+    """A reject reason without its specifics (numbers, quoted values), to count rejects per kind."""
+    return re.sub(r"(?<![\w-])\d+", "N", re.sub(r"'[^']*'|\"[^\"]*\"", "…", text.split(";")[0]))[:80]
 
 
-def _clean_temps(out: Path) -> None:
-    """Drop temp files a killed run left behind (we hold the lock, so none is being written)."""
-    for p in out.iterdir():
-        if p.is_file() and is_temp_name(p.name):
-            p.unlink(missing_ok=True)
+class _Run:
+    """Counters, progress lines and the in-flight bookkeeping of one run."""
+
+    def __init__(self, config: TagConfig, todo: list[InputPlan]):
+        self.counts: Counter = Counter()
+        self.reasons: Counter = Counter()
+        self.inflight: dict[str, tuple[InputPlan, Any]] = {}
+        self.left = {id(p): 0 for p in todo}  # chunks submitted and not committed, per input
+        self.read_done: dict[int, dict[str, Any]] = {}
+        self.total_bytes = sum(p.ident.size for p in todo) or 1
+        self.bytes_done = 0
+        self.pos: dict[int, int] = {}  # per input: the furthest committed byte offset
+        self.in_process = True
+        self.start = self.last_log = time.monotonic()
+        self.every = float(config.progress_every_s)
+        self.worker_cpu = 0.0
+        self.warned = False
+
+    def progress(self, final: bool = False) -> None:
+        now = time.monotonic()
+        if not final and now - self.last_log < self.every:
+            return
+        self.last_log = now
+        elapsed = max(now - self.start, 1e-9)
+        frac = min(1.0, self.bytes_done / self.total_bytes)
+        eta = f", ETA {elapsed * (1 - frac) / frac:.0f}s" if 0 < frac < 1 else ""
+        est = f" of ~{int(self.counts['rows'] / frac)}" if 0 < frac < 1 else ""
+        log.info("tagged %d%s records in %d chunks (%.0f records/s, %.0f%% of %.1f MB input)%s",
+                 self.counts["rows"], est, self.counts["chunks"], self.counts["rows"] / elapsed, 100 * frac,
+                 self.total_bytes / 1e6, eta)
 
 
-def _prepare(records: Iterable[DumpRecord | Reject], ctx: _Context, counts: _Counts, rejects: Any) -> Iterator[_TagItem]:
-    """Tokenize good records and look up their image keys; write rejects as they come."""
-    require = ctx.config.require_images
-
-    def reject(r: Reject) -> None:
-        rejects.write(json.dumps(r.to_json(), ensure_ascii=False) + "\n")
-        counts.rejects += 1
-
-    for rec in records:
-        if isinstance(rec, Reject):
-            reject(rec)
-            continue
-        tokens = tokenize(rec.text)
-        if not tokens:
-            reject(Reject(rec.file, rec.line, "text has no visible characters", rec.id))
-            continue
-        key = None
-        if rec.image is None:
-            counts.no_image += 1
-        elif ctx.cache is not None:
-            key = ctx.cache.key_for(DUMP_SOURCE, rec.image)
-            key = key if key and key in ctx.cache else None
-        if rec.image is not None and key is None:
-            if require:
-                reject(Reject(rec.file, rec.line, f"image {rec.image!r} is not in the feature cache and "
-                                                  f"require_images is set; run extract-features on this dump",
-                              rec.id))
-                continue
-            counts.images_missing += 1
-        yield _TagItem(rec, tokens, key)
+def _tasks(todo: list[InputPlan], config: TagConfig, run: _Run, staging: Path) -> Iterator[dict[str, Any]]:
+    """Read each input in turn and yield one task per chunk to tag (the driver only splits lines)."""
+    for plan in todo:
+        stats: dict[str, Any] = {}
+        for chunk in read_chunks(plan.path, int(config.chunk_records), int(config.max_record_bytes),
+                                 plan.done, stats):
+            key = f"{plan.ident.sha256[:16]}:{chunk.first_line}"
+            run.inflight[key] = (plan, chunk)
+            run.left[id(plan)] += 1
+            yield {"key": key, "source": plan.source, "first_line": chunk.first_line, "lines": chunk.lines,
+                   "part": str(staging / part_name(plan.source, plan.ident.sha256, chunk.first_line)),
+                   "tagged_at": time.time()}
+            chunk.lines = []  # the task holds them now; keep only the chunk's coordinates
+        run.read_done[id(plan)] = stats
 
 
-def _batches(items: Iterator[_TagItem], bucket: int, batch_size: int) -> Iterator[tuple[list[_TagItem], list[int], bool]]:
-    """Read `bucket` items ahead, sort them by length, cut into batches: (chunk, indices, last of chunk)."""
-    while chunk := list(islice(items, bucket)):
-        order = sorted(range(len(chunk)), key=lambda i: len(chunk[i].tokens))
-        starts = range(0, len(order), batch_size)
-        for s in starts:
-            yield chunk, order[s:s + batch_size], s == starts[-1]
+def run_tag(inputs: list[Path], config: TagConfig, spec: ModelSpec | None = None) -> dict[str, Any]:
+    """Tag every input dump (files or folders) into `config.out`; returns the run's summary dict.
 
-
-def _row(item: _TagItem, ents: list[tuple], image_used: bool, model_id: str) -> dict[str, Any]:
-    rec, toks = item.record, item.tokens
-    entities = []
-    for etype, start, end, score, *routing in ents:
-        s, e = toks[start].start, toks[end - 1].end
-        entities.append({"text": rec.text[s:e], "type": etype, "start_char": s, "end_char": e,
-                         "start_token": start, "end_token": end, "score": score,
-                         **dict(zip(_ROUTING, routing))})
-    return {"id": rec.id, "text": rec.text, "tokens": [t.text for t in toks], "entities": entities,
-            "image_used": image_used, "model_id": model_id, "image": rec.image, "crops": rec.crops,
-            "rcnn_crops": rec.rcnn, "line": rec.line}
-
-
-def _tag_stream(items: Iterator[_TagItem], ctx: _Context, counts: _Counts) -> Iterator[list[dict[str, Any]]]:
-    """Run the batches through the executor; yield each bucket's rows in input order once complete."""
-    meta: deque = deque()
-
-    def payloads() -> Iterator[dict[str, list]]:
-        for chunk, idx, last in _batches(items, ctx.config.bucket_size, ctx.config.batch_size):
-            meta.append((chunk, idx, last))
-            yield {"words": [[t.text for t in chunk[i].tokens] for i in idx], "keys": [chunk[i].key for i in idx]}
-
-    rows: dict[int, dict[str, Any]] = {}
-    for result in ctx.executor.map(payloads()):
-        chunk, idx, last = meta.popleft()
-        for i, ents, used in zip(idx, result["entities"], result["image_used"]):
-            rows[i] = _row(chunk[i], ents, used, ctx.model_id)
-            counts.images_used += used
-        if last:
-            yield [rows[i] for i in range(len(chunk))]
-            rows = {}
-
-
-def _merge_rejects(out: Path, key: str, new: Path) -> None:
-    """Replace the input's earlier reject lines in `_rejects.jsonl` with `new`'s, atomically."""
-    final = out / REJECTS_NAME
-    with atomic_file(final, "w", encoding="utf-8") as dst:
-        if final.exists():
-            with open(final, "rb") as src:
-                for number, raw in enumerate(src, 1):
-                    try:
-                        record = json.loads(raw)
-                        keep = record.get("file") != key
-                    except (ValueError, AttributeError, RecursionError):  # damaged by hand or by a disk: not ours
-                        log.warning("%s:%d: damaged line dropped (not a reject record)", final, number)
-                        continue
-                    if keep:
-                        dst.write(raw.decode("utf-8").rstrip("\r\n") + "\n")
-        with open(new, encoding="utf-8") as src:
-            for line in src:
-                dst.write(line)
-    new.unlink()
-
-
-def _tag_file(path: Path, key: str, output: str, sha: str, ctx: _Context) -> _Counts:
-    counts = _Counts()
-    writer = PartWriter(ctx.out / output, ctx.config.row_group_size,
-                        metadata={"model_id": ctx.model_id, "source": key, "source_sha256": sha})
-    rejects_tmp = temp_path(ctx.out / f"{output}.rejects")
-    try:
-        with open(rejects_tmp, "w", encoding="utf-8", opener=open_nofollow) as rejects:
-            records = progress(iter_dump(path, ctx.fields, ctx.config.max_record_bytes, name=key),
-                               desc=path.name, unit="records")
-            for rows in _tag_stream(_prepare(records, ctx, counts, rejects), ctx, counts):
-                writer.add(rows)
-        counts.rows = writer.commit()
-    except BaseException:
-        writer.abort()
-        rejects_tmp.unlink(missing_ok=True)
-        raise
-    _merge_rejects(ctx.out, key, rejects_tmp)
-    return counts
-
-
-def run_tag(inputs: list[Path], config: TagConfig) -> dict[str, Any]:
-    """Tag every input dump (files or folders) into `config.out`; returns the run's summary dict."""
-    started = time.monotonic()
+    `spec` replaces the checkpoint's model (benchmarks pass a null model); by default it is read from load_path.
+    """
+    started, cpu0 = time.monotonic(), time.process_time()
     if not config.out:
         raise UsageError("no output folder: pass --out DIR (or --set out=DIR)")
-    load_path = resolve_model_path(config)
+    spec = spec or model_spec(config)
     files = expand_inputs(list(inputs))
     if not files:
         raise UsageError(f"no JSONL(.gz) dumps found in {', '.join(map(str, inputs))}")
-    out = Path(config.out)
-    mid, model_config = checkpoint_info(load_path)
-    total, per_file, tagged_s = _Counts(), [], 0.0
-    with FileLock(out, "tag-corpus run"):
+    out = Path(config.out).absolute()
+    ensure_dir(out)
+    cache = _open_cache(config, spec)
+    encoder = ("text-only model (images not used)" if not spec.uses_images else
+               f"{spec.fingerprint}: {cache.info.get('encoder')}" if cache is not None else
+               f"{spec.fingerprint} (no cache folder of it)")
+    log.info("tag-corpus: output %s (Parquet parts in %s/), feature cache %s, model %s, encoder %s",
+             out, data_folder(out).name, Path(config.cache_dir).absolute(), spec.model_id, encoder)
+    fresh = Freshness(spec.model_id, spec.fingerprint if cache is not None else "", cache_state(cache),
+                      bool(config.force))
+    state = {"stop": False, "in_commit": False}
+    with FileLock(out, "tag-corpus run"), _on_sigterm(state):
         for name in (MANIFEST_NAME, REJECTS_NAME):  # read and rewritten by this run: never through a link
             refuse_link(out / name)
-        _clean_temps(out)
-        manifest = Manifest(out)
-        ctx = _Context(out, config, DumpFields.from_config(config), mid, None)
-        todo = []
-        for path in files:
-            key = str(path.resolve())
-            sha, size = sha256_file(path)
-            output = manifest.output_of(key)
-            if manifest.is_done(key, sha, mid) and output and (out / output).exists():
-                log.info("skip %s: unchanged since %s", path, manifest.entries[key].get("finished_at"))
-                per_file.append({"input": key, "output": output, "status": "skipped"})
-            else:
-                todo.append((path, key, sha, size))
-        ctx.taken = manifest.outputs()
-        if todo:
-            ctx.cache = _open_feature_cache(config, model_config)
-            try:
-                ctx.executor = make_executor(config, str(load_path), str(ctx.cache.folder) if ctx.cache else "")
-            except PipelineError:
-                raise
-            except Exception as exc:  # noqa: BLE001 -- SafetensorError and friends: one line naming the folder
-                raise load_error(load_path, exc) from exc
-            log.info("tagging %d input(s) with model %s, %s", len(todo), mid, ctx.executor.description)
+        committer = Committer(out)
+        plans = [plan_input(p, committer.manifest, fresh) for p in files]
+        for p in plans:
+            if p.skip:
+                committer.manifest.see_input(p.ident.sha256, p.ident.size, p.source)
+                log.info("skip %s: same content as %s, every chunk done", p.source,
+                         committer.manifest.inputs[p.ident.sha256]["paths"][0])
+        todo = [p for p in plans if not p.skip]
+        check_image_cache(spec, cache, todo, config)
+        run = _Run(config, todo)
+        executor = None
         try:
-            for path, key, sha, size in todo:
-                output = _output_name(path, key, ctx, manifest)
-                ctx.taken.add(output)
-                t0 = time.monotonic()
-                counts = _tag_file(path, key, output, sha, ctx)
-                tagged_s += time.monotonic() - t0
-                manifest.record(key, size=size, sha256=sha, rows=counts.rows, rejects=counts.rejects,
-                                model_id=mid, output=output, images_used=counts.images_used,
-                                images_missing=counts.images_missing, load_path=str(load_path.resolve()),
-                                image_root=str(Path(config.image_root or path.parent).resolve()))
-                log.info("%s -> %s: %d rows, %d rejects, %d images used, %d not cached", path, output,
-                         counts.rows, counts.rejects, counts.images_used, counts.images_missing)
-                total.add(counts)
-                per_file.append({"input": key, "output": output, "status": "tagged", **vars(counts)})
+            if todo:
+                executor = _executor(config, spec, cache, fresh)
+                log.info("tagging %d input(s) in chunks of %d records with %s", len(todo), config.chunk_records,
+                         executor.description)
+                extra = {"model_id": spec.model_id, "encoder": fresh.encoder, "cache_state": fresh.cache_state,
+                         "image_root": str(Path(config.image_root).absolute()) if config.image_root else ""}
+                for result in executor.map_unordered(_tasks(todo, config, run, committer.staging)):
+                    _commit(result, run, committer, extra, state)
+                    _finish_inputs(todo, run, committer)
+                run.in_process = executor.in_process
+                _finish_inputs(todo, run, committer)
+            committer.write_rejects()
+        except _Terminated:
+            log.warning("SIGTERM: stopped; %d chunks (%d records) committed this run, %d in flight dropped; rerun "
+                        "the same command to tag the rest", run.counts["chunks"], run.counts["rows"],
+                        len(run.inflight))
+            committer.write_rejects()
+            raise PipelineError("tag-corpus stopped by SIGTERM; committed chunks are kept, rerun to continue")
         finally:
-            if ctx.executor is not None:
-                ctx.executor.close()
-    seconds = time.monotonic() - started
-    summary = {"out": str(out), "model_id": mid, "inputs": len(files), "tagged": len(todo),
-               "skipped": len(files) - len(todo), **vars(total), "seconds": round(seconds, 3),
-               "tweets_per_s": round(total.rows / tagged_s, 1) if tagged_s else None, "files": per_file}
-    log.info("tag-corpus done: %d rows, %d rejects, %d input(s) tagged, %d skipped in %.1fs (%s)",
-             total.rows, total.rejects, len(todo), summary["skipped"], seconds, out)
+            if executor is not None:
+                executor.close()
+            committer.drop_temps()
+        if not todo:
+            committer.manifest.save()
+    return _summary(out, spec, files, plans, run, started, cpu0)
+
+
+def _executor(config: TagConfig, spec: ModelSpec, cache: Any, fresh: Freshness) -> Executor:
+    keys = ("seed", "device", "precision", "threads", "batch_size", "bucket_size", "row_group_bytes",
+            "max_record_bytes", "require_images")
+    settings = {k: getattr(config, k) for k in keys}
+    settings["fields"] = {"id": config.id_field, "text": config.text_field, "image": config.image_field,
+                          "crops": config.crops_field, "rcnn": config.rcnn_field}
+    kwargs = dict(load_path=spec.load_path, settings=settings, model_id=spec.model_id, factory=spec.factory,
+                  footer=footer(spec.model_id, fresh.encoder, spec.labels, cache_state=fresh.cache_state),
+                  cache_folder=str(cache.folder) if cache is not None else "")
+    in_process = config.workers <= 1 and not config.ray_address and not config.use_ray
+    gpus = 0.0
+    if config.device != "cpu" and not in_process and spec.factory is None:
+        import torch
+
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        gpus = min(1.0, n / max(config.workers, 1))
+    return Executor(ChunkTagger, kwargs, workers=config.workers, in_process=in_process,
+                    address=config.ray_address, cpus_per_worker=config.cpus_per_worker, gpus_per_worker=gpus)
+
+
+def _commit(result: dict[str, Any], run: _Run, committer: Committer, extra: dict[str, Any],
+            state: dict[str, Any]) -> None:
+    plan, chunk = run.inflight[result["key"]]
+    state["in_commit"] = True
+    committer.commit(plan, chunk, result, {**extra, "image_root": extra["image_root"] or str(Path(plan.source).parent)})
+    del run.inflight[result["key"]]
+    run.left[id(plan)] -= 1
+    state["in_commit"] = False
+    c = run.counts
+    c["chunks"] += 1
+    for k in ("rows", "images_used", "images_missing", "no_image"):
+        c[k] += result[k]
+    c["rejects"] += len(result["rejects"])
+    run.reasons.update(_reason(r["reason"]) for r in result["rejects"])
+    run.worker_cpu += result["cpu_s"]
+    pos = run.pos.get(id(plan), 0)
+    run.bytes_done += max(0, chunk.byte_end - pos)
+    run.pos[id(plan)] = max(pos, chunk.byte_end)
+    if result["images_missing"] and not run.warned:
+        run.warned = True
+        log.warning("%s lines %d-%d: %d tweets have an image with no cached features (tagged text-only); the "
+                    "summary counts them all", plan.source, chunk.first_line, chunk.last_line, result["images_missing"])
+    run.progress()
+    if state["stop"]:
+        raise _Terminated()
+
+
+def _finish_inputs(todo: list[InputPlan], run: _Run, committer: Committer) -> None:
+    """Mark inputs whose reading ended and whose chunks are all committed as complete."""
+    for plan in todo:
+        stats = run.read_done.get(id(plan))
+        if stats is not None and not run.left[id(plan)]:
+            committer.complete_input(plan, stats["lines"], stats["ends_newline"])
+            del run.read_done[id(plan)]
+
+
+def _summary(out: Path, spec: ModelSpec, files: list[Path], plans: list[InputPlan], run: _Run, started: float,
+             cpu0: float) -> dict[str, Any]:
+    run.progress(final=True)
+    c, seconds = run.counts, time.monotonic() - started
+    tagged = [p for p in plans if not p.skip]
+    summary = {"out": str(out), "data": str(data_folder(out)), "model_id": spec.model_id, "inputs": len(files),
+               "tagged": len(tagged), "skipped": len(files) - len(tagged), "chunks": c["chunks"],
+               "retagged_chunks": sum(p.stale for p in tagged), "rows": c["rows"], "rejects": c["rejects"],
+               "reject_reasons": dict(run.reasons), "images_used": c["images_used"],
+               "images_missing": c["images_missing"], "no_image": c["no_image"], "seconds": round(seconds, 3),
+               "tweets_per_s": round(c["rows"] / seconds, 1) if c["rows"] else None,
+               "worker_cpu_s": round(run.worker_cpu, 3)}
+    driver_cpu = time.process_time() - cpu0 - (run.worker_cpu if run.in_process else 0.0)
+    summary["driver_cpu_s"] = round(driver_cpu, 3)  # planning, reading lines, committing: not tagging
+    if c["rows"]:
+        summary["driver_cpu_us_per_record"] = round(1e6 * driver_cpu / c["rows"], 2)
+        summary["worker_cpu_us_per_record"] = round(1e6 * run.worker_cpu / c["rows"], 2)
+    for reason, n in run.reasons.most_common():
+        log.info("rejects: %d x %s", n, reason)
+    if c["images_missing"]:
+        log.warning("%d tweets had an image with no cached features and were tagged text-only (%d used images); "
+                    "run extract-features over these dumps, then rerun: the affected chunks are re-tagged",
+                    c["images_missing"], c["images_used"])
+    log.info("tag-corpus done: %d rows in %d chunks, %d rejects, %d input(s) tagged, %d skipped in %.1fs -> %s",
+             c["rows"], c["chunks"], c["rejects"], len(tagged), summary["skipped"], seconds, data_folder(out))
     return summary

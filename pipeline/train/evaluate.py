@@ -78,10 +78,22 @@ def evaluate_file(checkpoint: Path, split_file: Path, cfg: EvaluateConfig, out: 
     dataset = BenchmarkDataset.from_split_file(split_file)
     tweets = read_conll(split_file, lenient=cfg.lenient, fix_bio=cfg.fix_bio)
     features = TweetFeatures.for_model(cfg.cache_dir, dataset, tagger.config)
+    log.info("evaluate: checkpoint %s, feature cache root %s (%s)", Path(checkpoint).absolute(),
+             Path(cfg.cache_dir).absolute(), features.describe())
+    fingerprint = tagger.config.visual.fingerprint
+    if tagger.uses_vision and fingerprint and features.cache is None and not cfg.allow_missing_images:
+        raise UsageError(f"{checkpoint} is a multimodal model (encoder {fingerprint}) but the feature cache "
+                         f"{cfg.cache_dir} has no features of that encoder: scores would be text-only. Run `python "
+                         f"cli.py extract-features` for this dataset with the model's encoder into that folder, or "
+                         f"point --set cache_dir= / $RPIHMIF_CACHE at the cache the model was trained with, or pass "
+                         f"--set allow_missing_images=true to score text-only")
     preds = tagger.predict([t.words for t in tweets], features.lookup(tweets), batch_size=cfg.batch_size)
     metrics = entity_scores([t.labels for t in tweets], [p.labels for p in preds])
     metrics.update({"file": str(split_file), "checkpoint": str(checkpoint), "tweets": len(tweets),
-                    "images_used": features.found})
+                    "images_used": features.found, "images_missing": features.missing})
+    if features.missing:
+        log.warning("%s: %d of %d tweets had no cached image features (scored with the image masked)", split_file,
+                    features.missing, len(tweets))
     log.info("%s: P %.2f R %.2f F1 %.2f over %d entities", split_file, metrics["precision"], metrics["recall"],
              metrics["f1"], metrics["entities"])
     if out is not None:

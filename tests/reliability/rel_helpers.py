@@ -141,5 +141,5 @@ def extract_sets(clip: Path, inputs: dict, cache: Path, **extra) -> dict:
 
 
 def tag_sets(world: dict, out: Path, **extra) -> dict:
-    return {"cache_dir": world["cache"], "batch_size": 8, "bucket_size": 32, "row_group_size": 16, "threads": 1,
+    return {"cache_dir": world["cache"], "batch_size": 8, "bucket_size": 32, "row_group_bytes": 4000, "chunk_records": 16, "threads": 1,
             "device": "cpu", **extra}

@@ -19,6 +19,9 @@ from PIL import Image
 from rel_helpers import cli, extract_sets, sets, tag_sets
 
 
+from pipeline.tag.manifest import data_folder
+
+
 def _png_header(w: int, h: int) -> bytes:
     """A PNG whose IHDR claims w x h pixels, with one tiny IDAT (the header alone is a bomb)."""
     def chunk(kind: bytes, data: bytes) -> bytes:
@@ -171,7 +174,7 @@ def test_tag_mixed_adversarial_dumps(tag_world, tmp_path):
     out = tmp_path / "out"
     res = cli("tag-corpus", dumps, "--model", tag_world["ckpt"], "--out", out, *sets(**tag_sets(tag_world, out)))
     assert res.exit_code == 0, res.stderr
-    df = pd.read_parquet(out)
+    df = pd.read_parquet(data_folder(out))
     ids = list(df["id"])
     assert sorted(i for i in ids if i.startswith("g")) == sorted(r["id"] for r in good)
     zs = sorted(int(i[1:]) for i in ids if i.startswith("z"))
@@ -183,6 +186,10 @@ def test_tag_mixed_adversarial_dumps(tag_world, tmp_path):
         assert word in r["reason"], (r, word)
     cut = [r for r in rejects if r["file"].endswith("cut.jsonl.gz")]
     assert len(cut) == 1 and "ends early" in cut[0]["reason"]
-    manifest = json.loads((out / "_manifest.json").read_text())["inputs"]
-    assert {Path(k).name: v["rows"] for k, v in manifest.items()} == {"main.jsonl": 10, "empty.jsonl": 0,
-                                                                      "cut.jsonl.gz": len(zs)}
+    manifest = json.loads((out / "_manifest.json").read_text())
+    assert {Path(v["paths"][0]).name: v["complete"] for v in manifest["inputs"].values()} == {
+        "main.jsonl": True, "empty.jsonl": True, "cut.jsonl.gz": True}
+    rows: dict[str, int] = {}
+    for c in manifest["chunks"].values():
+        rows[Path(c["source"]).name] = rows.get(Path(c["source"]).name, 0) + c["rows"]
+    assert rows == {"main.jsonl": 10, "cut.jsonl.gz": len(zs)}

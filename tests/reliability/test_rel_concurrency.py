@@ -5,6 +5,7 @@ A run is parked at an exact point (fault runner "wait") so the overlap is determ
 from __future__ import annotations
 
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 import tag_fixtures as tf
 from rel_helpers import (
@@ -19,6 +20,8 @@ from rel_helpers import (
     wait_file,
 )
 
+from pipeline.tag.manifest import data_folder
+
 
 @pytest.mark.slow
 def test_second_tag_corpus_on_same_output_exits_3(tag_world, tmp_path):
@@ -31,11 +34,12 @@ def test_second_tag_corpus_on_same_output_exits_3(tag_world, tmp_path):
         wait_file(ready, proc, log)  # first run holds the lock, mid-file
         res = cli(*args)
         assert res.exit_code == 3 and f"pid {proc.pid}" in res.stderr and "wait for it" in res.stderr, res.stderr
-        assert not list(out.glob("*.parquet"))  # a reader sees no half file
+        for part in data_folder(out).iterdir():  # a reader sees committed chunks only, each whole
+            assert pq.read_table(part).num_rows == 16
     finally:
         go.touch()
     assert finish(proc, log) == 0, log.read_text()[-3000:]
-    assert sorted(pd.read_parquet(out)["id"]) == sorted(f"t{i}" for i in range(40))
+    assert sorted(pd.read_parquet(data_folder(out))["id"]) == sorted(f"t{i}" for i in range(40))
 
 
 @pytest.mark.slow
