@@ -85,7 +85,7 @@ class Executor:
         try:
             return pool.get_next_unordered()
         except self._ray.exceptions.RayError as exc:
-            raise ray_failure(exc, f"{self._what} (beyond its retries)") from exc
+            raise ray_failure(exc, self._what) from exc
 
     def close(self) -> None:
         """Stop the actors (pending tasks are dropped) and shut down Ray if this executor started it."""

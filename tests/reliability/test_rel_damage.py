@@ -216,7 +216,7 @@ def test_resume_of_a_run_killed_before_its_first_epoch_starts_fresh(world, tmp_p
 def test_a_dead_ray_actor_is_one_line(tmp_path):
     import os
 
-    from pipeline.runtime.executor import run_actor_pool
+    from pipeline.runtime.executor import Executor
     from pipeline.runtime.ray_cluster import init_ray
     from rpihmif.errors import PipelineError
 
@@ -226,6 +226,7 @@ def test_a_dead_ray_actor_is_one_line(tmp_path):
 
     with init_ray("", 1):
         with pytest.raises(PipelineError) as err:
-            list(run_actor_pool(Dies, {}, [{"x": 1}], workers=1, num_gpus=0.0))
+            with Executor(Dies, {}, workers=1, in_process=False, max_restarts=0) as ex:
+                list(ex.map_unordered([{"x": 1}]))
     msg = str(err.value)
     assert "Ray worker Dies failed" in msg and "rerun" in msg and "\n" not in msg and err.value.exit_code == 1

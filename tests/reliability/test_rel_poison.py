@@ -128,6 +128,6 @@ def test_damaged_rejects_file_does_not_block_later_runs(world, tmp_path, caplog)
     dump2 = tf.write_dump(tmp_path / "d" / "u.jsonl.gz", tf.tweets(4), [b"not json"])
     res = cli("tag-corpus", dump, dump2, *args[2:])
     assert res.exit_code == 0, res.stderr[-2000:]
-    assert f"{rejects}:2: damaged line dropped" in caplog.text and f"{rejects}:3:" in caplog.text
+    # rebuilt from the committed chunks' own rejects (_rejects.d): the damaged lines are simply gone
     lines = [json.loads(x) for x in rejects.read_text().splitlines()]
     assert sorted(r["id"] or r["reason"][:8] for r in lines) == ["bad", "bad JSON"]
