@@ -89,3 +89,24 @@ def test_cache_of_another_encoder_is_a_usage_error(sample_with_cache, tiny_bert_
     assert info.value.exit_code == 2
     cached_id = next(p.name for p in (root / "cache").iterdir() if p.is_dir())
     assert cached_id in message
+
+
+def test_evaluate_multimodal_checkpoint_without_its_cache_exits_2(sample_with_cache, tiny_bert_dir, tmp_path):
+    from pipeline.train.evaluate import evaluate_file
+
+    root, clip = sample_with_cache
+    train(_train_cfg(root, clip, tiny_bert_dir, save_path=tmp_path / "run"))
+    best, split = tmp_path / "run" / "best", root / "data" / "twitter2015" / "test.txt"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+
+    def cfg(cache, *extra):
+        return stage_config("evaluate", overrides=[f"cache_dir={cache}", "device=cpu", "precision=fp32", *extra])
+
+    with pytest.raises(UsageError) as info:
+        evaluate_file(best, split, cfg(empty))
+    assert info.value.exit_code == 2 and "extract-features" in str(info.value) and str(empty) in str(info.value)
+    with_cache = evaluate_file(best, split, cfg(root / "cache"))
+    assert with_cache["images_used"] >= 6 and with_cache["images_used"] + with_cache["images_missing"] == 8
+    text_only = evaluate_file(best, split, cfg(empty, "allow_missing_images=true"))
+    assert (text_only["images_used"], text_only["images_missing"]) == (0, 8)
