@@ -292,3 +292,16 @@ def test_encoder_from_the_checkpoint_the_manifest_names_flags_random_init(datase
     (out / "_manifest.json").write_text(json.dumps({"version": 1, "inputs": {"/d.jsonl": {"load_path": str(ckpt)}}}))
     _, text = _parse(write_report(out).read_text())
     assert f"rand-0123abcd (from the checkpoint {ckpt})" in text and "random-init encoder, not a pretrained" in text
+
+
+def test_odd_column_types_and_huge_values_do_not_break_the_page(tmp_path):
+    ent = pa.struct([("text", pa.string()), ("type", pa.string()), ("score", pa.float64()),
+                     ("routing_orig", pa.string())])  # a crafted part: routing as text, no char offsets
+    schema = pa.schema([("id", pa.string()), ("text", pa.string()), ("entities", pa.list_(ent)),
+                        ("image_used", pa.bool_()), ("tagged_at", pa.list_(pa.int64()))])
+    rows = [{"id": "x" * 1_000_000, "text": "y" * 1_000_000, "image_used": False, "tagged_at": [1],
+             "entities": [{"text": "z" * 1_000_000, "type": "PER", "score": 0.5, "routing_orig": "high"}]}]
+    data_folder(tmp_path).mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), data_folder(tmp_path) / "odd.parquet")
+    page = write_report(tmp_path).read_text()
+    assert len(page) < 100_000 and "1 tweets in 1 Parquet part(s)" in page and "(part file times" in page

@@ -43,6 +43,12 @@ def _num(v: Any) -> str:
     return f"{v:.2f}" if isinstance(v, (int, float)) and math.isfinite(v) else "–"
 
 
+def _short(v: Any, n: int = 200) -> str:
+    """A value as text of at most n characters (a crafted megabyte-long id or entity stays readable)."""
+    text = "" if v is None else str(v)
+    return text if len(text) <= n else text[:n] + "…"
+
+
 def _bar(v: Any) -> int:
     return int(60 * min(max(v, 0.0), 1.0)) if isinstance(v, (int, float)) and math.isfinite(v) else 0
 
@@ -226,7 +232,7 @@ def write_report(out_dir: str | os.PathLike, seed: int = 0, sample_size: int = 3
         bins=[f"{i / BINS:.1f}" for i in range(BINS)], legend=LEGEND, footer=footer, seed=seed,
         sample=[_tweet(rows[r], images) for r in a.sample],
         image_sample=[_tweet(rows[r], images) for r in a.image_sample],
-        least=[_tweet(rows[r], images, score) for r, score in a.least], num=_num, bar=_bar, pct=_pct)
+        least=[_tweet(rows[r], images, score) for r, score in a.least], num=_num, bar=_bar, pct=_pct, short=_short)
     atomic_write_text(final, page)
     log.info("report: %s (%d tweets, %d entities, %d part(s); aggregates in %.2fs, page in %.2fs)", final, a.rows,
              a.entities, len(parts.files), agg_s, time.monotonic() - started - agg_s)

@@ -50,12 +50,19 @@ class Parts:
 
     def batches(self, batch_size: int = 65_536) -> Iterator[pa.RecordBatch]:
         """Record batches of the aggregation columns, file by file in name order, rows in file order."""
-        cols = [c for c in AGG_COLUMNS if c in self.schema.names]
+        cols = [c for c in AGG_COLUMNS if c in self.schema.names and _aggregable(c, self.schema.field(c).type)]
         self.scanned = [0] * len(self.files)
         for i, frag in enumerate(self.dataset().get_fragments()):
             for batch in frag.to_batches(schema=self.schema, columns=cols, batch_size=batch_size):
                 self.scanned[i] += batch.num_rows
                 yield batch
+
+
+def _aggregable(name: str, typ: pa.DataType) -> bool:
+    """Whether the pass can read column `name` (a tagged_at of another type, say a crafted list, is left out)."""
+    if name == "tagged_at":
+        return pa.types.is_temporal(typ) or pa.types.is_string(typ) or pa.types.is_integer(typ)
+    return True
 
 
 def _regular(path: Path) -> os.stat_result | None:

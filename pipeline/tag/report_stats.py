@@ -87,7 +87,9 @@ def _struct_field(flat: pa.Array, name: str, typ: pa.DataType) -> pa.Array:
 
 
 def _finite(x: pa.Array) -> pa.Array:
-    """Float values with NaN/inf replaced by null, as float64."""
+    """Float values with NaN/inf replaced by null, as float64 (all null when the column is not numeric)."""
+    if not (pa.types.is_floating(x.type) or pa.types.is_integer(x.type)):
+        return pa.nulls(len(x), pa.float64())
     x = pc.cast(x, pa.float64())
     return pc.if_else(pc.is_finite(x), x, pa.scalar(None, pa.float64()))
 
