@@ -206,6 +206,7 @@ def test_hostile_images_become_placeholders(tmp_path):
     (root / "img").mkdir(parents=True)
     outside.mkdir()
     Image.new("RGB", (40, 30), "red").save(root / "img" / "ok.jpg")
+    Image.new("RGB", (7000, 5000), "red").save(root / "img" / "big.jpg", quality=60)  # 35M pixels: JPEG draft
     Image.new("RGB", (20, 20), "blue").save(outside / "secret.png")
     Image.new("RGB", (400, 300), "green").save(root / "img" / "cut.jpg", quality=95)
     data = (root / "img" / "cut.jpg").read_bytes()
@@ -218,7 +219,7 @@ def test_hostile_images_become_placeholders(tmp_path):
              "gone.png": "missing file", "cut.jpg": "unreadable image", "dir.png": "not a regular file",
              "../outside/secret.png": "outside the image folder"}
     rows = [_row(i, [_ent("obama", "PER", 0.9, 0, (0.5, 0.25, 0.25))], image_used=True, text="obama",
-                 image="img/ok.jpg", crops=[f"img/{name}" if "/" not in name else name], rcnn_crops=["img/ok.jpg"])
+                 image="img/ok.jpg", crops=[f"img/{name}" if "/" not in name else name], rcnn_crops=["img/big.jpg"])
             for i, name in enumerate(cases)]
     _part(tmp_path / "out", "p.parquet", rows)
     os.mkfifo(data_folder(tmp_path / "out") / "f.parquet")
@@ -228,7 +229,7 @@ def test_hostile_images_become_placeholders(tmp_path):
     _, text = _parse(page)
     for reason in cases.values():
         assert f"grounding: {reason}" in text, reason
-    assert "<figcaption>RCNN: img/ok.jpg" in page and page.count('alt="image"') >= len(cases)
+    assert "<figcaption>RCNN: img/big.jpg" in page and page.count('alt="image"') >= len(cases)
     assert "f.parquet" in text and "_rejects.jsonl: not a regular file" in text
 
 

@@ -21,7 +21,7 @@ __all__ = ["Thumb", "thumbnail", "MAX_FILE_BYTES", "MAX_PIXELS"]
 log = logging.getLogger("rpihmif.report")
 
 MAX_FILE_BYTES = 32 << 20  # larger files are not read
-MAX_PIXELS = 25_000_000  # width x height from the header; larger images are not decoded (Pillow warns at 89M)
+MAX_PIXELS = 25_000_000  # pixels a thumbnail may decode (after JPEG draft scaling); more is refused
 _FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF")  # decoders tried; others are refused
 
 
@@ -40,10 +40,10 @@ def _encode(data: bytes, size: int) -> str:
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         with Image.open(io.BytesIO(data), formats=_FORMATS) as img:
-            w, h = img.size
+            img.draft("RGB", (size, size))  # JPEG: decode at down to 1/8 scale, so a big photo stays cheap
+            w, h = img.size  # the size that would be decoded (Pillow itself refuses > 89M pixels at open)
             if w * h > MAX_PIXELS:
-                raise ValueError(f"decompression bomb refused ({w}x{h} pixels)")
-            img.draft("RGB", (size, size))  # JPEG: decode at a reduced scale
+                raise ValueError(f"decompression bomb refused ({w}x{h} pixels to decode)")
             img.thumbnail((size, size))
             buf = io.BytesIO()
             img.convert("RGB").save(buf, "JPEG", quality=80)
