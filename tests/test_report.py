@@ -277,7 +277,7 @@ def test_tagged_at_range_and_encoder_from_footers(tmp_path):
     pq.write_table(pa.Table.from_pylist(rows, schema=schema.with_metadata(meta)), folder / "p.parquet")
     _part(tmp_path, "q.parquet", [_row(9, [])], {"model_id": "m-7"})  # an older part without tagged_at
     _, text = _parse(write_report(tmp_path).read_text())
-    assert "2026-01-01T00:00:00+00:00 to 2026-01-03T00:00:00+00:00" in text
+    assert "2026-01-01 00:00:00 UTC to 2026-01-03 00:00:00 UTC (tagged_at column)" in text
     assert "3fa9c0d1e2b4a5c6" in text and "random-init" not in text and "m-7 (2 part(s))" in text
 
 

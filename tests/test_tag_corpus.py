@@ -250,7 +250,7 @@ def test_report_is_self_contained(world, tmp_path):
     assert page.startswith("<!DOCTYPE html>") and "data:image/jpeg;base64," in page
     assert "http://" not in page.split("<body>")[1].replace("http://t.co", "")  # nothing fetched from outside
     for word in ("Entities per type", "Top entities", "coupling mass", "<figcaption>grounding", "RCNN crops",
-                 "bad JSON", "Least confident", "Random sample", tf.FINGERPRINT_ID):
+                 "bad JSON", "Least confident", "Random sample", tf.FINGERPRINT_ID, "(tagged_at column)"):
         assert word in page
     assert "<script" not in page
     assert len(pd.read_parquet(data_folder(tmp_path / "out"))) == 12  # the report does not disturb Parquet readers

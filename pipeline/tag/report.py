@@ -182,7 +182,8 @@ def _encoders(parts: Parts, manifest: Any) -> list[dict[str, Any]]:
 
 def _tagged(a: Aggregates, parts: Parts) -> str:
     if a.tagged is not None:
-        lo, hi = (v.isoformat() if hasattr(v, "isoformat") else str(v) for v in a.tagged)
+        lo, hi = (_utc(v.timestamp()) if isinstance(v, datetime) and v.tzinfo else
+                  v.isoformat() if hasattr(v, "isoformat") else str(v) for v in a.tagged)
         return f"{lo} to {hi} (tagged_at column)"
     lo, hi = parts.mtimes
     return f"{_utc(lo)} to {_utc(hi)} (part file times; the parts have no tagged_at column)"
