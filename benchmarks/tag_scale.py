@@ -56,8 +56,10 @@ def run(dump: Path, out: Path, workers: int, chunk: int, use_ray: bool) -> dict:
     s = run_tag([dump], conf, spec)
     wall = time.perf_counter() - t0
     return {"workers": workers, "ray": use_ray, "rows": s["rows"], "wall_s": round(wall, 2),
-            "records_per_s": round(s["rows"] / wall, 1), "driver_cpu_us_per_record": s["driver_cpu_us_per_record"],
-            "worker_cpu_us_per_record": s["worker_cpu_us_per_record"]}
+            "records_per_s": round(s["rows"] / wall, 1), "steady_records_per_s": s.get("steady_tweets_per_s"),
+            "driver_cpu_us_per_record": s["driver_cpu_us_per_record"],
+            "worker_cpu_us_per_record": s["worker_cpu_us_per_record"], "commit_s": s["commit_s"],
+            "worker_cpu_s": s["worker_cpu_s"]}
 
 
 def main() -> None:
@@ -82,6 +84,7 @@ def main() -> None:
     print(json.dumps({
         "records": args.n, "chunk_records": args.chunk, "ray_start_s": round(ray_start, 2), "runs": runs,
         "speedup_2_vs_1_ray_workers": round(two["records_per_s"] / one_ray["records_per_s"], 2),
+        "steady_speedup_2_vs_1_ray_workers": round(two["steady_records_per_s"] / one_ray["steady_records_per_s"], 2),
         "speedup_2_ray_vs_1_in_process": round(two["records_per_s"] / runs[0]["records_per_s"], 2),
         "driver_over_worker_cpu": round(two["driver_cpu_us_per_record"] / two["worker_cpu_us_per_record"], 3),
     }, indent=2))

@@ -82,6 +82,7 @@ def test_end_to_end_rows_rejects_and_schema(world, tmp_path):
     summary = run_tag([dump], _config(world, tmp_path / "out"))
     assert (summary["rows"], summary["rejects"], summary["tagged"]) == (40, len(BAD_LINES), 1)
     assert summary["images_missing"] > 0 and summary["images_used"] > 0
+    assert sum(summary["reject_reasons"].values()) == 5 and len(summary["reject_reasons"]) == 5  # counted per reason
     parts = sorted(data_folder(tmp_path / "out").iterdir())
     assert [p.name.split("-")[0] for p in parts] == ["e2e"] * 3  # 45 lines in chunks of 16: 3 parts
     table = pq.read_table(parts[0])

@@ -100,13 +100,16 @@ def test_cache_trap_exit2_then_filled_cache_retags_with_images(world, tmp_path):
     assert "extract-features" in res.stderr and "--allow-missing-images" in res.stderr and str(empty) in res.stderr
     assert not list(data_folder(out).glob("*.parquet"))
 
-    res = subprocess.run(args + ["--allow-missing-images"], cwd=tmp_path, env=env, capture_output=True, text=True,
-                         timeout=300)
+    res = subprocess.run(args + ["--allow-missing-images", "--set", "progress_every_s=0.001"], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     summary = json.loads(res.stdout)
     assert (summary["images_missing"], summary["images_used"]) == (30, 0)
     assert "WARNING" in res.stderr and "30 tweets had an image with no cached features" in res.stderr
     assert f"feature cache {empty}" in res.stderr and f"output {out}" in res.stderr
+    assert "encoder fp-tagtest (no cache folder of it)" in res.stderr
+    progress = [x for x in res.stderr.splitlines() if "records in" in x and "ETA" in x]
+    assert progress and "tagged 8 of ~" in progress[0]  # records tagged (not read), with a total and an ETA
 
     cache = tmp_path / "cache"  # extract-features fills 2 of the 3 images: every chunk with misses is re-tagged
     shutil.copytree(world["cache"], cache)

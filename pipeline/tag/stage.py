@@ -82,6 +82,9 @@ class _Run:
         self.start = self.last_log = time.monotonic()
         self.every = float(config.progress_every_s)
         self.worker_cpu = 0.0
+        self.commit_s = 0.0  # driver wall time in commits (rename, fsync, manifest)
+        self.warm: tuple[float, int] | None = None  # (time, rows) once every worker delivered a chunk
+        self.workers = 1
         self.warned = False
 
     def progress(self, final: bool = False) -> None:
@@ -154,6 +157,7 @@ def run_tag(inputs: list[Path], config: TagConfig, spec: ModelSpec | None = None
         try:
             if todo:
                 executor = _executor(config, spec, cache, fresh)
+                run.workers = executor.workers
                 log.info("tagging %d input(s) in chunks of %d records with %s", len(todo), config.chunk_records,
                          executor.description)
                 extra = {"model_id": spec.model_id, "encoder": fresh.encoder, "cache_state": fresh.cache_state,
@@ -203,7 +207,9 @@ def _commit(result: dict[str, Any], run: _Run, committer: Committer, extra: dict
             state: dict[str, Any]) -> None:
     plan, chunk = run.inflight[result["key"]]
     state["in_commit"] = True
+    t0 = time.monotonic()
     committer.commit(plan, chunk, result, {**extra, "image_root": extra["image_root"] or str(Path(plan.source).parent)})
+    run.commit_s += time.monotonic() - t0
     del run.inflight[result["key"]]
     run.left[id(plan)] -= 1
     state["in_commit"] = False
@@ -221,6 +227,8 @@ def _commit(result: dict[str, Any], run: _Run, committer: Committer, extra: dict
         run.warned = True
         log.warning("%s lines %d-%d: %d tweets have an image with no cached features (tagged text-only); the "
                     "summary counts them all", plan.source, chunk.first_line, chunk.last_line, result["images_missing"])
+    if run.warm is None and c["chunks"] >= run.workers:
+        run.warm = (time.monotonic(), c["rows"])
     run.progress()
     if state["stop"]:
         raise _Terminated()
@@ -246,7 +254,9 @@ def _summary(out: Path, spec: ModelSpec, files: list[Path], plans: list[InputPla
                "reject_reasons": dict(run.reasons), "images_used": c["images_used"],
                "images_missing": c["images_missing"], "no_image": c["no_image"], "seconds": round(seconds, 3),
                "tweets_per_s": round(c["rows"] / seconds, 1) if c["rows"] else None,
-               "worker_cpu_s": round(run.worker_cpu, 3)}
+               "worker_cpu_s": round(run.worker_cpu, 3), "commit_s": round(run.commit_s, 3)}
+    if run.warm and c["rows"] > run.warm[1]:  # start-up excluded (model loading, Ray workers starting)
+        summary["steady_tweets_per_s"] = round((c["rows"] - run.warm[1]) / (time.monotonic() - run.warm[0]), 1)
     driver_cpu = time.process_time() - cpu0 - (run.worker_cpu if run.in_process else 0.0)
     summary["driver_cpu_s"] = round(driver_cpu, 3)  # planning, reading lines, committing: not tagging
     if c["rows"]:

@@ -173,9 +173,10 @@ class Trainer:
 
     def fit(self) -> dict[str, Any]:
         cfg = self.cfg
-        log.info("train %d tweets, valid %d tweets, %d epochs, device %s, precision %s (%s), images: %s",
-                 len(self.encoded), len(self.dev_set), cfg.num_epochs, self.device, self.precision.name,
-                 self.precision.reason, self.features.describe())
+        log.info("train %d tweets, valid %d tweets, %d epochs, device %s, precision %s (%s), images: %s; "
+                 "run folder %s, feature cache root %s", len(self.encoded), len(self.dev_set), cfg.num_epochs,
+                 self.device, self.precision.name, self.precision.reason, self.features.describe(),
+                 Path(cfg.save_path).absolute(), Path(cfg.cache_dir).absolute())
         while self.epoch < cfg.num_epochs:
             start = time.monotonic()
             loss = self._train_epoch()
