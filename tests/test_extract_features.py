@@ -99,12 +99,16 @@ def test_features_equal_a_direct_clip_forward(env, inprocess):
     from PIL import Image
     from transformers import CLIPVisionModel
 
-    from pipeline.extract.clip_encoder import Preprocessor
+    from pipeline.extract.clip_encoder import _image_processor_class
 
     tmp, clip = env
     _, cache = inprocess
     model = CLIPVisionModel.from_pretrained(str(clip)).eval()
-    pre = Preprocessor()
+    clip_proc = _image_processor_class()  # OpenAI CLIP's defaults: the tiny folder saves no preprocessor config
+
+    def pre(image, size):
+        proc = clip_proc(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
+        return proc(images=image, return_tensors="pt")["pixel_values"][0]
     root = tmp / "data" / "twitter2015"
     img = Image.open(root / "twitter2015_images" / "103.jpg").convert("RGB")
     crops = [Image.open(root / "twitter2015_aux_images/train/crops" / f"103_pred_yolo_crop_{c}.png").convert("RGB")

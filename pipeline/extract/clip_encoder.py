@@ -1,4 +1,4 @@
-"""The frozen CLIP vision encoder: loading (local folder or seeded random init), CLIP preprocessing, forward at any size.
+"""The frozen CLIP vision encoder: loading (folder, hub id or seeded random init), its CLIPImageProcessor, forward at any size.
 
 `encoder_fingerprint` names an encoder + sizes + dtype so that features of two encoders never mix in one cache.
 """
@@ -8,26 +8,23 @@ import hashlib
 import json
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from PIL import Image
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
+from rpihmif.hub import load_pretrained, local_folder
 from rpihmif.visual import VisualSpec
 
 __all__ = [
-    "CLIP_MEAN", "CLIP_STD", "VisionSettings", "Preprocessor", "load_vision_encoder", "random_vit_config",
+    "VisionSettings", "Preprocessor", "load_vision_encoder", "random_vit_config",
     "encode", "weights_sha256", "encoder_fingerprint", "fingerprint_id", "visual_spec",
 ]
 
 log = logging.getLogger("pipeline.extract.clip_encoder")
 
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP pixel mean (RGB)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)  # OpenAI CLIP pixel std (RGB)
-FINGERPRINT_VERSION = 1  # bump when the meaning of stored features changes (preprocessing, layout)
+FINGERPRINT_VERSION = 2  # bump when the meaning of stored features changes (2: the encoder's own CLIPImageProcessor)
 
 
 @dataclass
@@ -74,14 +71,11 @@ def random_vit_config(layers: int = 12, hidden: int = 768, image_size: int = 224
                             hidden_act="quick_gelu", projection_dim=512)
 
 
-def load_vision_encoder(settings: VisionSettings) -> CLIPVisionModel:
-    """Load the frozen encoder in eval mode: from `settings.vit_name`, or seeded random init when it is ""."""
+def load_vision_encoder(settings: VisionSettings, offline: bool = False) -> CLIPVisionModel:
+    """Load the frozen encoder in eval mode: from `settings.vit_name` (a folder or a Hugging Face Hub id such as
+    openai/clip-vit-base-patch32; cached copies load offline), or seeded random init when it is ""."""
     if settings.vit_name:
-        folder = Path(settings.vit_name)
-        if not (folder / "config.json").is_file():
-            raise FileNotFoundError(f"vit_name {folder}: no config.json; expected a CLIPVisionModel/CLIPModel folder "
-                                    "saved with save_pretrained (e.g. a copy of openai/clip-vit-base-patch32)")
-        model = CLIPVisionModel.from_pretrained(str(folder))
+        model = load_pretrained(CLIPVisionModel, settings.vit_name, "vit_name", offline)
     else:
         config = random_vit_config(settings.random_vit_layers, settings.random_vit_hidden, settings.image_size)
         with torch.random.fork_rng(devices=[]):
@@ -96,42 +90,55 @@ def load_vision_encoder(settings: VisionSettings) -> CLIPVisionModel:
     return model
 
 
-class Preprocessor:
-    """CLIP preprocessing of a PIL image: resize the shortest side (bicubic), center crop, scale, mean/std."""
+def _image_processor_class():
+    """CLIPImageProcessor; its PIL backend where transformers has one (no torchvision needed, same pixels)."""
+    import transformers
 
-    def __init__(self, mean: tuple[float, ...] = CLIP_MEAN, std: tuple[float, ...] = CLIP_STD):
-        self.mean = tuple(float(m) for m in mean)
-        self.std = tuple(float(s) for s in std)
-        self._mean = np.asarray(self.mean, np.float32).reshape(3, 1, 1)
-        self._std = np.asarray(self.std, np.float32).reshape(3, 1, 1)
+    return getattr(transformers, "CLIPImageProcessorPil", None) or transformers.CLIPImageProcessor
+
+
+class Preprocessor:
+    """The encoder's own `CLIPImageProcessor` (resize, crop, resample, rescale, mean/std from the folder's
+    preprocessor_config.json; OpenAI CLIP's defaults for the random-init encoder), applied at any input size: the
+    crop is `size` px and the resize keeps the folder's resize/crop ratio."""
+
+    def __init__(self, processor: Any = None):
+        self.processor = processor if processor is not None else _image_processor_class()()
+        self._sized: dict[int, Any] = {}
 
     @classmethod
-    def for_encoder(cls, vit_name: str) -> "Preprocessor":
-        """Mean/std from `<vit_name>/preprocessor_config.json` when present, else OpenAI CLIP's."""
-        path = Path(vit_name) / "preprocessor_config.json" if vit_name else None
-        if path is not None and path.is_file():
-            data = json.loads(path.read_text(encoding="utf-8"))
-            return cls(tuple(data.get("image_mean", CLIP_MEAN)), tuple(data.get("image_std", CLIP_STD)))
+    def for_encoder(cls, vit_name: str, offline: bool = False) -> "Preprocessor":
+        """The image processor saved with `vit_name` (folder or hub id), else OpenAI CLIP's defaults."""
+        folder = local_folder(vit_name) if vit_name else None
+        if vit_name and (folder is None or (folder / "preprocessor_config.json").is_file()):
+            return cls(load_pretrained(_image_processor_class(), vit_name, "vit_name", offline))
         return cls()
 
     def info(self) -> dict[str, Any]:
-        return {"mean": list(self.mean), "std": list(self.std), "resize": "shortest-side bicubic + center crop"}
+        """What decides the pixels (hashed into the encoder fingerprint)."""
+        d = self.processor.to_dict()
+        keys = ("do_resize", "size", "resample", "do_center_crop", "crop_size", "do_rescale", "rescale_factor",
+                "do_normalize", "image_mean", "image_std", "do_convert_rgb")
+        return json.loads(json.dumps({k: d.get(k) for k in keys}, default=int))
+
+    def sized(self, size: int) -> Any:
+        """The processor with its crop at `size` px and its resize scaled alike (cached per size)."""
+        if size not in self._sized:
+            proc = self.processor
+            crop = (proc.crop_size or {}).get("height") or size
+            edge = (proc.size or {}).get("shortest_edge", crop)
+            self._sized[size] = _image_processor_class()(**{
+                **proc.to_dict(), "size": {"shortest_edge": max(size, round(size * edge / crop))},
+                "crop_size": {"height": size, "width": size}})
+        return self._sized[size]
 
     def __call__(self, image: Image.Image, size: int) -> torch.Tensor:
         """RGB PIL image -> float32 tensor (3, size, size)."""
         if image.mode != "RGB":
             raise ValueError(f"expected an RGB image, got mode {image.mode}")
-        w, h = image.size
-        scale = size / min(w, h)
-        nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-        if (nw, nh) != (w, h):
-            image = image.resize((nw, nh), Image.Resampling.BICUBIC)
-        left, top = (nw - size) // 2, (nh - size) // 2
-        image = image.crop((left, top, left + size, top + size))
-        # shape: (3, size, size)
-        arr = np.asarray(image, np.float32).transpose(2, 0, 1) / 255.0
-        arr = (arr - self._mean) / self._std
-        return torch.from_numpy(np.ascontiguousarray(arr))
+        # shape: (1, 3, size, size)
+        pixels = self.sized(size)(images=image, return_tensors="pt")["pixel_values"]
+        return pixels[0].float()
 
 
 def encode(model: CLIPVisionModel, pixel_values: torch.Tensor) -> torch.Tensor:

@@ -25,6 +25,7 @@ from pipeline.io.images import DEFAULT_MAX_PIXELS, decode_image, sha256_bytes
 from pipeline.io.safe_paths import safe_resolve
 from pipeline.runtime.precision import resolve_precision
 from rpihmif.errors import InputError, UsageError
+from rpihmif.hub import local_folder
 
 __all__ = ["ClipFeaturizer", "featurize_images", "resolve_fingerprint", "pad_crops"]
 
@@ -172,10 +173,10 @@ def _source_signature(settings: VisionSettings) -> dict[str, Any]:
     """What identifies the encoder's weights without loading them: folder files (size, mtime) or random-init seed."""
     sig: dict[str, Any] = {"settings": settings.__dict__, "torch": torch.__version__}
     if settings.vit_name:
-        folder = Path(settings.vit_name).resolve()
-        sig["folder"] = str(folder)
+        folder = local_folder(settings.vit_name)  # a hub id: its snapshot in the Hugging Face cache, when there
+        sig["folder"] = str(folder.resolve()) if folder else settings.vit_name
         sig["files"] = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in folder.iterdir() if p.is_file()) \
-            if folder.is_dir() else []
+            if folder else None
     else:
         import transformers
         sig["transformers"] = transformers.__version__
@@ -197,13 +198,16 @@ def resolve_fingerprint(settings: VisionSettings, cache_dir: Path) -> dict[str, 
         return memo[sig]
     try:
         model = load_vision_encoder(settings)
-    except (FileNotFoundError, OSError, ValueError) as exc:
+    except (OSError, ValueError, UsageError) as exc:
         raise UsageError(f"vit_name {settings.vit_name!r}: cannot load a CLIP vision encoder ({exc}); give a local "
-                         "folder saved with save_pretrained, or leave vit_name empty for the random-init encoder") from exc
+                         "folder saved with save_pretrained or a Hugging Face Hub id, or leave vit_name empty for the "
+                         "random-init encoder") from exc
     try:
         fp = encoder_fingerprint(model, settings, Preprocessor.for_encoder(settings.vit_name))
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
+    if local_folder(settings.vit_name or ".") is None:  # a hub id fetched just now: its files are known next time
+        return fp
     memo[sig] = fp
     atomic_write_text(memo_path, json.dumps(memo, sort_keys=True))  # creates cache_dir when needed
     return fp
