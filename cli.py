@@ -1,9 +1,10 @@
 """Command line of the RPI-HMIF pipeline: make-sample, data-stats, extract-features, train, evaluate, tag-corpus, report, config.
 
-Thin glue: each command parses options, loads `conf/<stage>.yaml` plus `--set key=value`, and calls one stage.
+Thin glue: each command parses options, loads `pipeline/conf/<stage>.yaml` plus `--set key=value`, and calls one stage.
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -18,6 +19,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 if not sys.stderr.isatty():  # before transformers is imported: no progress bars in cron logs (Ray workers inherit it)
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
+from pipeline.config import load_config  # noqa: E402
 from pipeline.runtime.progress import log_error_to_files, setup_logging  # noqa: E402
 from pipeline.stage_config import STAGES, render_yaml, stage_config  # noqa: E402
 from rpihmif.errors import PipelineError  # noqa: E402
@@ -28,7 +30,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 Arg, Opt = typer.Argument, typer.Option
 log = logging.getLogger("rpihmif.cli")
 
-CONFIG_HELP = "Stage yaml; defaults to conf/<stage>.yaml. Any key it holds overrides the default."
+CONFIG_HELP = "Stage yaml; defaults to pipeline/conf/<stage>.yaml. Any key it holds overrides the default."
 SET_HELP = "Override a config key, repeatable: --set num_epochs=3 --set iffe.iterations=0. Unknown keys exit 2."
 
 
@@ -59,6 +61,17 @@ def _print_json(data: dict) -> None:
     typer.echo(json.dumps(data, indent=2, ensure_ascii=False))
 
 
+@functools.lru_cache(maxsize=None)
+def _yaml(stage: str) -> dict:
+    return load_config(stage)
+
+
+def default(stage: str, key: str) -> str:
+    """`--help` text of an option whose default is the stage yaml's value."""
+    value = _yaml(stage)[key]
+    return f"{value if value != '' else chr(34) * 2} (pipeline/conf/{stage}.yaml {key})"
+
+
 def _version(value: bool) -> None:
     if value:
         from rpihmif import __version__
@@ -69,8 +82,8 @@ def _version(value: bool) -> None:
 # fmt: off
 @app.callback()
 def main_options(
-    version: bool = Opt(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
-    offline: bool = Opt(False, "--offline", help="No network: hub ids load only from the Hugging Face cache (as HF_HUB_OFFLINE=1)."),
+    version: bool = Opt(False, "--version", callback=_version, is_eager=True, help="Print the version and exit.", show_default=False),
+    offline: bool = Opt(False, "--offline", help="No network: hub ids load only from the Hugging Face cache (as HF_HUB_OFFLINE=1).", show_default="off"),
 ) -> None:
     """Multimodal NER on tweets with RPI-HMIF: cache CLIP features, train, tag large dumps."""
     if offline:
@@ -92,7 +105,7 @@ def make_sample_cmd(
 @app.command("data-stats")
 def data_stats_cmd(
     dataset_dir: Path = Arg(..., help="A dataset folder, e.g. data/twitter2015 (text-only folders are fine)."),
-    lenient: bool = Opt(False, "--lenient", help="Repair malformed BIO instead of failing."),
+    lenient: bool = Opt(False, "--lenient", help="Repair malformed BIO instead of failing.", show_default="off"),
 ) -> None:
     """Print JSON counts per split: tweets, tokens, entities per type, images and crops found/missing."""
     from pipeline.data_stats import data_stats
@@ -103,11 +116,11 @@ def data_stats_cmd(
 
 @app.command("extract-features")
 def extract_features_cmd(
-    config: Optional[Path] = Opt(None, "--config", help=CONFIG_HELP),
-    set_: List[str] = Opt([], "--set", help=SET_HELP),
+    config: Optional[Path] = Opt(None, "--config", help=CONFIG_HELP, show_default="pipeline/conf/<stage>.yaml"),
+    set_: List[str] = Opt([], "--set", help=SET_HELP, show_default="none"),
     dump: List[Path] = Opt([], "--dump", help="A tweet dump (JSONL or JSONL.gz) whose images to encode too; repeatable."),
-    workers: Optional[int] = Opt(None, "--workers", help="Ray actors running the frozen CLIP encoder (config: workers)."),
-    ray_address: Optional[str] = Opt(None, "--ray-address", help="Existing Ray cluster host:port; default starts Ray embedded."),
+    workers: Optional[int] = Opt(None, "--workers", help="Ray actors running the frozen CLIP encoder.", show_default=default("extract", "workers")),
+    ray_address: Optional[str] = Opt(None, "--ray-address", help="Existing Ray cluster host:port; \"\" starts Ray embedded.", show_default=default("extract", "ray_address")),
 ) -> None:
     """Run the frozen CLIP vision encoder over images and crops once; store features in the HDF5 cache."""
     from pipeline.extract.stage import run_extract
@@ -119,9 +132,9 @@ def extract_features_cmd(
 
 @app.command("train")
 def train_cmd(
-    config: Optional[Path] = Opt(None, "--config", help=CONFIG_HELP),
-    set_: List[str] = Opt([], "--set", help=SET_HELP),
-    lenient: Optional[bool] = Opt(None, "--lenient/--strict", help="Repair malformed BIO with a warning (default: strict, fail)."),
+    config: Optional[Path] = Opt(None, "--config", help=CONFIG_HELP, show_default="pipeline/conf/<stage>.yaml"),
+    set_: List[str] = Opt([], "--set", help=SET_HELP, show_default="none"),
+    lenient: Optional[bool] = Opt(None, "--lenient/--strict", help="Repair malformed BIO with a warning, or fail.", show_default=default("train", "lenient")),
 ) -> None:
     """Train text encoder + HIM + IFFE + CRF; keep the best epoch on valid; resume with --set load_path=RUN/last."""
     from pipeline.train.trainer import train
@@ -134,11 +147,11 @@ def train_cmd(
 def evaluate_cmd(
     checkpoint: Path = Arg(..., help="A checkpoint folder (a run's best/)."),
     split_file: Path = Arg(..., help="A CoNLL split file; its images are found through the dataset folder it sits in."),
-    config: Optional[Path] = Opt(None, "--config", help=CONFIG_HELP),
-    set_: List[str] = Opt([], "--set", help=SET_HELP),
-    out: Optional[Path] = Opt(None, "--out", help="Write the metrics JSON here."),
-    predictions: Optional[Path] = Opt(None, "--predictions", help="Write predictions here in the same CoNLL form."),
-    lenient: Optional[bool] = Opt(None, "--lenient/--strict", help="Repair malformed BIO with a warning."),
+    config: Optional[Path] = Opt(None, "--config", help=CONFIG_HELP, show_default="pipeline/conf/<stage>.yaml"),
+    set_: List[str] = Opt([], "--set", help=SET_HELP, show_default="none"),
+    out: Optional[Path] = Opt(None, "--out", help="Write the metrics JSON here.", show_default="not written"),
+    predictions: Optional[Path] = Opt(None, "--predictions", help="Write predictions here in the same CoNLL form.", show_default="not written"),
+    lenient: Optional[bool] = Opt(None, "--lenient/--strict", help="Repair malformed BIO with a warning, or fail.", show_default=default("evaluate", "lenient")),
 ) -> None:
     """Entity-level micro P/R/F1 (seqeval) and per type over every gold entity of SPLIT_FILE."""
     from pipeline.train.evaluate import evaluate_file
@@ -151,15 +164,15 @@ def evaluate_cmd(
 @app.command("tag-corpus")
 def tag_corpus_cmd(
     inputs: List[Path] = Arg(..., help="JSONL / JSONL.gz tweet dumps, or folders of them."),
-    model: Optional[Path] = Opt(None, "--model", help="Checkpoint folder (config: load_path)."),
-    out: Optional[Path] = Opt(None, "--out", help="Output folder: data/ (Parquet parts only: read it with any Parquet reader), _manifest.json, _rejects.jsonl."),
-    config: Optional[Path] = Opt(None, "--config", help=CONFIG_HELP),
-    set_: List[str] = Opt([], "--set", help=SET_HELP),
-    workers: Optional[int] = Opt(None, "--workers", help="Ray workers; 1 runs in-process (config: workers)."),
-    ray_address: Optional[str] = Opt(None, "--ray-address", help="Existing Ray cluster host:port; default starts Ray embedded."),
-    require_images: Optional[bool] = Opt(None, "--require-images", help="Reject tweets whose image is not cached."),
-    allow_missing_images: Optional[bool] = Opt(None, "--allow-missing-images", help="Tag text-only when the model's feature cache is missing (else exit 2)."),
-    force: Optional[bool] = Opt(None, "--force", help="Re-tag every chunk, even those already done."),
+    model: Optional[Path] = Opt(None, "--model", help="Checkpoint folder.", show_default=default("tag", "load_path")),
+    out: Optional[Path] = Opt(None, "--out", help="Output folder: data/ (Parquet parts only: read it with any Parquet reader), _manifest.json, _rejects.jsonl.", show_default=default("tag", "out")),
+    config: Optional[Path] = Opt(None, "--config", help=CONFIG_HELP, show_default="pipeline/conf/<stage>.yaml"),
+    set_: List[str] = Opt([], "--set", help=SET_HELP, show_default="none"),
+    workers: Optional[int] = Opt(None, "--workers", help="Ray workers; 1 runs in-process.", show_default=default("tag", "workers")),
+    ray_address: Optional[str] = Opt(None, "--ray-address", help="Existing Ray cluster host:port; \"\" starts Ray embedded.", show_default=default("tag", "ray_address")),
+    require_images: Optional[bool] = Opt(None, "--require-images", help="Reject tweets whose image is not cached.", show_default=default("tag", "require_images")),
+    allow_missing_images: Optional[bool] = Opt(None, "--allow-missing-images", help="Tag text-only when the model's feature cache is missing (else exit 2).", show_default=default("tag", "allow_missing_images")),
+    force: Optional[bool] = Opt(None, "--force", help="Re-tag every chunk, even those already done.", show_default=default("tag", "force")),
 ) -> None:
     """Tag large tweet dumps into a Parquet dataset, chunk by chunk; reruns redo only what is not done (cron-safe)."""
     from pipeline.tag.stage import run_tag
@@ -176,7 +189,7 @@ def report_cmd(
     out_dir: Path = Arg(..., help="A tag-corpus output folder (Parquet parts in OUT_DIR/data/)."),
     seed: int = Opt(0, "--seed", help="Seed of the random sample of tweets: the same seed shows the same tweets."),
     sample: int = Opt(30, "--sample", min=0, help="Tweets in the random sample (and least confident: half of it)."),
-    image_root: Optional[Path] = Opt(None, "--image-root", help="Folder the rows' image paths are relative to (default: from the manifest, else each dump's folder)."),
+    image_root: Optional[Path] = Opt(None, "--image-root", help="Folder the rows' image paths are relative to (default: from the manifest, else each dump's folder).", show_default="from the manifest"),
 ) -> None:
     """Write OUT_DIR/_report.html: aggregates, a random sample, the least confident tweets, crops, routing per source."""
     from pipeline.tag.report import write_report
@@ -189,8 +202,8 @@ def report_cmd(
 @app.command("config")
 def config_cmd(
     stage: str = Arg(..., help=f"Stage whose config to print: {', '.join(STAGES)}."),
-    config: Optional[Path] = Opt(None, "--config", help=CONFIG_HELP),
-    set_: List[str] = Opt([], "--set", help=SET_HELP),
+    config: Optional[Path] = Opt(None, "--config", help=CONFIG_HELP, show_default="pipeline/conf/<stage>.yaml"),
+    set_: List[str] = Opt([], "--set", help=SET_HELP, show_default="none"),
 ) -> None:
     """Print the effective config of STAGE (yaml with each key's comment) after --config and --set; exit 2 if invalid."""
     with exit_codes():

@@ -26,7 +26,7 @@ def one_epoch(args: argparse.Namespace) -> None:
     from pipeline.train.trainer import Trainer
 
     cfg = stage_config("train", overrides=[f"data_dir={args.data}", "dataset=twitter2015", f"cache_dir={args.cache}",
-                                          f"vision={args.mode}", f"save_path={args.data.parent / 'run'}", "device=cpu",
+                                          f"features={args.mode}", f"save_path={args.data.parent / 'run'}", "device=cpu",
                                           f"random_vit_layers={args.layers}", f"bert_name={args.bert_name}"])
     trainer = Trainer(cfg)
     start = time.perf_counter()

@@ -5,6 +5,7 @@ The yaml's own keys and value types are the schema: an unknown key or a value of
 from __future__ import annotations
 
 import copy
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ from rpihmif.errors import UsageError
 
 __all__ = ["load_config", "parse_override", "apply_overrides"]
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+CONF_DIR = Path(str(resources.files("pipeline") / "conf"))  # the default yamls, shipped as package data
 _MAX_DEPTH = 8  # the stage yamls are 2 levels deep
 
 
@@ -95,10 +96,25 @@ def _coerce(key: str, value: Any, default: Any, source: str) -> Any:
     raise UsageError(f"{source}: {key} must be {type(default).__name__}, got {value!r}")
 
 
+# DeepKE's flat names (and this pipeline's earlier ones) of the keys now in the `vision:` section
+VISION_ALIASES = {"vit_seed": "vision.seed", "feature_dtype": "vision.dtype"}
+
+
+def _alias(config: dict[str, Any], dotted: str) -> str:
+    """`vit_name` -> `vision.vit_name` (any key of the vision section not also at the top level), plus VISION_ALIASES."""
+    vision = config.get("vision")
+    if dotted in config or not isinstance(vision, dict):
+        return dotted
+    if dotted in vision:
+        return f"vision.{dotted}"
+    return VISION_ALIASES.get(dotted, dotted)
+
+
 def apply_overrides(config: dict[str, Any], overrides: dict[str, Any], source: str = "--set") -> dict[str, Any]:
     """Return a copy of `config` with dotted-key overrides applied; unknown keys raise UsageError."""
     config = copy.deepcopy(config)
     for dotted, value in overrides.items():
+        dotted = _alias(config, dotted)
         node, parts = config, dotted.split(".")
         for depth, part in enumerate(parts):
             if not isinstance(node, dict) or part not in node:
@@ -114,7 +130,7 @@ def apply_overrides(config: dict[str, Any], overrides: dict[str, Any], source: s
 
 def load_config(stage: str, path: str | Path | None = None, overrides: list[str] | None = None,
                 named: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Load `conf/<stage>.yaml` (or `path`), then named CLI options (None = unset), then `--set` overrides.
+    """Load `pipeline/conf/<stage>.yaml` (or `path`), then named CLI options (None = unset), then `--set` overrides.
 
     A user yaml may hold a subset of the keys; every key it holds must exist in the stage's default yaml.
     """

@@ -1,4 +1,4 @@
-"""Typed stage configs: one dataclass per stage built from `conf/<stage>.yaml` + `--set`, every range check in CHECKS.
+"""Typed stage configs: one dataclass per stage built from `pipeline/conf/<stage>.yaml` + `--set`, every range check in CHECKS.
 
 The yaml is the single source of defaults (fields have none); adding a knob is one field here plus one yaml line.
 """
@@ -18,7 +18,7 @@ from pipeline.config import CONF_DIR, load_config
 from rpihmif.config import HIMConfig, IFFEConfig
 from rpihmif.errors import UsageError
 
-__all__ = ["DumpSection", "ExtractConfig", "VisualSection", "TrainConfig", "EvaluateConfig", "TagConfig",
+__all__ = ["DumpSection", "VisionSection", "ExtractConfig", "VisualSection", "TrainConfig", "EvaluateConfig", "TagConfig",
            "StageConfig", "STAGES", "CHECKS", "stage_config", "from_dict", "render_yaml", "yaml_comments"]
 
 
@@ -37,7 +37,7 @@ class _Stage:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# the stages; keys, meanings and defaults: conf/<stage>.yaml
+# the stages; keys, meanings and defaults: pipeline/conf/<stage>.yaml
 # ---------------------------------------------------------------------------------------------------------------
 @dataclass
 class DumpSection:
@@ -53,22 +53,29 @@ class DumpSection:
 
 
 @dataclass
+class VisionSection:
+    """`vision:` of extract.yaml and train.yaml (the same keys): the encoder and what decides the stored features."""
+
+    vit_name: str
+    random_vit_layers: int
+    random_vit_hidden: int
+    seed: int
+    image_size: int
+    aux_size: int
+    rcnn_size: int
+    max_crops: int
+    dtype: str
+
+
+@dataclass
 class ExtractConfig(_Stage):
-    """conf/extract.yaml: `python cli.py extract-features`."""
+    """pipeline/conf/extract.yaml: `python cli.py extract-features`."""
 
     stage: typing.ClassVar[str] = "extract"
     data_dir: str
     dataset: str
     splits: list[str]
     cache_dir: str
-    vit_name: str
-    random_vit_layers: int
-    random_vit_hidden: int
-    image_size: int
-    aux_size: int
-    rcnn_size: int
-    max_crops: int
-    dtype: str
     batch_size: int
     shard_size: int
     workers: int
@@ -77,8 +84,8 @@ class ExtractConfig(_Stage):
     offline: bool
     precision: str
     max_image_pixels: int
-    seed: int
     verify_cache: str
+    vision: VisionSection
     dump: DumpSection
 
 
@@ -91,19 +98,14 @@ class VisualSection:
 
 @dataclass
 class TrainConfig(_Stage):
-    """conf/train.yaml: `python cli.py train`; `him`/`iffe` are the model's own config classes."""
+    """pipeline/conf/train.yaml: `python cli.py train`; `him`/`iffe` are the model's own config classes."""
 
     stage: typing.ClassVar[str] = "train"
     data_dir: str
     dataset: str
     cache_dir: str
     bert_name: str
-    vit_name: str
-    vision: str
-    random_vit_layers: int
-    vit_seed: int
-    image_size: int
-    feature_dtype: str
+    features: str
     text_only: bool
     max_seq: int
     window_stride: int
@@ -119,8 +121,6 @@ class TrainConfig(_Stage):
     warmup_ratio: float
     max_grad_norm: float
     dropout: float
-    aux_size: int
-    rcnn_size: int
     seed: int
     device: str
     offline: bool
@@ -130,6 +130,7 @@ class TrainConfig(_Stage):
     log_dir: str
     lenient: bool
     fix_bio: bool
+    vision: VisionSection
     him: HIMConfig
     iffe: IFFEConfig
     visual: VisualSection
@@ -137,7 +138,7 @@ class TrainConfig(_Stage):
 
 @dataclass
 class EvaluateConfig(_Stage):
-    """conf/evaluate.yaml: `python cli.py evaluate CHECKPOINT SPLIT_FILE`."""
+    """pipeline/conf/evaluate.yaml: `python cli.py evaluate CHECKPOINT SPLIT_FILE`."""
 
     stage: typing.ClassVar[str] = "evaluate"
     cache_dir: str
@@ -151,7 +152,7 @@ class EvaluateConfig(_Stage):
 
 @dataclass
 class TagConfig(_Stage):
-    """conf/tag.yaml: `python cli.py tag-corpus`."""
+    """pipeline/conf/tag.yaml: `python cli.py tag-corpus`."""
 
     stage: typing.ClassVar[str] = "tag"
     load_path: str
@@ -226,17 +227,19 @@ DEVICE = matches(r"auto|cpu|cuda(:\d+)?", "auto, cpu, cuda or cuda:N")
 DTYPE = one_of("float16", "float32")
 COUNT = at_least(1)
 PRECISION = one_of("auto", "fp32", "bf16")
-VISION = {"random_vit_layers": COUNT, "image_size": COUNT, "aux_size": COUNT, "rcnn_size": COUNT}
+VISION = {"vision.random_vit_layers": COUNT, "vision.random_vit_hidden": COUNT, "vision.seed": SEED,
+          "vision.image_size": COUNT, "vision.aux_size": COUNT, "vision.rcnn_size": COUNT, "vision.max_crops": COUNT,
+          "vision.dtype": DTYPE}
 
 CHECKS: dict[str, dict[str, Check]] = {
     "extract": {
-        **VISION, "splits": subset_of("train", "valid", "test", "dev", "val"), "random_vit_hidden": COUNT,
-        "max_crops": COUNT, "dtype": DTYPE, "batch_size": COUNT, "shard_size": COUNT, "workers": at_least(0),
-        "device": DEVICE, "precision": PRECISION, "max_image_pixels": COUNT, "seed": SEED,
+        **VISION, "splits": subset_of("train", "valid", "test", "dev", "val"), "batch_size": COUNT,
+        "shard_size": COUNT, "workers": at_least(0),
+        "device": DEVICE, "precision": PRECISION, "max_image_pixels": COUNT,
         "verify_cache": one_of("changed", "all"),
     },
     "train": {
-        **VISION, "vision": one_of("cached", "online"), "vit_seed": SEED, "feature_dtype": DTYPE,
+        **VISION, "features": one_of("cached", "online"),
         "max_seq": at_least(10), "window_stride": at_least(0), "shape_dim": COUNT,
         "train_batch_size": COUNT, "eval_batch_size": COUNT, "num_epochs": COUNT,
         "learning_rate": positive(), "fusion_learning_rate": positive(), "crf_learning_rate": positive(),
@@ -269,7 +272,7 @@ def _cross_checks(stage: str, cfg: Any) -> list[str]:
 # ---------------------------------------------------------------------------------------------------------------
 def stage_config(stage: str, path: str | Path | None = None, overrides: list[str] | None = None,
                  named: dict[str, Any] | None = None) -> Any:
-    """The checked, typed config of `stage`: conf/<stage>.yaml, then `path`, named CLI options and `--set`."""
+    """The checked, typed config of `stage`: pipeline/conf/<stage>.yaml, then `path`, named CLI options and `--set`."""
     if stage not in STAGES:
         raise UsageError(f"unknown stage {stage!r}; use one of {', '.join(STAGES)}")
     return from_dict(stage, load_config(stage, path, overrides, named))
@@ -287,7 +290,7 @@ def from_dict(stage: str, data: dict[str, Any]) -> Any:
             problems.append(f"{dotted} must be {check.rule}, got {value!r}")
     problems += _cross_checks(stage, cfg)
     if problems:
-        raise UsageError(f"{stage} config: {'; '.join(problems)} (fix conf/{stage}.yaml, --config or --set)")
+        raise UsageError(f"{stage} config: {'; '.join(problems)} (fix pipeline/conf/{stage}.yaml, --config or --set)")
     return cfg
 
 
@@ -302,7 +305,7 @@ def _build(cls: type, data: Any, stage: str, prefix: str) -> Any:
                          f"known: {', '.join(names)}")
     if missing:
         raise UsageError(f"{stage} config: missing key(s) {', '.join(prefix + k for k in missing)}; every key "
-                         f"needs a line in conf/{stage}.yaml")
+                         f"needs a line in pipeline/conf/{stage}.yaml")
     kwargs = {}
     for name in names:
         hint, value = hints[name], data[name]

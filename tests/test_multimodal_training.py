@@ -62,8 +62,8 @@ def _first_batch_loss(trainer: Trainer, idx: list[int]) -> float:
 
 def test_cached_and_online_give_the_same_first_batch_loss(sample_with_cache, tiny_bert_dir):
     root, clip = sample_with_cache
-    cached = Trainer(_train_cfg(root, clip, tiny_bert_dir, vision="cached"))
-    online = Trainer(_train_cfg(root, clip, tiny_bert_dir, vision="online"))
+    cached = Trainer(_train_cfg(root, clip, tiny_bert_dir, features="cached"))
+    online = Trainer(_train_cfg(root, clip, tiny_bert_dir, features="online"))
     assert cached.model_config.visual == online.model_config.visual  # same layout and encoder fingerprint
     online.model.load_state_dict(cached.model.state_dict())
     idx = _unique_image_tweets(cached, root / "data" / "twitter2015")

@@ -76,7 +76,7 @@ def test_window_stride_and_shape_dim_reach_the_model_config():
 @pytest.mark.parametrize("stage, override, words", [
     ("train", "warmup_ratio=1", "warmup_ratio must be in [0, 1), got 1.0"),
     ("train", "num_epochs=0", "num_epochs must be >= 1, got 0"),
-    ("train", "vision=offline", "vision must be one of cached, online, got 'offline'"),
+    ("train", "features=offline", "features must be one of cached, online, got 'offline'"),
     ("train", "visual.sources=orig,faces", "visual.sources must be a non-empty list of orig, grounding, rcnn"),
     ("train", "learning_rate=0", "learning_rate must be > 0, got 0.0"),
     ("train", "dropout=1.5", "dropout must be in [0, 1), got 1.5"),

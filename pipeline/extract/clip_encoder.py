@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,34 +30,25 @@ FINGERPRINT_VERSION = 2  # bump when the meaning of stored features changes (2: 
 
 @dataclass
 class VisionSettings:
-    """What decides the features: encoder source, input sizes and stored dtype (mirrors conf/extract.yaml).
+    """What decides the features: encoder source, input sizes and stored dtype (mirrors pipeline/conf/extract.yaml).
 
     Built from a checked stage config; the ranges are checked in pipeline/stage_config.py.
     """
 
-    vit_name: str = ""  # local CLIPVisionModel folder; "" = seeded random-init ViT-B/32-shaped encoder
+    vit_name: str = ""  # CLIPVisionModel hub id or folder; "" = seeded random-init ViT-B/32-shaped encoder
     random_vit_layers: int = 12  # layers of the random-init encoder
     random_vit_hidden: int = 768  # hidden size of the random-init encoder (heads = hidden / 64, at least 1)
     seed: int = 0  # seeds the random-init encoder
-    image_size: int = 224  # originals: resize shortest side + center crop to this
+    image_size: int = 224  # originals: the CLIPImageProcessor, cropped to this
     aux_size: int = 128  # grounding crops
     rcnn_size: int = 64  # RCNN crops
     max_crops: int = 3  # crops of each kind
     dtype: str = "float16"  # stored feature dtype: float16 | float32
 
     @classmethod
-    def of_extract(cls, cfg: Any) -> "VisionSettings":
-        """From a checked `ExtractConfig` (pipeline.stage_config holds the range checks)."""
-        return cls(vit_name=cfg.vit_name, random_vit_layers=cfg.random_vit_layers,
-                   random_vit_hidden=cfg.random_vit_hidden, seed=cfg.seed, image_size=cfg.image_size,
-                   aux_size=cfg.aux_size, rcnn_size=cfg.rcnn_size, max_crops=cfg.max_crops, dtype=cfg.dtype)
-
-    @classmethod
-    def of_train(cls, cfg: Any) -> "VisionSettings":
-        """From a checked `TrainConfig` (`vision: online`, and naming the cache of `vit_name`): the same defaults as
-        conf/extract.yaml, so the fingerprints agree."""
-        return cls(vit_name=cfg.vit_name, random_vit_layers=cfg.random_vit_layers, seed=cfg.vit_seed,
-                   image_size=cfg.image_size, aux_size=cfg.aux_size, rcnn_size=cfg.rcnn_size, dtype=cfg.feature_dtype)
+    def of(cls, cfg: Any) -> "VisionSettings":
+        """From the `vision:` section of a checked extract or train config (pipeline/stage_config.py checks ranges)."""
+        return cls(**dataclasses.asdict(cfg.vision))
 
 
 def random_vit_config(layers: int = 12, hidden: int = 768, image_size: int = 224, patch_size: int = 32) -> CLIPVisionConfig:

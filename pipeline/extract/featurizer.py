@@ -38,7 +38,7 @@ def pad_crops(paths: list[str], k: int) -> list[str]:
 class ClipFeaturizer:
     """Frozen CLIP encoder + CLIP preprocessing; loads once in `__init__`, featurizes a batch of paths in `__call__`.
 
-    Works as a Ray actor and in-process (`vision: online` training, `workers: 0`).
+    Works as a Ray actor and in-process (`features: online` training, `workers: 0`).
     """
 
     def __init__(self, settings: dict[str, Any] | VisionSettings, max_image_pixels: int = DEFAULT_MAX_PIXELS,

@@ -60,8 +60,8 @@ def benchmark_items(config: ExtractConfig, crop_rejects: list[dict[str, Any]]) -
     from pipeline.io.dataset import BenchmarkDataset
     from pipeline.io.safe_paths import UnsafePathError
 
-    ds = BenchmarkDataset(config.data_dir, config.dataset)
-    k = config.max_crops
+    ds = BenchmarkDataset(config.data_dir, config.dataset, config.vision.max_crops)
+    k = config.vision.max_crops
     present = ds.splits()
     if not ds.images_dir.is_dir():
         log.warning("%s: no images folder (%s): text-only dataset, no benchmark images to encode", ds.root,
@@ -112,7 +112,7 @@ def dump_items(config: ExtractConfig, dumps: list[Path], crop_rejects: list[dict
     from pipeline.io.dumps import DumpFields, Reject, iter_dump
 
     fields = DumpFields.from_config(config.dump)
-    k = config.max_crops
+    k = config.vision.max_crops
     seen: set[str] = set()
     for dump in dumps:
         dump = Path(dump)

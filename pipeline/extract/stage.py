@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections import Counter
 from pathlib import Path
@@ -37,10 +38,13 @@ def _reject_sig(record: dict[str, Any]) -> tuple:
 def run_extract(config: ExtractConfig, dumps: list[Path] | None = None) -> dict[str, Any]:
     """Encode every distinct image of the dataset splits and dumps not yet in the cache; return a summary dict.
 
-    config: the checked conf/extract.yaml. dumps: JSONL(.gz) files (added to config.dump.files).
+    config: the checked pipeline/conf/extract.yaml. dumps: JSONL(.gz) files (added to config.dump.files).
+    `offline: true` sets HF_HUB_OFFLINE for this process and its Ray workers.
     """
+    if config.offline:
+        os.environ["HF_HUB_OFFLINE"] = "1"
     t0 = time.monotonic()
-    settings = VisionSettings.of_extract(config)
+    settings = VisionSettings.of(config)
     workers, address = config.workers, config.ray_address
     from pipeline.runtime.device import resolve_device
     device = resolve_device(config.device)

@@ -19,7 +19,7 @@ __all__ = ["load_crop_dict", "BenchmarkDataset", "SPLITS", "MAX_CROPS"]
 log = logging.getLogger(__name__)
 
 SPLITS: tuple[str, ...] = ("train", "valid", "test")
-MAX_CROPS = 3  # crops of each kind used per image, as in DeepKE
+MAX_CROPS = 3  # default crops of each kind used per image, as in DeepKE
 _SPLIT_ALIASES = {"train": "train", "valid": "valid", "dev": "valid", "val": "valid", "test": "test"}
 _SPLIT_FILES = {"train": ("train.txt",), "valid": ("valid.txt", "dev.txt", "val.txt"), "test": ("test.txt",)}
 _DICT_TAG = {"train": "train", "valid": "val", "test": "test"}  # split -> twitter2015_<tag>_dict.pth, aux_images/<tag>
@@ -77,7 +77,8 @@ class BenchmarkDataset:
     paths relative to the dataset folder, or to data_dir as a fallback). Dictionaries load lazily, once.
     """
 
-    def __init__(self, data_dir: str | os.PathLike, name: str):
+    def __init__(self, data_dir: str | os.PathLike, name: str, max_crops: int = MAX_CROPS):
+        self.max_crops = max_crops  # crops of each kind used per image (the vision section's max_crops)
         self.data_dir = Path(data_dir)
         self.name = name
         self.root = self.data_dir / name
@@ -164,7 +165,7 @@ class BenchmarkDataset:
         return self.root / f"{self.name}_{_DICT_TAG[self.canonical_split(split)]}_dict.pth"
 
     def grounding_entries(self, split: str | None, image_id: str) -> list[tuple[str, Path]]:
-        """The first MAX_CROPS grounding-crop entries listed for an image as (name, resolved path), present or not.
+        """The first max_crops grounding-crop entries listed for an image as (name, resolved path), present or not.
 
         `split=None` looks in every split's dictionary (train, valid, test). Raises UnsafePathError for an entry
         that escapes the crops folder.
@@ -174,15 +175,15 @@ class BenchmarkDataset:
             names = self._dict(f"grounding:{s}", self.grounding_dict_path(s)).get(self.image_name(image_id))
             if names is not None:
                 crops_dir = self.aux_dir / _DICT_TAG[s] / "crops"
-                return [(n, safe_resolve(crops_dir, n)) for n in names[:MAX_CROPS]]
+                return [(n, safe_resolve(crops_dir, n)) for n in names[:self.max_crops]]
         return []
 
     def grounding_crops(self, split: str | None, image_id: str) -> list[Path]:
-        """Existing grounding crops of an image (at most MAX_CROPS, dictionary order); [] when none."""
+        """Existing grounding crops of an image (at most max_crops, dictionary order); [] when none."""
         return [p for _, p in self.grounding_entries(split, image_id) if p.is_file()]
 
     def rcnn_entries(self, image_id: str) -> list[tuple[str, Path]]:
-        """The first MAX_CROPS RCNN-crop entries of an image as (path as listed, resolved path), present or not.
+        """The first max_crops RCNN-crop entries of an image as (path as listed, resolved path), present or not.
 
         Listed paths are relative to the dataset folder; one missing there is looked up relative to data_dir
         (HVPNeT's convention). Raises UnsafePathError for an entry that escapes.
@@ -190,7 +191,7 @@ class BenchmarkDataset:
         stem = image_id[: -len(Path(image_id).suffix)] if image_id.lower().endswith(_IMAGE_EXTS) else image_id
         rels = self._dict("rcnn", self.img2crop_path).get(stem, [])
         out = []
-        for rel in rels[:MAX_CROPS]:
+        for rel in rels[:self.max_crops]:
             path = safe_resolve(self.root, rel)
             if not path.is_file():
                 try:
@@ -203,7 +204,7 @@ class BenchmarkDataset:
         return out
 
     def rcnn_crops(self, image_id: str) -> list[Path]:
-        """Existing RCNN crops of an image (at most MAX_CROPS, dictionary order); [] when none."""
+        """Existing RCNN crops of an image (at most max_crops, dictionary order); [] when none."""
         return [p for _, p in self.rcnn_entries(image_id) if p.is_file()]
 
     def __repr__(self) -> str:

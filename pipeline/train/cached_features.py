@@ -36,10 +36,10 @@ class TweetFeatures:
             return cls(None, dataset.name, text_only=True)
         from cache.reader import open_cache
         fingerprint = None
-        if cfg.vit_name:  # pick the cache folder of exactly this encoder
+        if cfg.vision.vit_name:  # pick the cache folder of exactly this encoder and vision section
             from pipeline.extract.clip_encoder import VisionSettings
             from pipeline.extract.featurizer import resolve_fingerprint
-            fingerprint = resolve_fingerprint(VisionSettings.of_train(cfg), Path(cfg.cache_dir))["id"]
+            fingerprint = resolve_fingerprint(VisionSettings.of(cfg), Path(cfg.cache_dir))["id"]
         cache = open_cache(cfg.cache_dir, fingerprint)
         if cache is None:
             log.warning("no feature cache under %s: every tweet is trained with its image masked "

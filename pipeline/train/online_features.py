@@ -1,4 +1,4 @@
-"""`vision: online` training: the frozen CLIP encoder runs inside the training loop, as DeepKE does.
+"""`features: online` training: the frozen CLIP encoder runs inside the training loop, as DeepKE does.
 
 Same features as the cache would hold (same encoder settings, same stored dtype), computed per batch; for parity checks
 and for the cached-vs-online speed comparison.
@@ -34,15 +34,15 @@ class OnlineFeatures(TweetFeatures):
         from pipeline.extract.featurizer import ClipFeaturizer
 
         try:
-            featurizer = ClipFeaturizer(VisionSettings.of_train(cfg), device="cpu", precision=cfg.precision)
+            featurizer = ClipFeaturizer(VisionSettings.of(cfg), device="cpu", precision=cfg.precision)
         except (FileNotFoundError, OSError) as exc:
-            raise UsageError(f"vit_name {cfg.vit_name!r}: cannot load a CLIP vision encoder: {exc}") from exc
+            raise UsageError(f"vision.vit_name {cfg.vision.vit_name!r}: cannot load a CLIP vision encoder: {exc}") from exc
         fp = featurizer.fingerprint["id"]
         cached = [p.name for p in fingerprint_folders(cfg.cache_dir)]
         if cached and fp not in cached:
             log.warning("online encoder %s differs from the cached encoder(s) %s: features will not match the cache",
                         fp, ", ".join(cached))
-        log.info("vision: online, encoder %s (%s)", fp, featurizer.fingerprint["info"]["encoder"])
+        log.info("features: online, encoder %s (%s)", fp, featurizer.fingerprint["info"]["encoder"])
         return cls(featurizer, dataset, fp)
 
     def visual_config(self) -> VisualConfig:

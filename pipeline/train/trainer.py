@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import random
 import time
 from pathlib import Path
@@ -76,8 +77,8 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 
 def training_features(cfg: TrainConfig, dataset: BenchmarkDataset) -> TweetFeatures:
-    """Where training reads visual features: the feature cache, or the CLIP encoder in the loop (`vision: online`)."""
-    if cfg.vision == "online" and not cfg.text_only:
+    """Where training reads visual features: the feature cache, or the CLIP encoder in the loop (`features: online`)."""
+    if cfg.features == "online" and not cfg.text_only:
         return OnlineFeatures.from_config(cfg, dataset)
     return TweetFeatures.for_training(cfg, dataset)
 
@@ -93,7 +94,7 @@ class Trainer:
         if not (Path(cfg.data_dir) / cfg.dataset).is_dir():
             raise UsageError(f"dataset folder {Path(cfg.data_dir) / cfg.dataset} not found; set data_dir to the "
                              f"folder holding {cfg.dataset}/ with train.txt and valid.txt (DeepKE layout)")
-        dataset = BenchmarkDataset(cfg.data_dir, cfg.dataset)
+        dataset = BenchmarkDataset(cfg.data_dir, cfg.dataset, cfg.vision.max_crops)
         self.train_set = dataset.read("train", lenient=cfg.lenient, fix_bio=cfg.fix_bio)
         self.dev_set = dataset.read("valid", lenient=cfg.lenient, fix_bio=cfg.fix_bio)
         self.features = training_features(cfg, dataset)
@@ -239,8 +240,10 @@ class Trainer:
 
 
 def train(cfg: TrainConfig) -> dict[str, Any]:
-    """Run the train stage from a checked `conf/train.yaml` config; return the final metrics."""
+    """Run the train stage from a checked `pipeline/conf/train.yaml` config; return the final metrics."""
     run_dir = ensure_dir(cfg.save_path, "save_path")
+    if cfg.offline:  # hub ids (bert_name, vision.vit_name) only from the Hugging Face cache
+        os.environ["HF_HUB_OFFLINE"] = "1"
     for name in ("best", "last", "best.old", "last.old"):  # our own folders: a planted link is refused up front
         if (run_dir / name).is_symlink() or (run_dir / name).is_file():
             raise UsageError(f"{run_dir / name} is a symbolic link or a file where train keeps its own folder; "

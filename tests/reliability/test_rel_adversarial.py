@@ -103,7 +103,8 @@ def test_extract_mixed_adversarial_dataset_and_dumps(tiny_clip_dir, tmp_path):
     from cache.reader import open_cache
 
     index = open_cache(cache).index
-    rejects = [json.loads(x) for x in next(cache.iterdir()).joinpath("rejects.jsonl").read_text().splitlines()]
+    folder = next(p for p in cache.iterdir() if p.is_dir())
+    rejects = [json.loads(x) for x in folder.joinpath("rejects.jsonl").read_text().splitlines()]
     by_image = {r["image_id"]: r["reason"] for r in rejects if r["kind"] == "image"}
     for bid, reasons in BAD_REASON.items():
         assert by_image.get(f"{bid}.jpg") in reasons, (bid, by_image)
