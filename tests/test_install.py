@@ -44,7 +44,7 @@ def test_pip_install_gives_a_working_command(tmp_path, tiny_model_config):
     assert version.returncode == 0 and version.stdout.startswith("rpihmif 0."), version.stderr
     helped = run("tag-corpus", "-h")
     assert helped.returncode == 0 and "Usage: rpihmif tag-corpus" in helped.stdout
-    assert helped.stdout.count("[default:") == 7  # each of its 7 options shows its default
+    assert helped.stdout.count("[default:") == 9  # each of its 9 options shows its default
     where = subprocess.run([vpy, "-c", "import pipeline.config as c; print(c.CONF_DIR)"], capture_output=True,
                            text=True, env=env, cwd=work)
     assert str(venv) in where.stdout and (Path(where.stdout.strip()) / "tag.yaml").is_file()  # the installed copy
