@@ -248,6 +248,8 @@ def test_empty_or_missing_output_exits_2_with_the_fix(tmp_path):
     run = subprocess.run([sys.executable, str(REPO / "cli.py"), "report", str(tmp_path / "nothing")],
                          check=False, capture_output=True, text=True)
     assert run.returncode == 2 and "no such output folder" in run.stderr and "nothing" in run.stderr, run.stderr
+    with pytest.raises(UsageError, match="--image-root .*nowhere is not a folder"):
+        write_report(tmp_path, image_root=str(tmp_path / "nowhere"))
     data_folder(tmp_path).mkdir()
     with pytest.raises(UsageError, match=f"{data_folder(tmp_path)}: no readable Parquet parts.*run tag-corpus"):
         write_report(tmp_path)

@@ -19,7 +19,7 @@ from cache.durable import atomic_write_text, refuse_link
 from pipeline.tag.report_data import Parts, fetch_rows, find_parts, read_json_file, reject_reasons
 from pipeline.tag.report_images import Thumb, thumbnail
 from pipeline.tag.report_stats import BINS, ROUTING, Aggregates, aggregate
-from rpihmif.errors import PipelineError
+from rpihmif.errors import PipelineError, UsageError
 
 __all__ = ["write_report", "REPORT_NAME"]
 
@@ -212,6 +212,9 @@ def write_report(out_dir: str | os.PathLike, seed: int = 0, sample_size: int = 3
     out = Path(out_dir)
     final = out / REPORT_NAME
     refuse_link(final)  # a planted link or non-file at _report.html: exit 2 before any work
+    if image_root and not Path(image_root).is_dir():
+        raise UsageError(f"--image-root {image_root} is not a folder; give the folder the rows' image paths are "
+                         "relative to (or leave it out to use the manifest's)")
     started = time.monotonic()
     parts = find_parts(out)
     a = aggregate(parts.batches(), seed=seed, sample=sample_size, image_sample=image_sample, least=least, top=top)

@@ -53,6 +53,7 @@ class Parts:
         cols = [c for c in AGG_COLUMNS if c in self.schema.names and _aggregable(c, self.schema.field(c).type)]
         self.scanned = [0] * len(self.files)
         for i, frag in enumerate(self.dataset().get_fragments()):
+            assert Path(frag.path) == self.files[i], (frag.path, self.files[i])  # global row index = file order
             for batch in frag.to_batches(schema=self.schema, columns=cols, batch_size=batch_size):
                 self.scanned[i] += batch.num_rows
                 yield batch
