@@ -57,3 +57,6 @@ def test_pip_install_gives_a_working_command(tmp_path, tiny_model_config):
     made = [p for p in (work / "out").rglob("*") if p.is_file() and not p.name.endswith(".lock")]
     assert made and all(stat.S_IMODE(p.stat().st_mode) == 0o644 for p in made), \
         {str(p): oct(p.stat().st_mode) for p in made}
+    reported = run("report", "out")  # its page template ships as package data
+    assert reported.returncode == 0 and "tag-corpus report" in (work / "out" / "_report.html").read_text(), \
+        reported.stderr[-3000:]
