@@ -35,7 +35,10 @@ class DamagedCacheError(UsageError):
     """A feature-cache file fails its checksum or cannot be read (exit 2): rerun extract-features to repair it."""
 
     def __init__(self, path: object, reason: object):
-        self.path = path
-        super().__init__(f"{path}: damaged feature-cache file ({str(reason)[:300]}); rerun extract-features with "
+        self.path, self.reason = path, str(reason)[:300]
+        super().__init__(f"{path}: damaged feature-cache file ({self.reason}); rerun extract-features with "
                          "the same settings: it verifies the cache, sets damaged shards aside and recomputes "
                          "their images")
+
+    def __reduce__(self) -> tuple:  # pickled as its arguments: crosses Ray's process boundary whole
+        return type(self), (self.path, self.reason)

@@ -28,7 +28,8 @@ def _exit2(res, *words):
 def _bomb(kind: str, depth: int = 40) -> str:
     lines = ["l0: &l0 {a: 1, b: 2}" if kind == "map" else "l0: &l0 [1, 2]"]
     for i in range(1, depth):
-        lines.append(f"l{i}: &l{i} {{a: *l{i - 1}, b: *l{i - 1}}}" if kind == "map" else f"l{i}: &l{i} [*l{i - 1}, *l{i - 1}]")
+        prev = f"*l{i - 1}"
+        lines.append(f"l{i}: &l{i} {{a: {prev}, b: {prev}}}" if kind == "map" else f"l{i}: &l{i} [{prev}, {prev}]")
     return "\n".join(lines) + "\n"
 
 
