@@ -8,6 +8,7 @@ import json
 import os
 import random
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -22,6 +23,9 @@ from pipeline.train.trainer import train
 ROOT = Path(__file__).resolve().parents[1]
 NAMES = {"PER": ["john smith", "obama"], "LOC": ["london", "paris", "new york"], "ORG": ["google", "apple", "nba"]}
 FILLER = ["rt", "the", "game", "today", "love", "is", "a"]
+
+UMASK = os.umask(0o022)
+os.umask(UMASK)
 
 
 def write_split(path: Path, n: int, seed: int) -> None:
@@ -120,6 +124,9 @@ def test_evaluate_cli_scores_every_entity_and_writes_predictions(tiny_bert_dir, 
     predicted = read_conll(pred)
     assert [t.words for t in predicted] == [t.words for t in gold]
     assert [t.image_id for t in predicted] == [t.image_id for t in gold]
+    # output files follow the umask (0644 under the usual 022), never 0600
+    for path in (pred, out, run / "best" / "model.safetensors", run / "best" / "config.json", run / "metrics.json"):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~UMASK, path
 
 
 @pytest.mark.parametrize("args, code, message", [
