@@ -127,7 +127,7 @@ def extract_features_cmd(
     setup_logging()
     with exit_codes():
         cfg = stage_config("extract", config, set_, {"workers": workers, "ray_address": ray_address})
-        _print_json(run_extract(cfg, dumps=list(dump)))
+        _print_json(run_extract(cfg, dumps=list(dump)).to_dict())
 
 
 @app.command("train")

@@ -175,7 +175,7 @@ def main() -> None:
     table = {name: {k: v for k, v in r.items() if k not in ("dev", "dev_image_decided")} for name, r in results.items()}
     out: dict[str, Any] = {
         "data": str(data), "work": str(work), "vit": f"random-init ViT-B/32-shaped, {args.vit_layers} layers",
-        "fingerprint": extract.get("fingerprint_id"), "epochs": args.epochs, "seed": args.seed,
+        "fingerprint": extract.fingerprint_id, "epochs": args.epochs, "seed": args.seed,
         "shared_overrides": shared[3:], "extract_seconds": round(t_extract, 1),
         "dev_tweets": len(BenchmarkDataset(data, DATASET).read("valid")),
         "table": table,

@@ -107,20 +107,20 @@ def main() -> None:
         t = time.perf_counter()
         rerun = run_extract(config, dumps=[dump])
         rerun_s = time.perf_counter() - t
-    e2e = {"seconds_wall": round(e2e_s, 3), "images_per_s_wall": round(first["computed"] / e2e_s, 3),
-           "compute_seconds": first["compute_seconds"], "images_per_s_compute_phase": first["images_per_s"],
-           "steady_images_per_s": first.get("steady_images_per_s"), "computed": first["computed"],
-           "deduplicated": first["deduplicated"]}
+    e2e = {"seconds_wall": round(e2e_s, 3), "images_per_s_wall": round(first.computed / e2e_s, 3),
+           "compute_seconds": first.compute_seconds, "images_per_s_compute_phase": first.images_per_s,
+           "steady_images_per_s": first.steady_images_per_s, "computed": first.computed,
+           "deduplicated": first.deduplicated}
     out = {
-        "encoder": first["encoder"], "workers": args.workers, "batch_size": args.batch_size,
+        "encoder": first.encoder, "workers": args.workers, "batch_size": args.batch_size,
         "crops_per_kind": args.crops, "bare_forward": bare, "end_to_end": e2e,
         "ratio_steady": round(e2e["steady_images_per_s"] / bare["images_per_s"], 3)
         if bare and e2e["steady_images_per_s"] else None,
         "ratio_compute_phase": round(e2e["images_per_s_compute_phase"] / bare["images_per_s"], 3) if bare else None,
         "ratio_wall": round(e2e["images_per_s_wall"] / bare["images_per_s"], 3) if bare else None,
-        "rerun_seconds": round(rerun_s, 3), "rerun_computed": rerun["computed"],
-        "copies": args.copies, "copies_cost_one_forward": first["deduplicated"] == args.copies
-        and first["computed"] == args.images,
+        "rerun_seconds": round(rerun_s, 3), "rerun_computed": rerun.computed,
+        "copies": args.copies, "copies_cost_one_forward": first.deduplicated == args.copies
+        and first.computed == args.images,
     }
     print(json.dumps(out, indent=2))
 

@@ -67,7 +67,7 @@ def main() -> None:
             res = subprocess.run(cmd, capture_output=True, text=True, check=True)
             runs[mode] = json.loads(res.stdout.strip().splitlines()[-1])
     print(json.dumps({
-        "text_encoder": args.bert_name or "packaged MiniLM-L6", "vision_encoder": extract["encoder"],
+        "text_encoder": args.bert_name or "packaged MiniLM-L6", "vision_encoder": extract.encoder,
         "extract_seconds_once": round(extract_s, 1), "cached": runs["cached"], "online": runs["online"],
         "speedup_cached_vs_online": round(runs["online"]["seconds"] / runs["cached"]["seconds"], 2),
         "loss_equal": abs(runs["online"]["loss"] - runs["cached"]["loss"]) < 1e-2,

@@ -70,10 +70,10 @@ def test_inprocess_run_summary_rejects_and_dedup(env, inprocess):
     tmp, _ = env
     summary, cache = inprocess
     # 7 distinct drawn images + 3 byte copies of image 0 + 3 bad files + 1 listed-but-missing image
-    assert summary["images"] == 14 and summary["unique_images"] == 9
-    assert summary["computed"] == 7 and summary["deduplicated"] == 3 and summary["reused"] == 0
-    assert summary["rejected"] == 4
-    assert summary["reject_reasons"] == {"empty": 1, "missing": 1, "not_an_image": 1, "truncated": 1}
+    assert summary.images == 14 and summary.unique_images == 9
+    assert summary.computed == 7 and summary.deduplicated == 3 and summary.reused == 0
+    assert summary.rejected == 4
+    assert summary.reject_reasons == {"empty": 1, "missing": 1, "not_an_image": 1, "truncated": 1}
     assert len(cache) == 7
     key0 = cache.key_for("twitter2015", "100.jpg")
     assert key0 and all(cache.key_for("twitter2015", f"9{c:02d}.jpg") == key0 for c in range(3))
@@ -136,8 +136,8 @@ def test_rerun_computes_nothing_and_is_fast(env, inprocess):
     t = time.monotonic()
     again = run_extract(_config(tmp, clip, "cache_inproc", workers=2))  # Ray is not even started
     assert time.monotonic() - t < 5
-    assert again["computed"] == 0 and again["to_compute"] == 0 and again["reused"] == 7
-    assert again["shards_written"] == 0 and again["aliases_written"] == 0
+    assert again.computed == 0 and again.to_compute == 0 and again.reused == 7
+    assert again.shards_written == 0 and again.aliases_written == 0
 
 
 def test_copies_cost_one_forward_and_dumps(env, monkeypatch):
@@ -161,8 +161,8 @@ def test_copies_cost_one_forward_and_dumps(env, monkeypatch):
         {"id": 23, "text": "bad crops", "image": "imgs/a.png", "crops": 5},
     ])
     summary = run_extract(_config(tmp, clip, "cache_dump", dataset=""), dumps=[dump])
-    assert summary["computed"] == 1 and summary["deduplicated"] == 4 and summary["rejected"] == 1
-    assert summary["rejected_records"] == 2
+    assert summary.computed == 1 and summary.deduplicated == 4 and summary.rejected == 1
+    assert summary.rejected_records == 2
     assert sum(seen) == 2  # one original + its one grounding crop: 5 copies cost one forward
     cache = open_cache(tmp / "cache_dump")
     keys = {cache.key_for("dump", f"imgs/copy{c}.png") for c in range(4)} | {cache.key_for("dump", "imgs/a.png")}
@@ -209,7 +209,7 @@ def test_sigkill_mid_run_then_rerun_equals_uninterrupted(env, inprocess):
     visible = open_cache(tmp / "cache_killed")
     assert 0 < len(visible) < 7 and len(visible) % 4 == 0  # whole shards only
     rerun = run_extract(_config(tmp, clip, "cache_killed"))
-    assert rerun["computed"] == 7 - len(visible) and rerun["reused"] == len(visible)
+    assert rerun.computed == 7 - len(visible) and rerun.reused == len(visible)
     assert not list(folder.glob(".shard-*.tmp-*"))
     _assert_same(_dump_cache(open_cache(tmp / "cache_killed")), _dump_cache(inprocess[1]))
 
@@ -218,7 +218,7 @@ def test_sigkill_mid_run_then_rerun_equals_uninterrupted(env, inprocess):
 def test_embedded_ray_run_equals_inprocess(env, inprocess):
     tmp, clip = env
     summary = run_extract(_config(tmp, clip, "cache_ray", workers=2))
-    assert summary["ray_address"] == "embedded" and summary["computed"] == 7 and summary["deduplicated"] == 3
+    assert summary.ray_address == "embedded" and summary.computed == 7 and summary.deduplicated == 3
     _assert_same(_dump_cache(open_cache(tmp / "cache_ray")), _dump_cache(inprocess[1]))
 
 
@@ -249,7 +249,7 @@ def test_real_ray_head_on_loopback(env, inprocess):
             time.sleep(0.5)
         time.sleep(2)
         summary = run_extract(_config(tmp, clip, "cache_head", workers=2, ray_address=f"127.0.0.1:{port}"))
-        assert summary["ray_address"] == f"127.0.0.1:{port}" and summary["computed"] == 7
+        assert summary.ray_address == f"127.0.0.1:{port}" and summary.computed == 7
     finally:
         head.send_signal(signal.SIGTERM)  # `ray start --block` shuts its own processes down
         try:

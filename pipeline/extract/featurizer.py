@@ -11,8 +11,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from cache.durable import atomic_write_text, ensure_dir
+from cache.durable import ensure_dir
 from cache.format import FEATURE_NAMES, feature_shapes
+from pipeline.extract.memo import PlanMemo
 from pipeline.extract.clip_encoder import (
     Preprocessor,
     VisionSettings,
@@ -183,19 +184,22 @@ def _source_signature(settings: VisionSettings) -> dict[str, Any]:
     return sig
 
 
-def resolve_fingerprint(settings: VisionSettings, cache_dir: Path) -> dict[str, Any]:
-    """The encoder fingerprint; memoised in `<cache_dir>/.fingerprints.json` by `_source_signature`."""
+def resolve_fingerprint(settings: VisionSettings, cache_dir: Path, memo: PlanMemo | None = None) -> dict[str, Any]:
+    """The encoder fingerprint, remembered in the cache root's `PlanMemo` by `_source_signature` (saved here when no
+    `memo` is given; the caller saves its own)."""
     ensure_dir(cache_dir, "cache_dir")
-    memo_path = cache_dir / ".fingerprints.json"
-    sig = json.dumps(_source_signature(settings), sort_keys=True)
-    memo: dict[str, Any] = {}
-    if memo_path.is_file():
-        try:
-            memo = json.loads(memo_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            memo = {}
-    if sig in memo:
-        return memo[sig]
+    if local_folder(settings.vit_name or ".") is None:  # a hub id not fetched yet: its files are known next time
+        return _fingerprint(settings)
+    own = memo is None
+    memo = memo or PlanMemo(cache_dir)
+    fp = memo.fingerprint(json.dumps(_source_signature(settings), sort_keys=True), lambda: _fingerprint(settings))
+    if own:
+        memo.save()
+    return fp
+
+
+def _fingerprint(settings: VisionSettings) -> dict[str, Any]:
+    """Load the encoder and fingerprint it (seconds for a ViT-B: the weights are hashed)."""
     try:
         model = load_vision_encoder(settings)
     except (OSError, ValueError, UsageError) as exc:
@@ -203,11 +207,6 @@ def resolve_fingerprint(settings: VisionSettings, cache_dir: Path) -> dict[str, 
                          "folder saved with save_pretrained or a Hugging Face Hub id, or leave vit_name empty for the "
                          "random-init encoder") from exc
     try:
-        fp = encoder_fingerprint(model, settings, Preprocessor.for_encoder(settings.vit_name))
+        return encoder_fingerprint(model, settings, Preprocessor.for_encoder(settings.vit_name))
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
-    if local_folder(settings.vit_name or ".") is None:  # a hub id fetched just now: its files are known next time
-        return fp
-    memo[sig] = fp
-    atomic_write_text(memo_path, json.dumps(memo, sort_keys=True))  # creates cache_dir when needed
-    return fp

@@ -5,7 +5,9 @@ Items are resolved safely inside their roots, hashed to their content key, and c
 from __future__ import annotations
 
 import logging
+import os
 import re
+import stat
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +18,7 @@ import numpy as np
 from cache.durable import sha256_file
 from cache.format import DUMP_SOURCE
 from pipeline.extract.featurizer import pad_crops
+from pipeline.extract.memo import PlanMemo
 from pipeline.io.safe_paths import safe_resolve
 from pipeline.stage_config import ExtractConfig
 from rpihmif.errors import InputError
@@ -147,26 +150,42 @@ def dump_items(config: ExtractConfig, dumps: list[Path], crop_rejects: list[dict
             yield item
 
 
-def _hash_one(p: str) -> tuple[str, str]:
-    """(sha256, "") of a readable non-empty file, or ("", reject reason)."""
-    path = Path(p)
+def _stat(path: str) -> tuple[os.stat_result | None, str]:
+    """(stat, "") of a non-empty regular file, or (None, reject reason)."""
     try:
-        if not path.exists():
-            return "", "missing"
-        if not path.is_file():
-            return "", "not_a_file"
-        if path.stat().st_size == 0:
-            return "", "empty"
-        return sha256_file(path)[0], ""
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None, "missing"
     except OSError:
-        return "", "unreadable"
+        return None, "unreadable"
+    if not stat.S_ISREG(st.st_mode):
+        return None, "not_a_file"
+    return (st, "") if st.st_size else (None, "empty")
 
 
-def hash_items(items: list[WorkItem], threads: int = 4) -> None:
-    """Fill `key` (sha256 of the file) or `reason` for each item; one hash per distinct path."""
-    paths = sorted({str(it.path) for it in items if it.path is not None and not it.reason})
+def _hash(path: str) -> str:
+    try:
+        return sha256_file(path)[0]
+    except OSError:
+        return ""
+
+
+def hash_items(items: list[WorkItem], memo: PlanMemo, threads: int = 4) -> None:
+    """Fill `key` (sha256 of the file) or `reason` for each item; files the memo knows unchanged are not read."""
+    result: dict[str, tuple[str, str]] = {}
+    misses: list[tuple[str, os.stat_result]] = []
+    for path in sorted({str(it.path) for it in items if it.path is not None and not it.reason}):
+        st, reason = _stat(path)
+        known = memo.lookup(path, st) if st is not None else None
+        if st is None or known:
+            result[path] = (known or "", reason)
+        else:
+            misses.append((path, st))
     with ThreadPoolExecutor(max_workers=threads) as pool:
-        result = dict(zip(paths, pool.map(_hash_one, paths)))
+        for (path, st), digest in zip(misses, pool.map(_hash, [p for p, _ in misses])):
+            result[path] = (digest, "" if digest else "unreadable")
+            if digest:
+                memo.remember(path, st, digest)
     for it in items:
         if it.path is not None and not it.reason:
             it.key, it.reason = result[str(it.path)]

@@ -102,9 +102,9 @@ def test_extract_mixed_adversarial_dataset_and_dumps(tiny_clip_dir, tmp_path):
     assert res.exit_code == 0, res.stderr
     from cache.reader import open_cache
 
-    index = open_cache(cache).index
-    folder = next(p for p in cache.iterdir() if p.is_dir())
-    rejects = [json.loads(x) for x in folder.joinpath("rejects.jsonl").read_text().splitlines()]
+    opened = open_cache(cache)
+    index = opened.index
+    rejects = [json.loads(x) for x in (opened.folder / "rejects.jsonl").read_text().splitlines()]
     by_image = {r["image_id"]: r["reason"] for r in rejects if r["kind"] == "image"}
     for bid, reasons in BAD_REASON.items():
         assert by_image.get(f"{bid}.jpg") in reasons, (bid, by_image)

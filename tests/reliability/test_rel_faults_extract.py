@@ -37,9 +37,9 @@ def test_extract_killed_at_each_point_then_rerun_equals_uninterrupted(tiny_clip_
     args = ["extract-features", *sets(**extract_sets(tiny_clip_dir, extract_inputs, cache)), "--dump", dump]
     log = tmp_path / "run.log"
 
-    # 1. early: killed as soon as the encoder fingerprint is memoised (before the writer exists)
+    # 1. early: killed as soon as the plan is memoised (before the writer exists)
     proc = spawn(args, log)
-    kill_when(proc, lambda: (cache / ".fingerprints.json").exists(), log)
+    kill_when(proc, lambda: (cache / ".extract_memo.json").exists(), log)
     assert not list(cache.glob("*/shard-*.h5"))
 
     # 2. mid-shard: polled until a temp shard is on disk, then killed
