@@ -8,17 +8,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-from safetensors import SafetensorError
-from safetensors.torch import load_model
-
-from rpihmif.config import ModelConfig, RPIHMIFConfig
+from rpihmif.checkpoint_config import CONFIG, FORMAT, WEIGHTS, read_checkpoint_config
 from rpihmif.errors import UsageError
 from rpihmif.model import RPIHMIF
 
-__all__ = ["FORMAT", "save_checkpoint", "load_checkpoint", "load_model_folder", "read_checkpoint_config", "model_id"]
+__all__ = ["FORMAT", "save_checkpoint", "load_checkpoint", "read_checkpoint_config", "model_id"]
 
-FORMAT = "rpihmif-checkpoint/1"  # the old config.json layout ({"format", "model", "encoder"}), still read
-WEIGHTS, CONFIG, METRICS = "model.safetensors", "config.json", "metrics.json"
+METRICS = "metrics.json"
 
 
 def save_checkpoint(folder: str | Path, model: RPIHMIF, tokenizer: Any, metrics: dict | None = None) -> Path:
@@ -29,59 +25,6 @@ def save_checkpoint(folder: str | Path, model: RPIHMIF, tokenizer: Any, metrics:
     if metrics is not None:
         (folder / METRICS).write_text(json.dumps(metrics, indent=2, sort_keys=True, default=str) + "\n", "utf-8")
     return folder
-
-
-def _config_dict(folder: Path) -> dict:
-    path = folder / CONFIG
-    if not path.is_file():
-        raise UsageError(f"{path}: no checkpoint config; is {str(folder)!r} a checkpoint folder (best/ of a run)?")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UsageError(f"{path}: unreadable checkpoint config ({exc}); copy the folder again or retrain") from exc
-    if not isinstance(data, dict):
-        raise UsageError(f"{path}: expected a JSON object")
-    return data
-
-
-def read_checkpoint_config(folder: str | Path) -> tuple[ModelConfig, dict]:
-    """(ModelConfig, encoder config dict) of a checkpoint folder, new or old format; UsageError naming config.json."""
-    folder = Path(folder)
-    data = _config_dict(folder)
-    if data.get("model_type") == RPIHMIFConfig.model_type:
-        model, encoder = data.get("rpihmif"), data.get("encoder")
-    elif data.get("format") == FORMAT:
-        model, encoder = data.get("model"), data.get("encoder")
-    else:
-        raise UsageError(f"{folder / CONFIG}: not an RPI-HMIF checkpoint config (no model_type \"rpihmif\" and not the "
-                         f"old format {FORMAT!r})")
-    if not isinstance(model, dict) or not isinstance(encoder, dict) or not encoder.get("model_type"):
-        raise UsageError(f"{folder / CONFIG}: the model or encoder section is missing or has no model_type")
-    try:
-        return ModelConfig.from_dict(model), encoder
-    except (TypeError, ValueError) as exc:
-        raise UsageError(f"{folder / CONFIG}: bad model config ({exc})") from exc
-
-
-def load_model_folder(folder: str | Path) -> RPIHMIF:
-    """`RPIHMIF` from a local checkpoint folder (both formats), strict: every weight present with its shape."""
-    folder = Path(folder)
-    model_config, encoder = read_checkpoint_config(folder)
-    weights = folder / WEIGHTS
-    if not weights.is_file():
-        raise UsageError(f"{weights}: missing model weights; the checkpoint folder is incomplete")
-    try:
-        model = RPIHMIF(RPIHMIFConfig.from_parts(model_config, encoder))
-    except (TypeError, ValueError, KeyError) as exc:
-        raise UsageError(f"{folder / CONFIG}: cannot build the model from it ({exc})") from exc
-    try:  # safetensors directly: strict, and the same for both formats
-        load_model(model, str(weights), strict=True)
-    except (SafetensorError, OSError) as exc:
-        raise UsageError(f"{weights}: unreadable weights ({exc}); the file is truncated or damaged") from exc
-    except RuntimeError as exc:
-        raise UsageError(f"{weights}: weights do not match {folder / CONFIG} ({len(model_config.labels)} labels); "
-                         f"the checkpoint folder was altered or mixed: {str(exc)[:300]}") from exc
-    return model.eval()
 
 
 def load_checkpoint(folder: str | Path, device: str = "cpu", expected_labels: list[str] | None = None):

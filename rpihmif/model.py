@@ -14,6 +14,7 @@ from transformers import AutoConfig, AutoModel, PreTrainedModel
 from rpihmif.alignment import NUM_SHAPES, TextBatch
 from rpihmif.config import ModelConfig, RPIHMIFConfig
 from rpihmif.crf_head import CRFHead
+from rpihmif.errors import UsageError
 from rpihmif.fusion import IFFE
 from rpihmif.him import HIM
 from rpihmif.text_encoder import load_text_encoder
@@ -91,11 +92,34 @@ class RPIHMIF(PreTrainedModel):
         (`rpihmif.errors.UsageError`); anything else goes to transformers' loader."""
         if not Path(pretrained_model_name_or_path).is_dir():
             return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
-        from rpihmif.checkpoint import load_model_folder
-
-        model = load_model_folder(pretrained_model_name_or_path)
+        model = cls._load_folder(Path(pretrained_model_name_or_path))
         dtype = kwargs.get("dtype", kwargs.get("torch_dtype"))
         return model.to(dtype) if isinstance(dtype, torch.dtype) else model
+
+    @classmethod
+    def _load_folder(cls, folder: Path) -> "RPIHMIF":
+        """From a local checkpoint folder (both formats), strict: every weight present with its shape."""
+        from safetensors import SafetensorError
+        from safetensors.torch import load_model
+
+        from rpihmif.checkpoint_config import CONFIG, WEIGHTS, read_checkpoint_config
+
+        model_config, encoder = read_checkpoint_config(folder)
+        weights = folder / WEIGHTS
+        if not weights.is_file():
+            raise UsageError(f"{weights}: missing model weights; the checkpoint folder is incomplete")
+        try:
+            model = cls(RPIHMIFConfig.from_parts(model_config, encoder))
+        except (TypeError, ValueError, KeyError) as exc:
+            raise UsageError(f"{folder / CONFIG}: cannot build the model from it ({exc})") from exc
+        try:  # safetensors directly: strict, and the same for both formats
+            load_model(model, str(weights), strict=True)
+        except (SafetensorError, OSError) as exc:
+            raise UsageError(f"{weights}: unreadable weights ({exc}); the file is truncated or damaged") from exc
+        except RuntimeError as exc:
+            raise UsageError(f"{weights}: weights do not match {folder / CONFIG} ({len(model_config.labels)} labels); "
+                             f"the checkpoint folder was altered or mixed: {str(exc)[:300]}") from exc
+        return model.eval()
 
     def forward(self, text: TextBatch, visual: VisualBatch | None = None) -> ModelOutput:
         """text: TextBatch (B, T)/(B, W); visual: VisualBatch of the same B or None (= text path)."""
