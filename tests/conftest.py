@@ -1,11 +1,12 @@
-"""Shared tiny fixtures: a tiny BERT (hidden 32, 2 layers, 2 heads) saved with save_pretrained, and its ModelConfig.
+"""Shared fixtures: a tiny BERT (hidden 32, 2 layers, 2 heads) saved with save_pretrained, its ModelConfig, a tiny CLIP.
 
-Other test files reuse `tiny_bert_dir` (session-scoped folder) and `tiny_model_config` (fresh ModelConfig).
+Builders live in tests/helpers.py; test modules use these fixtures and helpers, never each other.
 """
 from __future__ import annotations
 
 import string
 
+import helpers
 import pytest
 
 TINY_WORDS = ["which", "entities", "?", "rt", "the", "in", "at", "to", "of", "and", "a", "is", "new", "york",
@@ -34,15 +35,14 @@ def tiny_bert_dir(tmp_path_factory):
 
 @pytest.fixture
 def tiny_model_config(tiny_bert_dir):
-    """A small ModelConfig over the tiny BERT, with a tiny visual layout (Dv 8, Lo 5, Lg 3, Lr 2, K 2)."""
-    from rpihmif.config import HIMConfig, IFFEConfig, ModelConfig, TextEncoderConfig, VisualConfig
+    """A small ModelConfig over the tiny BERT, with a tiny visual layout (Dv 8, Lo 5, Lg 3, Lr 2, K 2); fresh each test."""
+    return helpers.tiny_model_config(tiny_bert_dir)
 
-    return ModelConfig(
-        text=TextEncoderConfig(bert_name=tiny_bert_dir, max_seq=48, shape_dim=8, dropout=0.0),
-        him=HIMConfig(question="which entities ?", num_capsules=4, hidden=16, heads=2),
-        iffe=IFFEConfig(iterations=3),
-        visual=VisualConfig(dim=8, orig_tokens=5, grounding_tokens=3, rcnn_tokens=2, max_crops=2),
-    )
+
+@pytest.fixture(scope="session")
+def tiny_clip_dir(tmp_path_factory):
+    """A tiny CLIPVisionModel folder (hidden 32, 2 layers, patch 32), shared read-only by the whole session."""
+    return helpers.make_tiny_clip(tmp_path_factory.mktemp("tiny_clip"))
 
 
 @pytest.fixture(autouse=True, scope="session")

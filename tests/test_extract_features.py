@@ -4,10 +4,8 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -15,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from _vision_helpers import draw_image, make_dataset, make_tiny_clip, write_dump
+from helpers import draw_image, make_dataset, ray_head, write_dump
 
 from cache.reader import open_cache
 from pipeline.stage_config import stage_config
@@ -26,9 +24,9 @@ BAD = {"b_empty": b"", "b_text": b"not an image at all", "b_trunc": None}
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
+def env(tmp_path_factory, tiny_clip_dir):
     tmp = tmp_path_factory.mktemp("extract")
-    clip = make_tiny_clip(tmp / "clip")
+    clip = tiny_clip_dir
     good = (tmp / "g.jpg")
     draw_image(good, seed=7, size=(120, 90), fmt="JPEG")
     bad = dict(BAD, b_trunc=good.read_bytes()[:300])
@@ -131,12 +129,16 @@ def test_features_equal_a_direct_clip_forward(env, inprocess):
     assert featurize_images(feat, "twitter2015_images/b_text.jpg", [], [], root) is None
 
 
-def test_rerun_computes_nothing_and_is_fast(env, inprocess):
+def test_rerun_computes_nothing_and_starts_no_ray(env, inprocess, monkeypatch):
+    import pipeline.runtime.ray_cluster as rc
+
+    def no_ray(*a, **k):
+        raise AssertionError("a complete cache must not start Ray")
+
+    monkeypatch.setattr(rc, "init_ray", no_ray)
     tmp, clip = env
-    t = time.monotonic()
-    again = run_extract(_config(tmp, clip, "cache_inproc", workers=2))  # Ray is not even started
-    assert time.monotonic() - t < 5
-    assert again.computed == 0 and again.to_compute == 0 and again.reused == 7
+    again = run_extract(_config(tmp, clip, "cache_inproc", workers=2))
+    assert again.computed == 0 and again.to_compute == 0 and again.reused == 7 and again.files_hashed == 0
     assert again.shards_written == 0 and again.aliases_written == 0
 
 
@@ -222,38 +224,12 @@ def test_embedded_ray_run_equals_inprocess(env, inprocess):
     _assert_same(_dump_cache(open_cache(tmp / "cache_ray")), _dump_cache(inprocess[1]))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_real_ray_head_on_loopback(env, inprocess):
-    """`ray start --head` (its own temp dir, stopped by its pid: other users' Ray is never touched)."""
+    """`ray start --head` (its own temp dir, stopped by its session: other users' Ray is never touched)."""
     tmp, clip = env
-    port = _free_port()
-    temp_dir = tempfile.mkdtemp(prefix="rh", dir="/tmp")  # short: Ray's unix sockets live under it
-    ray_bin = str(Path(sys.executable).with_name("ray"))
-    head = subprocess.Popen([ray_bin, "start", "--head", f"--port={port}", "--num-cpus=2",
-                             "--include-dashboard=false", "--node-ip-address=127.0.0.1", f"--temp-dir={temp_dir}",
-                             "--block"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            assert head.poll() is None and time.monotonic() < deadline, head.stdout.read().decode()[-2000:]
-            time.sleep(0.5)
+    with ray_head() as address:
         time.sleep(2)
-        summary = run_extract(_config(tmp, clip, "cache_head", workers=2, ray_address=f"127.0.0.1:{port}"))
-        assert summary.ray_address == f"127.0.0.1:{port}" and summary.computed == 7
-    finally:
-        head.send_signal(signal.SIGTERM)  # `ray start --block` shuts its own processes down
-        try:
-            head.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            head.kill()
+        summary = run_extract(_config(tmp, clip, "cache_head", workers=2, ray_address=address))
+        assert summary.ray_address == address and summary.computed == 7
     _assert_same(_dump_cache(open_cache(tmp / "cache_head")), _dump_cache(inprocess[1]))

@@ -9,7 +9,7 @@ import logging
 import os
 
 import pytest
-from _vision_helpers import draw_image, make_dataset, make_tiny_clip
+from helpers import draw_image, make_dataset, make_tiny_clip
 
 import pipeline.extract.featurizer as featurizer_mod
 import pipeline.extract.items as items_mod

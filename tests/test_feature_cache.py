@@ -11,7 +11,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from _vision_helpers import fake_fingerprint, fake_rows
+from helpers import fake_fingerprint, fake_rows
 
 from cache.reader import CacheWriter, open_cache
 from rpihmif.errors import LockHeldError, UsageError
@@ -119,7 +119,7 @@ def test_killed_writer_leaves_no_visible_half_shard(tmp_path):
     script = textwrap.dedent(f"""
         import os, signal, sys
         sys.path[:0] = [{str(REPO)!r}, {str(REPO / 'tests')!r}]
-        from _vision_helpers import fake_fingerprint, fake_rows
+        from helpers import fake_fingerprint, fake_rows
         from cache.reader import CacheWriter
         w = CacheWriter({str(tmp_path)!r}, fake_fingerprint(), shard_size=3)
         w.add_rows(fake_rows(["a" * 64, "b" * 64, "c" * 64]))   # one full shard: committed

@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from helpers import make_tiny_clip
 import torch
 
 from pipeline.stage_config import stage_config
@@ -14,14 +15,13 @@ from pipeline.extract.stage import run_extract
 from pipeline.io.sample import make_sample
 from pipeline.train.trainer import Trainer, train
 from rpihmif.errors import UsageError
-from tests._vision_helpers import make_tiny_clip
 
 
 @pytest.fixture(scope="module")
-def sample_with_cache(tmp_path_factory, tiny_bert_dir):
+def sample_with_cache(tmp_path_factory, tiny_bert_dir, tiny_clip_dir):
     root = tmp_path_factory.mktemp("mm")
     make_sample(root / "data", seed=0, sizes={"train": 24, "valid": 12, "test": 8})
-    clip = make_tiny_clip(root / "clip")
+    clip = tiny_clip_dir
     cfg = stage_config("extract", overrides=[f"data_dir={root / 'data'}", "dataset=twitter2015", f"vit_name={clip}",
                                              f"cache_dir={root / 'cache'}", "workers=0", "batch_size=16",
                                              "precision=fp32"])

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import struct
 import subprocess
 import sys
 import zlib
@@ -16,6 +15,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from helpers import png_bytes
 from PIL import Image
 
 from pipeline.tag.manifest import REJECTS_NAME, data_folder
@@ -192,12 +192,7 @@ def _png_bomb(path, side=9000):
     for _ in range(side):
         body += comp.compress(row)
     body += comp.flush()
-
-    def chunk(kind, data):
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    head = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", head) + chunk(b"IDAT", body) + chunk(b"IEND", b""))
+    path.write_bytes(png_bytes(side, side, idat=body, color=0))
 
 
 @pytest.mark.timeout(60)

@@ -6,18 +6,16 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import helpers
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-import tag_fixtures as tf
 
 from cache.durable import FileLock
 from pipeline.stage_config import stage_config
@@ -35,16 +33,11 @@ BAD_LINES = [b'{"id": "b1", "text": "cut', b'{"id": "b2"}', b'{"id": "b3", "text
 @pytest.fixture(scope="module")
 def world(tmp_path_factory, tiny_bert_dir):
     """A trained tiny checkpoint, a dump folder with images (2 of 3 cached) and the feature cache."""
-    from rpihmif.config import HIMConfig, IFFEConfig, ModelConfig, TextEncoderConfig, VisualConfig
-
     root = tmp_path_factory.mktemp("tagworld")
-    cfg = ModelConfig(  # the same tiny model as conftest's tiny_model_config (module scope needs its own)
-        text=TextEncoderConfig(bert_name=tiny_bert_dir, max_seq=48, shape_dim=8, dropout=0.0),
-        him=HIMConfig(question="which entities ?", num_capsules=4, hidden=16, heads=2), iffe=IFFEConfig(iterations=3),
-        visual=VisualConfig(dim=8, orig_tokens=5, grounding_tokens=3, rcnn_tokens=2, max_crops=2))
-    ckpt = tf.train_tiny_checkpoint(cfg, root / "ckpt")
-    images = tf.draw_images(root / "dumps", 3)
-    tf.make_feature_cache(root / "cache", cfg.visual.spec(), images[:2])
+    cfg = helpers.tiny_model_config(tiny_bert_dir)
+    ckpt = helpers.train_tiny_checkpoint(cfg, root / "ckpt")
+    images = helpers.draw_images(root / "dumps", 3)
+    helpers.make_feature_cache(root / "cache", cfg.visual.spec(), images[:2])
     return {"root": root, "ckpt": ckpt, "cache": root / "cache", "images": images}
 
 
@@ -56,7 +49,7 @@ def _config(world, out, **extra):
 
 
 def _dump(world, name, n, bad=()):
-    return tf.write_dump(world["root"] / "dumps" / name, tf.tweets(n, world["images"]), list(bad))
+    return helpers.write_dump(world["root"] / "dumps" / name, helpers.tweets(n, world["images"]), list(bad))
 
 
 def _rows(out):
@@ -125,7 +118,7 @@ def test_end_to_end_rows_rejects_and_schema(world, tmp_path):
 def test_scores_lower_for_ambiguous_tokens_and_long_tweets_windowed(world, tmp_path):
     recs = [{"id": "a", "text": "paris in london today"}, {"id": "b", "text": "rt paris is at the game today"},
             {"id": "long", "text": "the game " * 40 + "obama in london today"}]  # 84 words > max_seq 48
-    dump = tf.write_dump(tmp_path / "amb.jsonl", recs)
+    dump = helpers.write_dump(tmp_path / "amb.jsonl", recs)
     run_tag([dump], _config(world, tmp_path / "out"))
     rows = _rows(tmp_path / "out").set_index("id")
     ents = {(i, e["text"]): e["score"] for i, r in rows.iterrows() for e in r.entities}
@@ -181,11 +174,10 @@ def test_second_concurrent_run_exits_3(world, tmp_path):
         with pytest.raises(LockHeldError, match=f"pid {holder.pid}") as err:
             run_tag([dump], _config(world, out))
         assert err.value.exit_code == 3
-        t0 = time.monotonic()
         cli = subprocess.run([sys.executable, "cli.py", "tag-corpus", str(dump), "--model", str(world["ckpt"]),
                               "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=120)
         assert cli.returncode == 3, cli.stderr
-        assert f"pid {holder.pid}" in cli.stderr and time.monotonic() - t0 < 60
+        assert f"pid {holder.pid}" in cli.stderr
     finally:
         holder.kill()
         holder.wait()
@@ -208,39 +200,20 @@ def test_ray_embedded_matches_in_process(world, tmp_path):
     _same_rows(_rows(tmp_path / "local"), _rows(tmp_path / "ray"))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_real_ray_cluster_on_loopback_matches_embedded(world, tmp_path):
-    ray_bin = Path(sys.executable).parent / "ray"
-    port, temp = _free_port(), Path(f"/tmp/rt{os.getpid()}")
     dump = _dump(world, "cluster.jsonl", 40)
     run_tag([dump], _config(world, tmp_path / "embedded", workers=2, use_ray="true"))
     env = {**os.environ, "RAY_ADDRESS": ""}
-    head = subprocess.Popen([str(ray_bin), "start", "--head", "--block", f"--port={port}", "--num-cpus=2",
-                             "--node-ip-address=127.0.0.1", "--include-dashboard=false", f"--temp-dir={temp}",
-                             "--disable-usage-stats"], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        conf = _config(world, tmp_path / "cluster", workers=2, ray_address=f"127.0.0.1:{port}")
+    with helpers.ray_head() as address:
+        conf = _config(world, tmp_path / "cluster", workers=2, ray_address=address)
         for _ in range(60):  # the head needs a few seconds before it accepts drivers
-            run = subprocess.run([sys.executable, "-c", RUNNER, str(dump), json.dumps(conf.to_dict())], cwd=REPO, env=env,
-                                 capture_output=True, text=True, timeout=300)
+            run = subprocess.run([sys.executable, "-c", RUNNER, str(dump), json.dumps(conf.to_dict())], cwd=REPO,
+                                 env=env, capture_output=True, text=True, timeout=300)
             if run.returncode == 0 or "ConnectionError" not in run.stderr + run.stdout:
                 break
             time.sleep(2)
         assert run.returncode == 0, run.stderr[-3000:]
-    finally:
-        os.killpg(head.pid, signal.SIGTERM)  # only the processes of the head we started
-        try:
-            head.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(head.pid, signal.SIGKILL)
-        shutil.rmtree(temp, ignore_errors=True)
     _same_rows(_rows(tmp_path / "embedded"), _rows(tmp_path / "cluster"))
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import signal
 import stat
 import subprocess
@@ -15,32 +14,15 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import tiny_overrides, write_split
 
-from pipeline.stage_config import stage_config
 from pipeline.io.conll import read_conll
+from pipeline.stage_config import stage_config
 from pipeline.train.trainer import train
 
 ROOT = Path(__file__).resolve().parents[1]
-NAMES = {"PER": ["john smith", "obama"], "LOC": ["london", "paris", "new york"], "ORG": ["google", "apple", "nba"]}
-FILLER = ["rt", "the", "game", "today", "love", "is", "a"]
-
 UMASK = os.umask(0o022)
 os.umask(UMASK)
-
-
-def write_split(path: Path, n: int, seed: int) -> None:
-    """`n` tweets like 'rt love london today' with the entity labelled by its (unambiguous) name."""
-    rng = random.Random(seed)
-    lines = []
-    for i in range(n):
-        etype = rng.choice(sorted(NAMES))
-        name = rng.choice(NAMES[etype]).split()
-        words = rng.sample(FILLER, 2) + name + rng.sample(FILLER, 2)
-        labels = ["O", "O"] + [f"B-{etype}"] + [f"I-{etype}"] * (len(name) - 1) + ["O", "O"]
-        lines.append(f"IMGID:{1000 + i}")
-        lines += [f"{w}\t{lab.replace('MISC', 'OTHER')}" for w, lab in zip(words, labels)]
-        lines.append("")
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
 @pytest.fixture
@@ -51,15 +33,6 @@ def tiny_data(tmp_path):
     write_split(root / "valid.txt", 12, seed=2)
     write_split(root / "test.txt", 12, seed=3)
     return root
-
-
-def tiny_overrides(tiny_bert_dir, data: Path, run: Path, **extra) -> list[str]:
-    sets = {"data_dir": str(data.parent), "dataset": data.name, "bert_name": tiny_bert_dir, "save_path": str(run),
-            "cache_dir": str(run.parent / "no-cache"), "max_seq": 32, "num_epochs": 3, "train_batch_size": 8,
-            "learning_rate": 2e-3, "fusion_learning_rate": 5e-3, "crf_learning_rate": 5e-2, "warmup_ratio": 0.0,
-            "device": "cpu", "him.hidden": 16, "him.num_capsules": 2, "him.heads": 2}
-    sets.update(extra)
-    return [f"{k}={v}" for k, v in sets.items()]
 
 
 def test_train_writes_run_folder_and_learns(tiny_bert_dir, tiny_data, tmp_path):

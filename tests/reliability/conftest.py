@@ -5,18 +5,11 @@ All inputs are generated into tmp folders (nothing binary is committed); tiny mo
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
+import helpers
 import pytest
-import tag_fixtures as tf
-from _vision_helpers import draw_image, make_dataset, make_tiny_clip
-
-
-@pytest.fixture(scope="session")
-def tiny_clip_dir(tmp_path_factory) -> Path:
-    return make_tiny_clip(tmp_path_factory.mktemp("rel_clip"))
-
+from helpers import draw_image, make_dataset
 
 @pytest.fixture(scope="session")
 def extract_inputs(tmp_path_factory) -> dict:
@@ -29,24 +22,18 @@ def extract_inputs(tmp_path_factory) -> dict:
         draw_image(dump_dir / f"img/{i}.jpg", seed=500 + i, fmt="JPEG")
         draw_image(dump_dir / f"img/{i}_c.png", seed=600 + i, size=(40, 40), fmt="PNG")
         recs.append({"id": f"d{i}", "text": f"tweet {i}", "image": f"img/{i}.jpg", "crops": [f"img/{i}_c.png"]})
-    dump = dump_dir / "tweets.jsonl"
-    dump.write_text("".join(json.dumps(r) + "\n" for r in recs), encoding="utf-8")
+    dump = helpers.write_dump(dump_dir / "tweets.jsonl", recs)
     return {"data_dir": ds.parent, "dataset": ds.name, "dump": dump}
 
 
 @pytest.fixture(scope="session")
 def tag_world(tmp_path_factory, tiny_bert_dir) -> dict:
     """A briefly trained tiny checkpoint, dump images (2 of 3 cached) and a feature cache of its encoder id."""
-    from rpihmif.config import HIMConfig, IFFEConfig, ModelConfig, TextEncoderConfig, VisualConfig
-
     root = tmp_path_factory.mktemp("rel_tag")
-    cfg = ModelConfig(text=TextEncoderConfig(bert_name=tiny_bert_dir, max_seq=48, shape_dim=8, dropout=0.0),
-                      him=HIMConfig(question="which entities ?", num_capsules=4, hidden=16, heads=2),
-                      iffe=IFFEConfig(iterations=3),
-                      visual=VisualConfig(dim=8, orig_tokens=5, grounding_tokens=3, rcnn_tokens=2, max_crops=2))
-    ckpt = tf.train_tiny_checkpoint(cfg, root / "ckpt", steps=40)
-    images = tf.draw_images(root / "dumps", 3)
-    tf.make_feature_cache(root / "cache", cfg.visual.spec(), images[:2])
+    cfg = helpers.tiny_model_config(tiny_bert_dir)
+    ckpt = helpers.train_tiny_checkpoint(cfg, root / "ckpt", steps=40)
+    images = helpers.draw_images(root / "dumps", 3)
+    helpers.make_feature_cache(root / "cache", cfg.visual.spec(), images[:2])
     return {"root": root, "ckpt": ckpt, "cache": root / "cache", "images": images,
             "spec": dataclasses.asdict(cfg.visual.spec())}
 

@@ -8,32 +8,17 @@ import gzip
 import io
 import json
 import os
-import struct
-import zlib
+import re
 from pathlib import Path
 
+import helpers
 import pandas as pd
-import tag_fixtures as tf
-from _vision_helpers import draw_image, make_dataset
+from helpers import draw_image, encoded, make_dataset, png_header, tiny_overrides, write_split
 from PIL import Image
 from rel_helpers import cli, extract_sets, sets, tag_sets
 
 
 from pipeline.tag.manifest import data_folder
-
-
-def _png_header(w: int, h: int) -> bytes:
-    """A PNG whose IHDR claims w x h pixels, with one tiny IDAT (the header alone is a bomb)."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(b"\x00" * 16)) + chunk(b"IEND", b""))
-
-
-def _save(img: Image.Image, fmt: str, **kw) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, fmt, **kw)
-    return buf.getvalue()
 
 
 def _bad_images(tmp: Path) -> dict[str, bytes]:
@@ -45,11 +30,11 @@ def _bad_images(tmp: Path) -> dict[str, bytes]:
     gif = io.BytesIO()
     frames[0].save(gif, "GIF", save_all=True, append_images=frames[1:], duration=50, loop=0)
     return {"trunc_jpg": jpg[: len(jpg) // 2], "trunc_png": png[: len(png) // 2], "zero": b"",
-            "text": b"this is a text file named .jpg\n", "bomb": _save(Image.new("1", (10000, 9000)), "PNG"),
-            "header": _png_header(20000, 20000),
-            "cmyk": _save(Image.new("CMYK", (40, 30), (0, 255, 0, 0)), "JPEG"),
-            "png16": _save(Image.new("I;16", (40, 30), 40000), "PNG"),
-            "palette": _save(pal, "PNG", transparency=0), "gif": gif.getvalue()}
+            "text": b"this is a text file named .jpg\n", "bomb": encoded(Image.new("1", (10000, 9000)), "PNG"),
+            "header": png_header(20000, 20000, pixels=True),
+            "cmyk": encoded(Image.new("CMYK", (40, 30), (0, 255, 0, 0)), "JPEG"),
+            "png16": encoded(Image.new("I;16", (40, 30), 40000), "PNG"),
+            "palette": encoded(pal, "PNG", transparency=0), "gif": gif.getvalue()}
 
 
 BAD_REASON = {"trunc_jpg": {"truncated", "corrupt"}, "trunc_png": {"truncated", "corrupt"}, "zero": {"empty"},
@@ -145,8 +130,6 @@ def test_extract_refuses_pickle_that_runs_code(tiny_clip_dir, tmp_path):
 
 
 def test_train_malformed_conll_strict_names_line_lenient_keeps_good(tiny_bert_dir, tmp_path):
-    from test_trainer import tiny_overrides, write_split
-
     data = tmp_path / "data" / "tiny"
     data.mkdir(parents=True)
     write_split(data / "train.txt", 10, 1)
@@ -160,11 +143,13 @@ def test_train_malformed_conll_strict_names_line_lenient_keeps_good(tiny_bert_di
     res = cli(*args, "--lenient")
     assert res.exit_code == 0, res.stderr
     log = (tmp_path / "run" / "train.log").read_text()
-    assert "train 1" in log  # the 10 good tweets (and what lenient could repair) are trained
+    trained = re.search(r"\btrain (\d+) tweets, valid (\d+) tweets", log)
+    assert trained and trained.groups() == ("12", "4"), log  # the 10 good tweets and both repaired ones
+    assert re.search(r"\bepoch 1/1: loss \d", log), log  # exactly epoch 1 of 1 ran
 
 
 def test_tag_mixed_adversarial_dumps(tag_world, tmp_path):
-    good = [{"id": f"g{i}", "text": tf.TEXTS[i % 5], "image": tag_world["images"][i % 3]} for i in range(10)]
+    good = [{"id": f"g{i}", "text": helpers.TEXTS[i % 5], "image": tag_world["images"][i % 3]} for i in range(10)]
     dumps = tmp_path / "dumps"
     dumps.mkdir()
     (dumps / "main.jsonl").write_bytes(b"\n".join(_dump_lines(good)) + b"\n")

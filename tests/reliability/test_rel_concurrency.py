@@ -7,7 +7,7 @@ from __future__ import annotations
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-import tag_fixtures as tf
+import helpers
 from rel_helpers import (
     cache_snapshot,
     cli,
@@ -25,7 +25,7 @@ from pipeline.tag.manifest import data_folder
 
 @pytest.mark.slow
 def test_second_tag_corpus_on_same_output_exits_3(tag_world, tmp_path):
-    dump = tf.write_dump(tmp_path / "d" / "a.jsonl", tf.tweets(40, tag_world["images"]))
+    dump = helpers.write_dump(tmp_path / "d" / "a.jsonl", helpers.tweets(40, tag_world["images"]))
     out, log, ready, go = tmp_path / "out", tmp_path / "a.log", tmp_path / "ready", tmp_path / "go"
     args = ["tag-corpus", dump, "--model", tag_world["ckpt"], "--out", out, *sets(**tag_sets(tag_world, out))]
     proc = spawn(args, log, {"target": "pipeline.tag.parquet_parts:PartWriter.add", "nth": 2, "when": "after",

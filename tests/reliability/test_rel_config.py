@@ -7,8 +7,8 @@ from __future__ import annotations
 import json
 import shutil
 
-import tag_fixtures as tf
-from _vision_helpers import fake_fingerprint
+import helpers
+from helpers import fake_fingerprint
 from rel_helpers import cli, sets, tag_sets
 
 
@@ -35,7 +35,7 @@ def test_missing_model_folders(tmp_path, tag_world):
     _exit2(cli("extract-features", "--set", f"vit_name={missing}", "--set", f"cache_dir={tmp_path / 'c'}",
                "--set", f"data_dir={tmp_path}", "--set", "dataset=x"), "cannot load a CLIP vision encoder",
            "leave vit_name empty")
-    dump = tf.write_dump(tmp_path / "d.jsonl", tf.tweets(2))
+    dump = helpers.write_dump(tmp_path / "d.jsonl", helpers.tweets(2))
     _exit2(cli("tag-corpus", dump, "--model", missing, "--out", tmp_path / "o"), "not a checkpoint folder",
            "best/ folder")
     data = tmp_path / "data" / "tiny"
@@ -52,7 +52,7 @@ def test_checkpoint_of_another_label_set(tag_world, tmp_path):
     conf = json.loads((ckpt / "config.json").read_text())
     conf["rpihmif"]["labels"] = [x for x in conf["rpihmif"]["labels"] if not x.endswith("MISC")]
     (ckpt / "config.json").write_text(json.dumps(conf))
-    dump = tf.write_dump(tmp_path / "d.jsonl", tf.tweets(3))
+    dump = helpers.write_dump(tmp_path / "d.jsonl", helpers.tweets(3))
     out = tmp_path / "out"
     res = cli("tag-corpus", dump, "--model", ckpt, "--out", out, *sets(**tag_sets(tag_world, out)))
     _exit2(res, str(ckpt), "labels")
@@ -65,8 +65,8 @@ def test_cache_of_another_encoder(tag_world, tmp_path):
     other = tmp_path / "cache"
     with CacheWriter(other, fake_fingerprint("otherencoder0000"), shard_size=4) as w:
         w.add_alias("dump", "img/0.jpg", "")
-    dump = tf.write_dump(tmp_path / "d.jsonl", tf.tweets(3, tag_world["images"]))
+    dump = helpers.write_dump(tmp_path / "d.jsonl", helpers.tweets(3, tag_world["images"]))
     out = tmp_path / "out"
     res = cli("tag-corpus", dump, "--model", tag_world["ckpt"], "--out", out,
               *sets(**tag_sets(tag_world, out, cache_dir=other)))
-    _exit2(res, "has no features of encoder", tf.FINGERPRINT_ID, "otherencoder0000", "Run extract-features")
+    _exit2(res, "has no features of encoder", helpers.FINGERPRINT_ID, "otherencoder0000", "Run extract-features")

@@ -13,7 +13,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from _vision_helpers import fake_fingerprint, fake_rows
+from helpers import fake_fingerprint, fake_rows
 from rel_helpers import assert_same_cache, cache_snapshot, cli, sets
 
 from cache.format import SHARD_GLOB

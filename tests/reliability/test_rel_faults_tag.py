@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-import tag_fixtures as tf
+import helpers
 from rel_helpers import cli, finish, kill_when, sets, spawn, tag_sets
 
 from pipeline.tag.manifest import data_folder
@@ -37,8 +37,8 @@ def _chunks(out: Path) -> dict:
 @pytest.mark.slow
 def test_tag_killed_at_each_point_then_rerun_equals_uninterrupted(tag_world, tmp_path):
     dumps = tmp_path / "dumps"
-    tf.write_dump(dumps / "a.jsonl", tf.tweets(70, tag_world["images"]), BAD)  # 72 lines: 5 chunks of 16
-    tf.write_dump(dumps / "b.jsonl.gz", [{**r, "id": "b" + r["id"]} for r in tf.tweets(40, seed=1)])  # 3 chunks
+    helpers.write_dump(dumps / "a.jsonl", helpers.tweets(70, tag_world["images"]), BAD)  # 72 lines: 5 chunks of 16
+    helpers.write_dump(dumps / "b.jsonl.gz", [{**r, "id": "b" + r["id"]} for r in helpers.tweets(40, seed=1)])  # 3 chunks
     ref, out, log = tmp_path / "ref", tmp_path / "out", tmp_path / "run.log"
     res = cli("tag-corpus", dumps, "--model", tag_world["ckpt"], "--out", ref, *sets(**tag_sets(tag_world, ref)))
     assert res.exit_code == 0, res.stderr

@@ -5,15 +5,11 @@ Each killed CLI run is resumed from last/; the final metrics and best weights eq
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
+from helpers import tiny_overrides, write_split
 from rel_helpers import cli, finish, spawn
 from safetensors.numpy import load_file
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from test_trainer import tiny_overrides, write_split  # noqa: E402  (the trainer tests' tiny data and settings)
 
 
 def _args(tiny_bert_dir, data, run, **extra):

@@ -12,7 +12,7 @@ import sys
 
 import pandas as pd
 import pytest
-import tag_fixtures as tf
+import helpers
 from rel_helpers import ROOT, cache_snapshot, cli, extract_sets, readable_cache_state, sets, tag_sets
 
 from pipeline.tag.manifest import data_folder
@@ -53,7 +53,7 @@ def test_extract_disk_full_then_rerun(tiny_clip_dir, extract_inputs, tmp_path, m
 
 
 def test_tag_disk_full_then_rerun(tag_world, tmp_path, monkeypatch):
-    dump = tf.write_dump(tmp_path / "d" / "a.jsonl", tf.tweets(30, tag_world["images"]))
+    dump = helpers.write_dump(tmp_path / "d" / "a.jsonl", helpers.tweets(30, tag_world["images"]))
     out = tmp_path / "out"
     args = ["tag-corpus", dump, "--model", tag_world["ckpt"], "--out", out, *sets(**tag_sets(tag_world, out))]
     with monkeypatch.context() as m:
@@ -81,7 +81,7 @@ def test_tag_real_full_tmpfs_then_rerun(tag_world, tmp_path):
     if not _mount_tmpfs(mnt):
         pytest.skip("cannot mount a size-limited tmpfs here (needs root); the injected ENOSPC tests cover it")
     try:
-        dump = tf.write_dump(tmp_path / "d" / "a.jsonl", tf.tweets(400, tag_world["images"]))
+        dump = helpers.write_dump(tmp_path / "d" / "a.jsonl", helpers.tweets(400, tag_world["images"]))
         filler = mnt / "filler"
         with open(filler, "wb") as fh:  # leave ~24 KiB free: the Parquet part does not fit
             fh.write(b"\0" * (512 * 1024 - 24 * 1024))
