@@ -94,3 +94,12 @@ def test_model_library_stays_pure():
             names = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
             names |= {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
             assert not {m.split(".")[0] for m in names} & {"ray", "h5py", "pyarrow", "pipeline", "cache"}, name
+
+
+def test_readme_layout_names_every_module():
+    """README's "Layout of the code" tree has one line per module (a new module needs its line)."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    layout = text[text.index("## Layout of the code"):]
+    missing = [str(p.relative_to(ROOT)) for name, p in modules().items()
+               if p.name != "__init__.py" and f" {p.name} " not in layout and f"\n{p.name} " not in layout]
+    assert missing == []
