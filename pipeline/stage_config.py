@@ -18,8 +18,9 @@ from pipeline.config import CONF_DIR, load_config
 from rpihmif.config import HIMConfig, IFFEConfig
 from rpihmif.errors import UsageError
 
-__all__ = ["DumpSection", "VisionSection", "ExtractConfig", "VisualSection", "TrainConfig", "EvaluateConfig", "TagConfig",
-           "StageConfig", "STAGES", "CHECKS", "stage_config", "from_dict", "render_yaml", "yaml_comments"]
+__all__ = ["DumpFieldNames", "DumpSection", "VisionSection", "ExtractConfig", "VisualSection", "TrainConfig",
+           "EvaluateConfig", "TagConfig", "StageConfig", "STAGES", "CHECKS", "stage_config", "from_dict", "render_yaml",
+           "yaml_comments"]
 
 
 class _Stage:
@@ -40,16 +41,22 @@ class _Stage:
 # the stages; keys, meanings and defaults: pipeline/conf/<stage>.yaml
 # ---------------------------------------------------------------------------------------------------------------
 @dataclass
-class DumpSection:
-    """`dump:` of extract.yaml: tweet dumps whose images to encode, and their record field names."""
+class DumpFieldNames:
+    """Record field names of tweet dumps and the root their image paths resolve in (tag.yaml, extract.yaml dump:)."""
 
-    files: list[str]
     id_field: str
     text_field: str
     image_field: str
     crops_field: str
     rcnn_field: str
     image_root: str
+
+
+@dataclass
+class DumpSection(DumpFieldNames):
+    """`dump:` of extract.yaml: tweet dumps whose images to encode, and their record field names."""
+
+    files: list[str]
 
 
 @dataclass
@@ -151,19 +158,13 @@ class EvaluateConfig(_Stage):
 
 
 @dataclass
-class TagConfig(_Stage):
-    """pipeline/conf/tag.yaml: `python cli.py tag-corpus`."""
+class TagConfig(_Stage, DumpFieldNames):
+    """pipeline/conf/tag.yaml: `python cli.py tag-corpus` (the dump field names come first in the class, not the yaml)."""
 
     stage: typing.ClassVar[str] = "tag"
     load_path: str
     out: str
     cache_dir: str
-    id_field: str
-    text_field: str
-    image_field: str
-    crops_field: str
-    rcnn_field: str
-    image_root: str
     require_images: bool
     allow_missing_images: bool
     force: bool
@@ -388,8 +389,10 @@ def render_yaml(cfg: Any) -> str:
     comments = yaml_comments(CONF_DIR / f"{stage}.yaml")
     lines = [f"# effective {stage} config (python cli.py config {stage}); usable as --config"]
 
+    order = {key: i for i, key in enumerate(comments)}  # the yaml's key order, not the class's
+
     def emit(data: dict[str, Any], prefix: str, indent: int) -> None:
-        for key, value in data.items():
+        for key, value in sorted(data.items(), key=lambda kv: order.get(prefix + kv[0], len(order))):
             note = comments.get(prefix + key, "")
             text = " " * indent + f"{key}:" + ("" if isinstance(value, dict) else f" {_flow(value)}")
             lines.append(f"{text:<30} # {note}" if note else text)
