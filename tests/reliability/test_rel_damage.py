@@ -9,8 +9,8 @@ import json
 import shutil
 from pathlib import Path
 
+import helpers
 import pytest
-import tag_fixtures as tf
 from rel_helpers import cli, sets
 
 from pipeline.io.checkpoint_folder import checkpoint_info
@@ -189,7 +189,7 @@ def test_truncated_weights_through_each_stage(world, tmp_path):
 def test_tag_with_a_checkpoint_missing_its_tokenizer(world, tmp_path):
     ckpt = _ckpt(world, tmp_path)
     (ckpt / "tokenizer.json").unlink()
-    dump = tf.write_dump(tmp_path / "d.jsonl", tf.tweets(3))
+    dump = helpers.write_dump(tmp_path / "d.jsonl", helpers.tweets(3))
     _exit2(cli("tag-corpus", dump, "--model", ckpt, "--out", tmp_path / "o", *sets(workers=1)), str(ckpt),
            "tokenizer")
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import helpers
 import pandas as pd
 import pytest
-import tag_fixtures as tf
 from rel_helpers import cli, sets
 
 from cache.reader import open_cache
@@ -51,10 +51,10 @@ POISON = [
 
 
 def _write_poison(folder: Path) -> tuple[Path, Path]:
-    tf.draw_images(folder, 3)
+    helpers.draw_images(folder, 3)
     poison = folder / "poison.jsonl"
     poison.write_bytes(b"\n".join(line for line, _, _ in POISON) + b"\n")
-    after = tf.write_dump(folder / "after.jsonl.gz", [{"id": f"a{i}", "text": "obama in london", "image": "img/2.jpg"}
+    after = helpers.write_dump(folder / "after.jsonl.gz", [{"id": f"a{i}", "text": "obama in london", "image": "img/2.jpg"}
                                                      for i in range(5)])
     return poison, after
 
@@ -118,14 +118,14 @@ def test_nul_in_a_benchmark_imgid_is_a_reject_not_a_crash(world, tmp_path):
 
 
 def test_damaged_rejects_file_does_not_block_later_runs(world, tmp_path, caplog):
-    dump = tf.write_dump(tmp_path / "d" / "t.jsonl", tf.tweets(6), [b'{"id": "bad", "text": 5}'])
+    dump = helpers.write_dump(tmp_path / "d" / "t.jsonl", helpers.tweets(6), [b'{"id": "bad", "text": 5}'])
     out = tmp_path / "out"
     args = ["tag-corpus", dump, "--model", world["ckpt"], "--out", out,
             *sets(cache_dir=world["root"] / "cache", device="cpu", workers=1)]
     assert cli(*args).exit_code == 0
     rejects = out / "_rejects.jsonl"
     rejects.write_bytes(rejects.read_bytes() + b'{"file": "x", "line": 3, "reas\n\xff\xfe garbage\n')
-    dump2 = tf.write_dump(tmp_path / "d" / "u.jsonl.gz", tf.tweets(4), [b"not json"])
+    dump2 = helpers.write_dump(tmp_path / "d" / "u.jsonl.gz", helpers.tweets(4), [b"not json"])
     res = cli("tag-corpus", dump, dump2, *args[2:])
     assert res.exit_code == 0, res.stderr[-2000:]
     # rebuilt from the committed chunks' own rejects (_rejects.d): the damaged lines are simply gone
