@@ -47,7 +47,7 @@ def world(tmp_path_factory, tiny_bert_dir) -> dict:
 
     root = tmp_path_factory.mktemp("world")
     make_sample(root / "data", seed=0, sizes={"train": 16, "valid": 8, "test": 6})
-    clip = make_tiny_clip(root / "clip")
+    clip = helpers.make_tiny_clip(root / "clip")
     extract = ["extract-features", *sets(data_dir=root / "data", dataset="twitter2015", vit_name=clip,
                                          cache_dir=root / "cache", workers=0, batch_size=4, shard_size=6,
                                          device="cpu"), "--dump", root / "data" / "tweets.jsonl.gz"]
