@@ -21,7 +21,8 @@ if not sys.stderr.isatty():  # before transformers is imported: no progress bars
 
 from pipeline.config import load_config  # noqa: E402
 from pipeline.runtime.progress import log_error_to_files, setup_logging  # noqa: E402
-from pipeline.stage_config import STAGES, render_yaml, stage_config  # noqa: E402
+from pipeline.config_render import render_yaml  # noqa: E402
+from pipeline.stage_config import STAGES, stage_config  # noqa: E402
 from rpihmif.errors import PipelineError  # noqa: E402
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,

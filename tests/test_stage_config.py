@@ -12,16 +12,8 @@ from typer.testing import CliRunner
 
 import cli
 from pipeline.config import CONF_DIR
-from pipeline.stage_config import (
-    CHECKS,
-    STAGES,
-    EvaluateConfig,
-    TrainConfig,
-    from_dict,
-    render_yaml,
-    stage_config,
-    yaml_comments,
-)
+from pipeline.config_render import render_yaml, yaml_comments
+from pipeline.stage_config import CHECKS, STAGES, EvaluateConfig, TrainConfig, from_dict, stage_config
 from pipeline.train.trainer import build_model_config
 from rpihmif.config import HIMConfig, IFFEConfig, ModelConfig, TextEncoderConfig, VisualConfig
 from rpihmif.errors import UsageError
