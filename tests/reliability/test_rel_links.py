@@ -95,9 +95,9 @@ def test_extract_never_writes_through_links(world, tmp_path):
     cache = tmp_path / "cache"
     folder = cache / fid
     own = ["fingerprint.json", "index.h5", "rejects.jsonl", "verified.json", ".lock"]
-    final = [victims.plant(folder / n) for n in own] + [victims.plant(cache / ".fingerprints.json")]
+    final = [victims.plant(folder / n) for n in own] + [victims.plant(cache / ".extract_memo.json")]
     victims.plant_temps(folder, own + ["shard-00000000000000000001-1-00001.h5"])
-    victims.plant_temps(cache, [".fingerprints.json"])
+    victims.plant_temps(cache, [".extract_memo.json"])
     named = run_until_clean([*map(str, world["extract"]), *sets(cache_dir=cache)], victims, final)
     assert set(named) == set(final)  # every one of the cache's own files was refused, none followed
     # a second run over the finished cache with links planted at its files again: refused before any work
