@@ -45,6 +45,17 @@ def tiny_clip_dir(tmp_path_factory):
     return helpers.make_tiny_clip(tmp_path_factory.mktemp("tiny_clip"))
 
 
+@pytest.fixture(scope="session")
+def tag_env(tmp_path_factory, tiny_bert_dir):
+    """A trained tiny checkpoint, a dump folder with images (2 of 3 cached) and the feature cache (tag-corpus tests)."""
+    root = tmp_path_factory.mktemp("tagworld")
+    cfg = helpers.tiny_model_config(tiny_bert_dir)
+    ckpt = helpers.train_tiny_checkpoint(cfg, root / "ckpt")
+    images = helpers.draw_images(root / "dumps", 3)
+    helpers.make_feature_cache(root / "cache", cfg.visual.spec(), images[:2])
+    return {"root": root, "ckpt": ckpt, "cache": root / "cache", "images": images}
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _isolated_user_cache(tmp_path_factory):
     """The default feature-cache root of every test run is a temp folder, never the user's ~/.cache."""

@@ -323,6 +323,52 @@ def write_dump(path: Path, records: list, extra_lines: list[bytes] = ()) -> Path
     return path
 
 
+
+TAG_BAD_LINES = [b'{"id": "b1", "text": "cut', b'{"id": "b2"}', b'{"id": "b3", "text": "bad \xff"}',
+                 b'{"id": "b4", "text": " "}', b'{"id": "b5", "text": "' + b"y" * 3000 + b'"}']
+TAG_RUNNER = ("import json,sys; from pipeline.tag.stage import run_tag; from pipeline.stage_config import TagConfig; "
+              "run_tag([sys.argv[1]], TagConfig.from_dict(json.loads(sys.argv[2])))")  # argv: dump, config json
+
+
+def tag_config(env: dict, out: Path, **extra):
+    """The tag config of the `tag_env` fixture's checkpoint and cache: small batches, 16-record chunks."""
+    from pipeline.stage_config import stage_config
+
+    sets = {"load_path": str(env["ckpt"]), "out": str(out), "cache_dir": str(env["cache"]), "batch_size": 8,
+            "bucket_size": 32, "row_group_bytes": 4000, "chunk_records": 16, "max_record_bytes": 2000, "threads": 1,
+            **extra}
+    return stage_config("tag", overrides=[f"{k}={v}" for k, v in sets.items()])
+
+
+def tag_dump(env: dict, name: str, n: int, bad=()) -> Path:
+    """`n` tweets over the env's images (+ `bad` raw lines) as a dump in its dumps folder."""
+    return write_dump(env["root"] / "dumps" / name, tweets(n, env["images"]), list(bad))
+
+
+def tag_rows(out: Path):
+    """The rows of a tag-corpus output, sorted by id, without `tagged_at` (which differs between runs by design)."""
+    import pandas as pd
+
+    from pipeline.tag.manifest import data_folder
+
+    df = pd.read_parquet(data_folder(out)).sort_values(["id"]).reset_index(drop=True)
+    return df.drop(columns=["tagged_at"])
+
+
+def same_tag_rows(a, b) -> None:
+    """Equal rows; scores and routing compared to 1e-5 (another process may sum floats in another order)."""
+    import pytest
+
+    assert a.drop(columns=["entities"]).equals(b.drop(columns=["entities"]))
+    for ea, eb in zip(a["entities"], b["entities"]):
+        assert len(ea) == len(eb)
+        for x, y in zip(ea, eb):
+            for key in x:
+                if isinstance(x[key], float):
+                    assert y[key] == pytest.approx(x[key], abs=1e-5), key
+                else:
+                    assert x[key] == y[key], key
+
 # ---------------------------------------------------------------------------------------------------------------
 # a real Ray head on loopback
 # ---------------------------------------------------------------------------------------------------------------

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -16,9 +15,9 @@ import helpers
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+from helpers import TAG_BAD_LINES, TAG_RUNNER, same_tag_rows, tag_config, tag_dump, tag_rows
 
 from cache.durable import FileLock
-from pipeline.stage_config import stage_config
 from pipeline.tag.manifest import REJECTS_NAME, data_folder
 from pipeline.tag.parquet_parts import SCHEMA
 from pipeline.tag.report import write_report
@@ -26,54 +25,10 @@ from pipeline.tag.stage import run_tag
 from rpihmif.errors import LockHeldError, UsageError
 
 REPO = Path(__file__).resolve().parent.parent
-BAD_LINES = [b'{"id": "b1", "text": "cut', b'{"id": "b2"}', b'{"id": "b3", "text": "bad \xff"}',
-             b'{"id": "b4", "text": " "}', b'{"id": "b5", "text": "' + b"y" * 3000 + b'"}']
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory, tiny_bert_dir):
-    """A trained tiny checkpoint, a dump folder with images (2 of 3 cached) and the feature cache."""
-    root = tmp_path_factory.mktemp("tagworld")
-    cfg = helpers.tiny_model_config(tiny_bert_dir)
-    ckpt = helpers.train_tiny_checkpoint(cfg, root / "ckpt")
-    images = helpers.draw_images(root / "dumps", 3)
-    helpers.make_feature_cache(root / "cache", cfg.visual.spec(), images[:2])
-    return {"root": root, "ckpt": ckpt, "cache": root / "cache", "images": images}
-
-
-def _config(world, out, **extra):
-    sets = {"load_path": str(world["ckpt"]), "out": str(out), "cache_dir": str(world["cache"]),
-            "batch_size": 8, "bucket_size": 32, "row_group_bytes": 4000, "chunk_records": 16, "max_record_bytes": 2000, "threads": 1,
-            **extra}
-    return stage_config("tag", overrides=[f"{k}={v}" for k, v in sets.items()])
-
-
-def _dump(world, name, n, bad=()):
-    return helpers.write_dump(world["root"] / "dumps" / name, helpers.tweets(n, world["images"]), list(bad))
-
-
-def _rows(out):
-    df = pd.read_parquet(data_folder(out)).sort_values(["id"]).reset_index(drop=True)
-    return df.drop(columns=["tagged_at"])  # when it ran: differs between runs by design
-
-
-def _same_rows(a, b):
-    """Equal rows; scores and routing compared to 1e-5 (another process may sum floats in another order)."""
-    assert a.drop(columns=["entities"]).equals(b.drop(columns=["entities"]))
-    for ea, eb in zip(a["entities"], b["entities"]):
-        assert len(ea) == len(eb)
-        for x, y in zip(ea, eb):
-            for key in x:
-                if isinstance(x[key], float):
-                    assert y[key] == pytest.approx(x[key], abs=1e-5), key
-                else:
-                    assert x[key] == y[key], key
-
-
-def test_end_to_end_rows_rejects_and_schema(world, tmp_path):
-    dump = _dump(world, "e2e.jsonl.gz", 40, BAD_LINES)
-    summary = run_tag([dump], _config(world, tmp_path / "out"))
-    assert (summary["rows"], summary["rejects"], summary["tagged"]) == (40, len(BAD_LINES), 1)
+def test_end_to_end_rows_rejects_and_schema(tag_env, tmp_path):
+    dump = tag_dump(tag_env, "e2e.jsonl.gz", 40, TAG_BAD_LINES)
+    summary = run_tag([dump], tag_config(tag_env, tmp_path / "out"))
+    assert (summary["rows"], summary["rejects"], summary["tagged"]) == (40, len(TAG_BAD_LINES), 1)
     assert summary["images_missing"] > 0 and summary["images_used"] > 0
     assert sum(summary["reject_reasons"].values()) == 5 and len(summary["reject_reasons"]) == 5  # counted per reason
     parts = sorted(data_folder(tmp_path / "out").iterdir())
@@ -82,7 +37,7 @@ def test_end_to_end_rows_rejects_and_schema(world, tmp_path):
     assert table.schema.remove_metadata().equals(SCHEMA)
     meta = pq.ParquetFile(parts[0]).schema_arrow.metadata
     assert meta[b"rpihmif.model_id"].decode() == summary["model_id"] and meta[b"rpihmif.schema_version"] == b"2"
-    assert meta[b"rpihmif.encoder_fingerprint"] == tf.FINGERPRINT_ID.encode() and b"B-PER" in meta[b"rpihmif.labels"]
+    assert meta[b"rpihmif.encoder_fingerprint"] == helpers.FINGERPRINT_ID.encode() and b"B-PER" in meta[b"rpihmif.labels"]
     assert pq.ParquetFile(parts[0]).metadata.num_row_groups > 1  # 16 rows in groups of ~4000 bytes
     assert pq.ParquetFile(parts[0]).metadata.row_group(0).column(0).compression == "ZSTD"
     df = pd.read_parquet(data_folder(tmp_path / "out")).sort_values("line")
@@ -99,7 +54,7 @@ def test_end_to_end_rows_rejects_and_schema(world, tmp_path):
                 ent["text"].replace(" ", "")
             assert 0.0 < ent["score"] <= 1.0
             assert (ent["routing_orig"] is None) == (not row.image_used)
-        cached = row.image in world["images"][:2]
+        cached = row.image in tag_env["images"][:2]
         assert row.image_used == cached
     assert n_ents > 20
     rejects = [json.loads(x) for x in (tmp_path / "out" / REJECTS_NAME).read_text().splitlines()]
@@ -115,12 +70,12 @@ def test_end_to_end_rows_rejects_and_schema(world, tmp_path):
     assert sorted(c["output"] for c in chunks) == [p.name for p in parts]
 
 
-def test_scores_lower_for_ambiguous_tokens_and_long_tweets_windowed(world, tmp_path):
+def test_scores_lower_for_ambiguous_tokens_and_long_tweets_windowed(tag_env, tmp_path):
     recs = [{"id": "a", "text": "paris in london today"}, {"id": "b", "text": "rt paris is at the game today"},
             {"id": "long", "text": "the game " * 40 + "obama in london today"}]  # 84 words > max_seq 48
     dump = helpers.write_dump(tmp_path / "amb.jsonl", recs)
-    run_tag([dump], _config(world, tmp_path / "out"))
-    rows = _rows(tmp_path / "out").set_index("id")
+    run_tag([dump], tag_config(tag_env, tmp_path / "out"))
+    rows = tag_rows(tmp_path / "out").set_index("id")
     ents = {(i, e["text"]): e["score"] for i, r in rows.iterrows() for e in r.entities}
     assert ents[("a", "london")] > 0.9
     assert ents[("a", "paris")] < ents[("a", "london")] - 0.15
@@ -129,102 +84,100 @@ def test_scores_lower_for_ambiguous_tokens_and_long_tweets_windowed(world, tmp_p
     assert [(e["text"], e["type"]) for e in tail] == [("obama", "PER"), ("london", "LOC")]
 
 
-def test_rerun_skips_and_appended_dump_tags_only_new_records(world, tmp_path):
-    dump = _dump(world, "inc.jsonl", 40)
+def test_rerun_skips_and_appended_dump_tags_only_new_records(tag_env, tmp_path):
+    dump = tag_dump(tag_env, "inc.jsonl", 40)
     out = tmp_path / "out"
-    first = run_tag([dump], _config(world, out))
+    first = run_tag([dump], tag_config(tag_env, out))
     parts = {p.name: p.stat().st_mtime_ns for p in data_folder(out).iterdir()}
-    again = run_tag([dump], _config(world, out))
+    again = run_tag([dump], tag_config(tag_env, out))
     assert (again["tagged"], again["skipped"], again["rows"]) == (0, 1, 0)
     assert {p.name: p.stat().st_mtime_ns for p in data_folder(out).iterdir()} == parts
     with open(dump, "ab") as fh:  # appended by 10%: only the 4 new records are tagged
         for i in range(4):
             fh.write(json.dumps({"id": f"new{i}", "text": "obama in london"}).encode() + b"\n")
-    third = run_tag([dump], _config(world, out))
+    third = run_tag([dump], tag_config(tag_env, out))
     assert (third["tagged"], third["rows"], third["chunks"]) == (1, 4, 1)
     assert {p.name: p.stat().st_mtime_ns for p in data_folder(out).iterdir() if p.name in parts} == parts
-    rows = _rows(out)
+    rows = tag_rows(out)
     assert len(rows) == first["rows"] + 4 and rows["id"].is_unique
     assert sorted(rows[rows["id"].str.startswith("new")]["line"]) == [41, 42, 43, 44]
 
 
-def test_require_images_rejects_uncached(world, tmp_path):
-    dump = _dump(world, "req.jsonl", 9)
-    summary = run_tag([dump], _config(world, tmp_path / "out", require_images="true"))
+def test_require_images_rejects_uncached(tag_env, tmp_path):
+    dump = tag_dump(tag_env, "req.jsonl", 9)
+    summary = run_tag([dump], tag_config(tag_env, tmp_path / "out", require_images="true"))
     assert summary["rows"] == 6 and summary["rejects"] == 3
-    assert all(_rows(tmp_path / "out")["image_used"])
+    assert all(tag_rows(tmp_path / "out")["image_used"])
 
 
-def test_usage_errors(world, tmp_path):
-    dump = _dump(world, "u.jsonl", 2)
+def test_usage_errors(tag_env, tmp_path):
+    dump = tag_dump(tag_env, "u.jsonl", 2)
     with pytest.raises(UsageError, match="not a checkpoint folder"):
-        run_tag([dump], _config(world, tmp_path / "o", load_path=str(tmp_path)))
+        run_tag([dump], tag_config(tag_env, tmp_path / "o", load_path=str(tmp_path)))
     with pytest.raises(UsageError, match="--out"):
-        run_tag([dump], _config(world, ""))
+        run_tag([dump], tag_config(tag_env, ""))
 
 
-def test_second_concurrent_run_exits_3(world, tmp_path):
+def test_second_concurrent_run_exits_3(tag_env, tmp_path):
     out = tmp_path / "out"
-    dump = _dump(world, "lock.jsonl", 3)
+    dump = tag_dump(tag_env, "lock.jsonl", 3)
     holder = subprocess.Popen([sys.executable, "-c", "import sys,time; from cache.durable import FileLock; "
                                f"l = FileLock({str(out)!r}).acquire(); print('held', flush=True); time.sleep(60)"],
                               cwd=REPO, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
         with pytest.raises(LockHeldError, match=f"pid {holder.pid}") as err:
-            run_tag([dump], _config(world, out))
+            run_tag([dump], tag_config(tag_env, out))
         assert err.value.exit_code == 3
-        cli = subprocess.run([sys.executable, "cli.py", "tag-corpus", str(dump), "--model", str(world["ckpt"]),
+        cli = subprocess.run([sys.executable, "cli.py", "tag-corpus", str(dump), "--model", str(tag_env["ckpt"]),
                               "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=120)
         assert cli.returncode == 3, cli.stderr
         assert f"pid {holder.pid}" in cli.stderr
     finally:
         holder.kill()
         holder.wait()
-    assert run_tag([dump], _config(world, out))["rows"] == 3  # the lock died with its holder
+    assert run_tag([dump], tag_config(tag_env, out))["rows"] == 3  # the lock died with its holder
     with FileLock(out):  # and the API refuses a second holder in-process as well
         with pytest.raises(LockHeldError):
             FileLock(out).acquire()
 
 
-RUNNER = ("import json,sys; from pipeline.tag.stage import run_tag; from pipeline.stage_config import TagConfig; "
-          "run_tag([sys.argv[1]], TagConfig.from_dict(json.loads(sys.argv[2])))")
 
 
 @pytest.mark.slow
-def test_ray_embedded_matches_in_process(world, tmp_path):
-    dump = _dump(world, "ray.jsonl", 60, BAD_LINES[:2])
-    run_tag([dump], _config(world, tmp_path / "local"))
-    summary = run_tag([dump], _config(world, tmp_path / "ray", workers=2, use_ray="true"))
+def test_ray_embedded_matches_in_process(tag_env, tmp_path):
+    dump = tag_dump(tag_env, "ray.jsonl", 60, TAG_BAD_LINES[:2])
+    run_tag([dump], tag_config(tag_env, tmp_path / "local"))
+    summary = run_tag([dump], tag_config(tag_env, tmp_path / "ray", workers=2, use_ray="true"))
     assert summary["rows"] == 60 and summary["rejects"] == 2
-    _same_rows(_rows(tmp_path / "local"), _rows(tmp_path / "ray"))
+    same_tag_rows(tag_rows(tmp_path / "local"), tag_rows(tmp_path / "ray"))
 
 
 @pytest.mark.slow
-def test_real_ray_cluster_on_loopback_matches_embedded(world, tmp_path):
-    dump = _dump(world, "cluster.jsonl", 40)
-    run_tag([dump], _config(world, tmp_path / "embedded", workers=2, use_ray="true"))
+def test_real_ray_cluster_on_loopback_matches_embedded(tag_env, tmp_path):
+    dump = tag_dump(tag_env, "cluster.jsonl", 40)
+    run_tag([dump], tag_config(tag_env, tmp_path / "embedded", workers=2, use_ray="true"))
     env = {**os.environ, "RAY_ADDRESS": ""}
     with helpers.ray_head() as address:
-        conf = _config(world, tmp_path / "cluster", workers=2, ray_address=address)
+        conf = tag_config(tag_env, tmp_path / "cluster", workers=2, ray_address=address)
         for _ in range(60):  # the head needs a few seconds before it accepts drivers
-            run = subprocess.run([sys.executable, "-c", RUNNER, str(dump), json.dumps(conf.to_dict())], cwd=REPO,
+            run = subprocess.run([sys.executable, "-c", TAG_RUNNER, str(dump), json.dumps(conf.to_dict())], cwd=REPO,
                                  env=env, capture_output=True, text=True, timeout=300)
             if run.returncode == 0 or "ConnectionError" not in run.stderr + run.stdout:
                 break
             time.sleep(2)
         assert run.returncode == 0, run.stderr[-3000:]
-    _same_rows(_rows(tmp_path / "embedded"), _rows(tmp_path / "cluster"))
+    same_tag_rows(tag_rows(tmp_path / "embedded"), tag_rows(tmp_path / "cluster"))
 
 
-def test_report_is_self_contained(world, tmp_path):
-    dump = _dump(world, "rep.jsonl", 12, BAD_LINES[:1])
-    run_tag([dump], _config(world, tmp_path / "out"))
+def test_report_is_self_contained(tag_env, tmp_path):
+    dump = tag_dump(tag_env, "rep.jsonl", 12, TAG_BAD_LINES[:1])
+    run_tag([dump], tag_config(tag_env, tmp_path / "out"))
     page = write_report(tmp_path / "out").read_text(encoding="utf-8")
     assert page.startswith("<!DOCTYPE html>") and "data:image/jpeg;base64," in page
     assert "http://" not in page.split("<body>")[1].replace("http://t.co", "")  # nothing fetched from outside
     for word in ("Entities per type", "Top entities", "coupling mass", "<figcaption>grounding", "RCNN crops",
-                 "bad JSON", "Least confident", "Random sample", tf.FINGERPRINT_ID, "(tagged_at column)"):
+                 "bad JSON", "Least confident", "Random sample", helpers.FINGERPRINT_ID, "(tagged_at column)"):
         assert word in page
     assert "<script" not in page
     assert len(pd.read_parquet(data_folder(tmp_path / "out"))) == 12  # the report does not disturb Parquet readers

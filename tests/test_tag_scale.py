@@ -17,9 +17,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow.dataset as ds
+import helpers
 import pytest
-import tag_fixtures as tf
-from test_tag_corpus import BAD_LINES, REPO, RUNNER, _config, _dump, _rows, _same_rows, world  # noqa: F401
+from helpers import ROOT as REPO
+from helpers import TAG_BAD_LINES, TAG_RUNNER, same_tag_rows, tag_config, tag_dump, tag_rows
 
 from pipeline.tag.commit import STAGING_DIR
 from pipeline.tag.manifest import MANIFEST_NAME, data_folder
@@ -40,7 +41,7 @@ def _add_image(cache: Path, image_id: str, key: str) -> None:
     spec = FeatureCache(folder).spec
     rng = np.random.default_rng(7)
     k = spec.max_crops
-    with CacheWriter(cache, tf.fingerprint(spec), shard_size=64) as writer:
+    with CacheWriter(cache, helpers.fingerprint(spec), shard_size=64) as writer:
         writer.add_rows({"key": [key], "orig": rng.normal(size=(1, spec.orig_tokens, spec.dim)),
                          "orig_mask": np.ones(1, bool), "grounding": rng.normal(size=(1, k, spec.grounding_tokens,
                                                                                           spec.dim)),
@@ -50,29 +51,29 @@ def _add_image(cache: Path, image_id: str, key: str) -> None:
         writer.add_alias("dump", image_id, key)
 
 
-def test_moved_and_copied_dump_adds_no_rows(world, tmp_path):
-    dump = _dump(world, "moved.jsonl.gz", 30)
+def test_moved_and_copied_dump_adds_no_rows(tag_env, tmp_path):
+    dump = tag_dump(tag_env, "moved.jsonl.gz", 30)
     out = tmp_path / "out"
-    first = run_tag([dump], _config(world, out))
+    first = run_tag([dump], tag_config(tag_env, out))
     archive = tmp_path / "archive"
     archive.mkdir()
     copy = Path(shutil.copy(dump, archive / "copy.jsonl.gz"))
     moved = tmp_path / "elsewhere.jsonl.gz"
     shutil.copy(dump, moved)  # the original stays for the other tests of the module: a move is a new path
-    again = run_tag([copy, moved], _config(world, out))
+    again = run_tag([copy, moved], tag_config(tag_env, out))
     assert (again["rows"], again["skipped"], again["chunks"]) == (0, 2, 0)
-    rows = _rows(out)
+    rows = tag_rows(out)
     assert len(rows) == first["rows"] == 30 and rows["id"].is_unique
     (entry,) = json.loads((out / MANIFEST_NAME).read_text())["inputs"].values()
     assert sorted(entry["paths"]) == sorted(str(p.resolve()) for p in (dump, copy, moved))
 
 
-def test_reader_matrix_reads_data_folder_as_one_table(world, tmp_path):
+def test_reader_matrix_reads_data_folder_as_one_table(tag_env, tmp_path):
     import duckdb
     import polars as pl
 
     out = tmp_path / "out"
-    run_tag([_dump(world, "m1.jsonl", 30, BAD_LINES[:2]), _dump(world, "m2.jsonl.gz", 20)], _config(world, out))
+    run_tag([tag_dump(tag_env, "m1.jsonl", 30, TAG_BAD_LINES[:2]), tag_dump(tag_env, "m2.jsonl.gz", 20)], tag_config(tag_env, out))
     data = data_folder(out)
     assert len(list(data.iterdir())) == 4 and all(p.suffix == ".parquet" for p in data.iterdir())
     counts = {
@@ -88,12 +89,12 @@ def test_reader_matrix_reads_data_folder_as_one_table(world, tmp_path):
     assert pl.read_parquet(data).schema["tagged_at"] == pl.Datetime("ms", "UTC")
 
 
-def test_cache_trap_exit2_then_filled_cache_retags_with_images(world, tmp_path):
-    dump = _dump(world, "trap.jsonl", 30)
+def test_cache_trap_exit2_then_filled_cache_retags_with_images(tag_env, tmp_path):
+    dump = tag_dump(tag_env, "trap.jsonl", 30)
     out, empty = tmp_path / "out", tmp_path / "nocache"
     empty.mkdir()
     env = {**os.environ, "RPIHMIF_CACHE": str(empty)}
-    args = [sys.executable, str(REPO / "cli.py"), "tag-corpus", str(dump), "--model", str(world["ckpt"]),
+    args = [sys.executable, str(REPO / "cli.py"), "tag-corpus", str(dump), "--model", str(tag_env["ckpt"]),
             "--out", str(out), "--set", "chunk_records=8", "--set", "threads=1"]
     res = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 2, res.stderr
@@ -112,37 +113,37 @@ def test_cache_trap_exit2_then_filled_cache_retags_with_images(world, tmp_path):
     assert progress and "tagged 8 of ~" in progress[0]  # records tagged (not read), with a total and an ETA
 
     cache = tmp_path / "cache"  # extract-features fills 2 of the 3 images: every chunk with misses is re-tagged
-    shutil.copytree(world["cache"], cache)
-    conf = _config(world, out, cache_dir=str(cache), chunk_records=8)
+    shutil.copytree(tag_env["cache"], cache)
+    conf = tag_config(tag_env, out, cache_dir=str(cache), chunk_records=8)
     second = run_tag([dump], conf)
     assert second["retagged_chunks"] == 4 and second["rows"] == 30 and second["images_missing"] == 10
-    _add_image(cache, world["images"][2], "k-third")  # and then the third
+    _add_image(cache, tag_env["images"][2], "k-third")  # and then the third
     third = run_tag([dump], conf)
     assert third["retagged_chunks"] == 4 and (third["images_used"], third["images_missing"]) == (30, 0)
-    rows = _rows(out)
+    rows = tag_rows(out)
     assert len(rows) == 30 and rows["id"].is_unique and rows["image_used"].all()
     assert run_tag([dump], conf)["chunks"] == 0  # nothing changed since: nothing re-tagged
 
 
-def test_force_retags_every_chunk(world, tmp_path):
-    dump = _dump(world, "force.jsonl", 20)
+def test_force_retags_every_chunk(tag_env, tmp_path):
+    dump = tag_dump(tag_env, "force.jsonl", 20)
     out = tmp_path / "out"
-    run_tag([dump], _config(world, out))
-    before = _rows(out)
-    forced = run_tag([dump], _config(world, out, force="true"))
+    run_tag([dump], tag_config(tag_env, out))
+    before = tag_rows(out)
+    forced = run_tag([dump], tag_config(tag_env, out, force="true"))
     assert (forced["chunks"], forced["retagged_chunks"], forced["rows"]) == (2, 2, 20)
-    _same_rows(before, _rows(out))
+    same_tag_rows(before, tag_rows(out))
     assert len(_chunks(out)) == 2 and len(list(data_folder(out).iterdir())) == 2
 
 
-def test_chunk_size_change_and_usage_errors(world, tmp_path):
-    dump = _dump(world, "resize.jsonl", 20)
+def test_chunk_size_change_and_usage_errors(tag_env, tmp_path):
+    dump = tag_dump(tag_env, "resize.jsonl", 20)
     out = tmp_path / "out"
-    run_tag([dump], _config(world, out))
-    resized = run_tag([dump], _config(world, out, force="true", chunk_records=7))
-    assert resized["chunks"] == 3 and len(list(data_folder(out).iterdir())) == 3 and len(_rows(out)) == 20
+    run_tag([dump], tag_config(tag_env, out))
+    resized = run_tag([dump], tag_config(tag_env, out, force="true", chunk_records=7))
+    assert resized["chunks"] == 3 and len(list(data_folder(out).iterdir())) == 3 and len(tag_rows(out)) == 20
     with pytest.raises(UsageError, match="chunk_records"):
-        run_tag([dump], _config(world, out, chunk_records=0))
+        run_tag([dump], tag_config(tag_env, out, chunk_records=0))
 
 
 def _spawn(args: list[str], log: Path) -> subprocess.Popen:
@@ -150,13 +151,13 @@ def _spawn(args: list[str], log: Path) -> subprocess.Popen:
         return subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=fh)
 
 
-def test_sigterm_logs_one_line_keeps_committed_chunks(world, tmp_path):
-    dump = _dump(world, "term.jsonl", 400)
+def test_sigterm_logs_one_line_keeps_committed_chunks(tag_env, tmp_path):
+    dump = tag_dump(tag_env, "term.jsonl", 400)
     ref, out, log = tmp_path / "ref", tmp_path / "out", tmp_path / "run.log"
-    run_tag([dump], _config(world, ref, chunk_records=10))
-    conf = _config(world, out, chunk_records=10)
+    run_tag([dump], tag_config(tag_env, ref, chunk_records=10))
+    conf = tag_config(tag_env, out, chunk_records=10)
     proc = _spawn([sys.executable, "-c", "from pipeline.runtime.progress import setup_logging; setup_logging(); "
-                   + RUNNER, str(dump), json.dumps(conf.to_dict())], log)
+                   + TAG_RUNNER, str(dump), json.dumps(conf.to_dict())], log)
     deadline = time.monotonic() + 240
     while len(_chunks(out)) < 2 and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -170,18 +171,18 @@ def test_sigterm_logs_one_line_keeps_committed_chunks(world, tmp_path):
     assert not list((out / STAGING_DIR).iterdir()) and all(p.suffix == ".parquet" for p in data_folder(out).iterdir())
     rerun = run_tag([dump], conf)
     assert rerun["chunks"] == 40 - kept
-    _same_rows(_rows(ref), _rows(out))
+    same_tag_rows(tag_rows(ref), tag_rows(out))
 
 
 @pytest.mark.slow
-def test_kill9_at_random_moments_then_rerun_equals_uninterrupted(world, tmp_path):
-    dump = _dump(world, "kill9.jsonl.gz", 600)
+def test_kill9_at_random_moments_then_rerun_equals_uninterrupted(tag_env, tmp_path):
+    dump = tag_dump(tag_env, "kill9.jsonl.gz", 600)
     ref, out, log = tmp_path / "ref", tmp_path / "out", tmp_path / "run.log"
-    run_tag([dump], _config(world, ref, chunk_records=20))
-    conf = _config(world, out, chunk_records=20)
+    run_tag([dump], tag_config(tag_env, ref, chunk_records=20))
+    conf = tag_config(tag_env, out, chunk_records=20)
     rng = random.Random(11)
     for attempt in range(3):
-        proc = _spawn([sys.executable, "-c", RUNNER, str(dump), json.dumps(conf.to_dict())], log)
+        proc = _spawn([sys.executable, "-c", TAG_RUNNER, str(dump), json.dumps(conf.to_dict())], log)
         target = len(_chunks(out)) + rng.randint(1, 6)
         deadline = time.monotonic() + 240
         while len(_chunks(out)) < target and proc.poll() is None and time.monotonic() < deadline:
@@ -195,7 +196,7 @@ def test_kill9_at_random_moments_then_rerun_equals_uninterrupted(world, tmp_path
     summary = run_tag([dump], conf)
     assert summary["chunks"] == 30 - kept  # only what was not committed is redone
     assert not list((out / STAGING_DIR).iterdir())
-    _same_rows(_rows(ref), _rows(out))
+    same_tag_rows(tag_rows(ref), tag_rows(out))
 
 
 def _kill_first_worker(staging: Path, stop: threading.Event, killed: list[int], accept=lambda pid: True) -> None:
@@ -211,20 +212,20 @@ def _kill_first_worker(staging: Path, stop: threading.Event, killed: list[int], 
 
 
 @pytest.mark.slow
-def test_ray_worker_sigkilled_mid_run_gives_exact_rows(world, tmp_path):
-    dump = _dump(world, "raykill.jsonl", 300, BAD_LINES[:2])
+def test_ray_worker_sigkilled_mid_run_gives_exact_rows(tag_env, tmp_path):
+    dump = tag_dump(tag_env, "raykill.jsonl", 300, TAG_BAD_LINES[:2])
     ref, out = tmp_path / "ref", tmp_path / "out"
-    run_tag([dump], _config(world, ref, chunk_records=30))
+    run_tag([dump], tag_config(tag_env, ref, chunk_records=30))
     stop, killed = threading.Event(), []
     killer = threading.Thread(target=_kill_first_worker, args=(out / STAGING_DIR, stop, killed), daemon=True)
     killer.start()
     try:
-        summary = run_tag([dump], _config(world, out, chunk_records=30, workers=2, use_ray="true"))
+        summary = run_tag([dump], tag_config(tag_env, out, chunk_records=30, workers=2, use_ray="true"))
     finally:
         stop.set()
     assert killed, "no worker was killed"
     assert (summary["rows"], summary["rejects"], summary["chunks"]) == (300, 2, 11)
-    _same_rows(_rows(ref), _rows(out))
+    same_tag_rows(tag_rows(ref), tag_rows(out))
     assert (out / "_rejects.jsonl").read_text() == (ref / "_rejects.jsonl").read_text()
 
 
@@ -234,13 +235,13 @@ def _parent(pid: int) -> int:
 
 
 @pytest.mark.slow
-def test_ray_node_removed_mid_run_gives_exact_rows(world, tmp_path):
+def test_ray_node_removed_mid_run_gives_exact_rows(tag_env, tmp_path):
     import ray
     from ray.cluster_utils import Cluster
 
-    dump = _dump(world, "node.jsonl", 240)
+    dump = tag_dump(tag_env, "node.jsonl", 240)
     ref, out = tmp_path / "ref", tmp_path / "out"
-    run_tag([dump], _config(world, ref, chunk_records=30))
+    run_tag([dump], tag_config(tag_env, ref, chunk_records=30))
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2})
     node = cluster.add_node(num_cpus=2)
     raylet = node.all_processes["raylet"][0].process.pid
@@ -264,12 +265,12 @@ def test_ray_node_removed_mid_run_gives_exact_rows(world, tmp_path):
         ray.init(address=cluster.address, log_to_driver=False)
         thread = threading.Thread(target=remove_node_of_a_worker, daemon=True)
         thread.start()
-        summary = run_tag([dump], _config(world, out, chunk_records=30, workers=2, ray_address=cluster.address))
+        summary = run_tag([dump], tag_config(tag_env, out, chunk_records=30, workers=2, ray_address=cluster.address))
     finally:
         stop.set()
         ray.shutdown()
         cluster.shutdown()
     assert removed, "no worker ran on the second node"
     assert (summary["rows"], summary["chunks"]) == (240, 8)
-    _same_rows(_rows(ref), _rows(out))
+    same_tag_rows(tag_rows(ref), tag_rows(out))
 

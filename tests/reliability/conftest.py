@@ -5,7 +5,6 @@ All inputs are generated into tmp folders (nothing binary is committed); tiny mo
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import helpers
 import pytest
