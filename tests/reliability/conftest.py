@@ -10,6 +10,7 @@ import helpers
 import pytest
 from helpers import draw_image, make_dataset
 
+
 @pytest.fixture(scope="session")
 def extract_inputs(tmp_path_factory) -> dict:
     """A DeepKE-layout dataset (8 images, crops, one retweet copy, one missing) and a dump of 10 image records."""
