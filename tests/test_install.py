@@ -12,8 +12,8 @@ import sys
 import sysconfig
 from pathlib import Path
 
+import helpers
 import pytest
-import tag_fixtures as tf
 
 REPO = Path(__file__).resolve().parent.parent
 SKIP = shutil.ignore_patterns(".git", ".venv", "__pycache__", "*.egg-info", "build", "runs", "demo", ".pytest_cache")
@@ -48,8 +48,8 @@ def test_pip_install_gives_a_working_command(tmp_path, tiny_model_config):
     where = subprocess.run([vpy, "-c", "import pipeline.config as c; print(c.CONF_DIR)"], capture_output=True,
                            text=True, env=env, cwd=work)
     assert str(venv) in where.stdout and (Path(where.stdout.strip()) / "tag.yaml").is_file()  # the installed copy
-    ckpt = tf.train_tiny_checkpoint(tiny_model_config, work / "ckpt", steps=5)
-    dump = tf.write_dump(work / "tweets.jsonl", tf.tweets(12))
+    ckpt = helpers.train_tiny_checkpoint(tiny_model_config, work / "ckpt", steps=5)
+    dump = helpers.write_dump(work / "tweets.jsonl", helpers.tweets(12))
     tagged = run("tag-corpus", "tweets.jsonl", "--model", "ckpt", "--out", "out", "--set", "precision=fp32")
     assert tagged.returncode == 0, tagged.stderr[-3000:]
     summary = json.loads(tagged.stdout)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from _vision_helpers import draw_image, make_dataset, make_tiny_clip
+from helpers import draw_image, make_dataset, make_tiny_clip
 
 from pipeline.extract.clip_encoder import Preprocessor, _image_processor_class
 from pipeline.extract.featurizer import ClipFeaturizer, featurize_images, resolve_fingerprint
