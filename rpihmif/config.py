@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from pathlib import PurePath
 from typing import Any
 
 from transformers import PreTrainedConfig
@@ -135,7 +136,11 @@ class RPIHMIFConfig(PreTrainedConfig):
         return ModelConfig.from_dict(self.rpihmif)
 
     def to_dict(self) -> dict[str, Any]:
+        """As saved: no machine path (a local bert_name folder keeps only its name; hub ids stay as they are)."""
         out = super().to_dict()
         for key in MACHINE_KEYS:
             out.pop(key, None)
+        bert = out["rpihmif"]["text"]["bert_name"]
+        if bert.startswith(("/", "~", ".")) or "\\" in bert:
+            out["rpihmif"] = {**out["rpihmif"], "text": {**out["rpihmif"]["text"], "bert_name": PurePath(bert).name}}
         return out

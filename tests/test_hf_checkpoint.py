@@ -35,6 +35,7 @@ def test_auto_classes_round_trip(model_and_folder):
     data = json.loads((folder / "config.json").read_text())
     assert data["model_type"] == "rpihmif" and data["encoder"]["model_type"] == "bert"
     assert "_name_or_path" not in data and "_name_or_path" not in data["encoder"]
+    assert data["rpihmif"]["text"]["bert_name"] == model.model_config.text.bert_name.rstrip("/").rsplit("/", 1)[-1]
     assert "/" not in json.dumps({k: v for k, v in data.items() if k != "rpihmif"}).replace("</", "")  # no paths
     config = AutoConfig.from_pretrained(str(folder))
     assert isinstance(config, rpihmif.RPIHMIFConfig) and config.id2label[0] == "O"
@@ -47,6 +48,7 @@ def test_auto_classes_round_trip(model_and_folder):
     again = folder.parent / "again"
     auto.save_pretrained(str(again))
     assert json.loads((again / "config.json").read_text())["rpihmif"] == data["rpihmif"]
+    assert str(folder.parent.parent) not in (folder / "config.json").read_text()  # no temp path anywhere
 
 
 def test_old_format_still_loads(model_and_folder, tmp_path):
@@ -59,7 +61,7 @@ def test_old_format_still_loads(model_and_folder, tmp_path):
                                                  "encoder": encoder}))
     tokenizer.save_pretrained(str(old))
     loaded, tok, config = load_checkpoint(old)
-    assert config == model.model_config
+    assert config == model.model_config  # the old format stored bert_name as given
     assert torch.equal(_emissions(loaded, tok, config), _emissions(model, tokenizer, model.model_config))
 
 
