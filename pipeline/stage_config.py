@@ -313,28 +313,24 @@ def _build(cls: type, data: Any, stage: str, prefix: str) -> Any:
     return cls(**kwargs)
 
 
+_SCALARS: dict[type, tuple[Callable[[Any], bool], str]] = {  # field type -> (accepts the value, words for the error)
+    bool: (lambda v: isinstance(v, bool), "true or false"),
+    int: (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
+    float: (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool), "a number"),  # int is fine for float
+    str: (lambda v: isinstance(v, str), "a string"),
+}
+
+
 def _typed(key: str, value: Any, hint: Any, stage: str) -> Any:
-    """`value` as the field's type (int is fine for float) or a UsageError naming the key."""
+    """`value` as the field's type or a UsageError naming the key."""
     if typing.get_origin(hint) is list:
+        expected = "a list of strings"
         if isinstance(value, list) and all(isinstance(v, str) for v in value):
             return list(value)
-        expected = "a list of strings"
-    elif hint is bool:
-        if isinstance(value, bool):
-            return value
-        expected = "true or false"
-    elif hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        expected = "an integer"
-    elif hint is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        expected = "a number"
-    elif hint is str:
-        if isinstance(value, str):
-            return value
-        expected = "a string"
+    elif hint in _SCALARS:
+        accepts, expected = _SCALARS[hint]
+        if accepts(value):
+            return float(value) if hint is float else value
     else:  # a field type this builder does not know: a programming error, not a user's
         raise TypeError(f"{stage} config: unsupported field type {hint!r} of {key}")
     raise UsageError(f"{stage} config: {key} must be {expected}, got {value!r}")
