@@ -103,7 +103,8 @@ def _extract(args: argparse.Namespace) -> dict:
     images = sorted(str(p) for p in Path(args.data).rglob("*.jpg"))[: args.images]
     feat = ClipFeaturizer({}, precision=args.precision)
     batch = {"key": np.array([""] * len(images)), "path": np.array(images, dtype=object),
-             "grounding": np.full((len(images), 3), "", dtype=object), "rcnn": np.full((len(images), 3), "", dtype=object)}
+             "grounding": np.full((len(images), 3), "", dtype=object),
+             "rcnn": np.full((len(images), 3), "", dtype=object)}
     feat({k: v[:2] for k, v in batch.items()})  # warm-up
     t0, c0 = time.perf_counter(), time.process_time()
     out = {}
@@ -187,8 +188,10 @@ def main() -> None:
         "train_epoch": {**train, "speedup_bf16": round(train["fp32"]["seconds"] / train["bf16"]["seconds"], 2),
                         "speedup_bf16_cpu": round(train["fp32"]["cpu_seconds"] / train["bf16"]["cpu_seconds"], 2),
                         "goal": ">= 1.5x"},
-        "extract": {**extract, "speedup_bf16": round(extract["bf16"]["images_per_s"] / extract["fp32"]["images_per_s"], 2),
-                    "speedup_bf16_cpu": round(extract["bf16"]["images_per_cpu_s"] / extract["fp32"]["images_per_cpu_s"], 2),
+        "extract": {**extract,
+                    "speedup_bf16": round(extract["bf16"]["images_per_s"] / extract["fp32"]["images_per_s"], 2),
+                    "speedup_bf16_cpu": round(extract["bf16"]["images_per_cpu_s"]
+                                              / extract["fp32"]["images_per_cpu_s"], 2),
                     "encoder": "random-init ViT-B/32 shape (12 layers, 768)",
                     "max_abs_feature_diff": float(np.abs(a - b).max()), "feature_abs_max": float(np.abs(a).max()),
                     "cosine_min": float(((a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1)
