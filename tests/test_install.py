@@ -48,7 +48,7 @@ def test_pip_install_gives_a_working_command(tmp_path, tiny_model_config):
     where = subprocess.run([vpy, "-c", "import pipeline.config as c; print(c.CONF_DIR)"], capture_output=True,
                            text=True, env=env, cwd=work)
     assert str(venv) in where.stdout and (Path(where.stdout.strip()) / "tag.yaml").is_file()  # the installed copy
-    ckpt = helpers.train_tiny_checkpoint(tiny_model_config, work / "ckpt", steps=5)
+    helpers.train_tiny_checkpoint(tiny_model_config, work / "ckpt", steps=5)
     dump = helpers.write_dump(work / "tweets.jsonl", helpers.tweets(12))
     tagged = run("tag-corpus", "tweets.jsonl", "--model", "ckpt", "--out", "out", "--set", "precision=fp32")
     assert tagged.returncode == 0, tagged.stderr[-3000:]
