@@ -5,7 +5,6 @@ UsageError (exit 2) naming the file and what to do; `load_error` does the same f
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import struct
@@ -79,23 +78,6 @@ def _check_sizes(data: Any, path: Path, where: str = "") -> None:
                              "retrain, or copy the checkpoint folder again")
 
 
-def _check_types(config: Any, path: Path) -> None:
-    """Each field of the model config has its default's type (an int where an int belongs, a list for a list)."""
-    for section in dataclasses.fields(config):
-        value = getattr(config, section.name)
-        if not dataclasses.is_dataclass(value):
-            continue
-        default = type(value)()
-        for f in dataclasses.fields(value):
-            want, got = getattr(default, f.name), getattr(value, f.name)
-            ok = isinstance(got, type(want)) and (isinstance(want, bool) or not isinstance(got, bool))
-            if isinstance(want, float) and isinstance(got, int) and not isinstance(got, bool):
-                ok = True
-            if not ok:
-                raise UsageError(f"{path}: {section.name}.{f.name} must be {type(want).__name__}, got {got!r}; the "
-                                 "config was altered: retrain, or copy the checkpoint folder again")
-
-
 def _check_shapes(folder: Path, tensors: dict[str, tuple[str, list[int]]]) -> None:
     """Build the model on torch's meta device (no memory) and compare its parameter shapes with the weights header."""
     import torch
@@ -138,9 +120,9 @@ def checkpoint_info(folder: str | Path) -> tuple[str, Any]:
         mid = model_id(folder)
     except RecursionError as exc:
         raise _refuse(folder, "config.json is nested too deeply") from exc
-    except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
-        raise UsageError(f"{folder}: unusable checkpoint ({str(exc)[:300]})") from exc
-    _check_types(config, folder / "config.json")
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:  # ModelConfig.from_dict checks types
+        raise UsageError(f"{folder / 'config.json'}: unusable checkpoint ({str(exc)[:300]}); the config was altered: "
+                         "retrain, or copy the checkpoint folder again") from exc
     if list(config.labels) != list(LABELS):
         raise UsageError(f"{folder}: checkpoint labels {config.labels} are not this pipeline's label set "
                          f"{list(LABELS)}; retrain it with `python cli.py train`")
