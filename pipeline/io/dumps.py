@@ -15,7 +15,7 @@ from typing import Any, BinaryIO, Iterator
 
 from rpihmif.errors import InputError
 
-__all__ = ["DumpFields", "DumpRecord", "Reject", "iter_dump", "expand_inputs", "DUMP_SUFFIXES"]
+__all__ = ["DumpFields", "DumpRecord", "Reject", "iter_dump", "line_record", "expand_inputs", "DUMP_SUFFIXES"]
 
 DUMP_SUFFIXES = (".jsonl", ".jsonl.gz", ".json.gz", ".ndjson", ".ndjson.gz")
 _CHUNK = 1 << 16
@@ -176,6 +176,18 @@ def parse_record(raw: bytes, name: str, line: int, fields: DumpFields) -> DumpRe
     return DumpRecord(name, line, rid, text, image or None, crops, rcnn)
 
 
+def line_record(raw: bytes | None, size: int, name: str, line: int, fields: DumpFields,
+                max_record_bytes: int) -> DumpRecord | Reject | None:
+    """The record (or reject) of one raw line; None for a blank line. `raw` None means the line was `size` bytes,
+    over `max_record_bytes`; a UTF-8 byte-order mark before line 1 is dropped, as some editors write one."""
+    if raw is None:
+        return Reject(name, line, f"record of {size} bytes is longer than max_record_bytes={max_record_bytes}; "
+                                  "raise it with --set max_record_bytes=N")
+    if line == 1 and raw.startswith(_BOM):
+        raw = raw[len(_BOM):]
+    return parse_record(raw, name, line, fields) if raw.strip() else None
+
+
 def iter_dump(path: Path, fields: DumpFields = DumpFields(), max_record_bytes: int = 100_000,
               name: str | None = None, unique_ids: bool = True) -> Iterator[DumpRecord | Reject]:
     """Stream records and rejects of one JSONL(.gz) file; blank lines are skipped silently.
@@ -190,14 +202,8 @@ def iter_dump(path: Path, fields: DumpFields = DumpFields(), max_record_bytes: i
         with _open(path) as fh:
             for raw, size in _lines(fh, max_record_bytes):
                 line += 1
-                if raw is None:
-                    yield Reject(name, line, f"record of {size} bytes is longer than max_record_bytes="
-                                             f"{max_record_bytes}; raise it with --set max_record_bytes=N")
-                    continue
-                if line == 1 and raw.startswith(_BOM):  # a UTF-8 byte-order mark, as some editors write
-                    raw = raw[len(_BOM):]
-                if raw.strip():
-                    rec = parse_record(raw, name, line, fields)
+                rec = line_record(raw, size, name, line, fields, max_record_bytes)
+                if rec is not None:
                     if unique_ids and isinstance(rec, DumpRecord):
                         digest = int.from_bytes(hashlib.blake2b(rec.id.encode(), digest_size=8).digest(), "big")
                         if digest in seen:

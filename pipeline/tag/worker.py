@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from cache.format import DUMP_SOURCE
-from pipeline.io.dumps import _BOM, DumpFields, DumpRecord, Reject, parse_record
+from pipeline.io.dumps import DumpFields, DumpRecord, Reject, line_record
 from pipeline.tag.parquet_parts import PartWriter
 from pipeline.tag.tweet_tokenizer import tokenize
 
@@ -109,17 +109,13 @@ class ChunkTagger:
         seen: set[str] = set()  # ids in this chunk (iter_dump's per-file rule, per chunk here)
         for raw in task["lines"]:
             line += 1
-            if line == 1 and isinstance(raw, bytes) and raw.startswith(_BOM):  # a UTF-8 byte-order mark
-                raw = raw[len(_BOM):]
-            if isinstance(raw, str):
-                rec: DumpRecord | Reject = Reject(source, line, raw)
-            elif isinstance(raw, int):
-                rec = Reject(source, line, f"record of {raw} bytes is longer than "
-                                                  f"max_record_bytes={max_bytes}; raise it with --set max_record_bytes=N")
-            elif not raw.strip():
+            if isinstance(raw, str):  # the reason a gzip tail could not be read
+                rec: DumpRecord | Reject | None = Reject(source, line, raw)
+            else:  # bytes, or the size of an over-long line
+                rec = line_record(None if isinstance(raw, int) else raw, raw if isinstance(raw, int) else len(raw),
+                                  source, line, self.fields, max_bytes)
+            if rec is None:
                 continue
-            else:
-                rec = parse_record(raw, source, line, self.fields)
             if isinstance(rec, DumpRecord):
                 tokens = tokenize(rec.text)
                 if not tokens:
