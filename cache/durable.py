@@ -24,7 +24,7 @@ from rpihmif.errors import LockHeldError, UsageError
 
 __all__ = ["atomic_file", "atomic_write_text", "atomic_write_bytes", "atomic_dir", "recover_dir", "FileLock",
            "LOCK_NAME", "ensure_dir", "refuse_link", "sha256_file", "fsync_path", "naming_path", "temp_path",
-           "is_temp_name", "remove_stale_temps", "file_mode", "commit_temp", "open_nofollow", "open_append"]
+           "is_temp_name", "remove_stale_temps", "file_mode", "commit_temp", "file_stamp", "open_nofollow", "open_append"]
 
 LOCK_NAME = ".lock"
 _TMP_TAG = ".tmp-"  # temp names: ".<final name>.tmp-<pid>-<random>"
@@ -220,6 +220,12 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def file_stamp(st: os.stat_result) -> list[int]:
+    """What changes whenever a file is written or replaced: size, mtime, ctime and inode (ctime and inode cannot be
+    set back by a user), so a result remembered under an unchanged stamp still holds."""
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> tuple[str, int]:

@@ -13,7 +13,7 @@ from typing import Any, Iterable
 
 import h5py
 
-from cache.durable import atomic_write_text
+from cache.durable import atomic_write_text, file_stamp
 from cache.format import FEATURE_NAMES, SHARD_GLOB, check_fingerprint, read_alias_tables
 from cache.index import INDEX_NAME, load_index, read_index_file, write_index
 
@@ -24,12 +24,6 @@ log = logging.getLogger("rpihmif.feature_cache")
 VERIFIED_NAME = "verified.json"
 DAMAGED_SUFFIX = ".damaged"  # `shard-….h5.damaged`: kept for inspection, no longer matched by SHARD_GLOB
 _BLOCK_ROWS = 64  # rows read at a time while verifying (bounded memory)
-
-
-def _stamp(path: Path) -> list[int]:
-    """What changes whenever a file is written or replaced (ctime and inode cannot be set back by a user)."""
-    st = os.lstat(path)
-    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
 
 
 def verify_shard(path: Path, fingerprint: dict[str, Any]) -> str:
@@ -73,7 +67,7 @@ def remember_verified(folder: Path, shards: Iterable[Path]) -> None:
     present = {p.name for p in folder.glob(SHARD_GLOB)}
     memo = {k: v for k, v in memo.items() if k in present}
     for path in shards:
-        memo[path.name] = _stamp(path)
+        memo[path.name] = file_stamp(os.lstat(path))
     _write_memo(folder, memo)
 
 
@@ -88,7 +82,7 @@ def repair_folder(folder: Path, fingerprint: dict[str, Any], full: bool = False)
     damaged: list[dict[str, str]] = []
     verified = 0
     for path in sorted(folder.glob(SHARD_GLOB)):
-        stamp = _stamp(path)
+        stamp = file_stamp(os.lstat(path))
         if memo.get(path.name) == stamp:
             fresh[path.name] = stamp
             continue

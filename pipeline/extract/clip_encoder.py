@@ -4,10 +4,10 @@
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
-import dataclasses
 from dataclasses import dataclass
 from typing import Any
 

@@ -13,7 +13,6 @@ import torch
 
 from cache.durable import ensure_dir
 from cache.format import FEATURE_NAMES, feature_shapes
-from pipeline.extract.memo import PlanMemo
 from pipeline.extract.clip_encoder import (
     Preprocessor,
     VisionSettings,
@@ -22,6 +21,7 @@ from pipeline.extract.clip_encoder import (
     load_vision_encoder,
     visual_spec,
 )
+from pipeline.extract.memo import PlanMemo
 from pipeline.io.images import DEFAULT_MAX_PIXELS, decode_image, sha256_bytes
 from pipeline.io.safe_paths import safe_resolve
 from pipeline.runtime.precision import resolve_precision

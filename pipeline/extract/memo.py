@@ -13,9 +13,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from cache.durable import atomic_write_text
+from cache.durable import atomic_write_text, file_stamp
 
-__all__ = ["MEMO_NAME", "PlanMemo", "file_signature"]
+__all__ = ["MEMO_NAME", "PlanMemo"]
 
 log = logging.getLogger("rpihmif.extract")
 
@@ -24,11 +24,6 @@ MEMO_VERSION = 1
 MAX_HASHES = 500_000  # entries kept; the oldest beyond this are dropped (they are only re-hashed)
 RACY_NS = 2_000_000_000  # a file changed this recently may change again within the same timestamp tick: not memoised
 _HEX64 = re.compile(r"[0-9a-f]{64}")
-
-
-def file_signature(st: os.stat_result) -> list[int]:
-    """What must be unchanged for a remembered hash to hold: size, mtime, ctime (set by any write) and inode."""
-    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
 
 
 class PlanMemo:
@@ -57,7 +52,7 @@ class PlanMemo:
     def lookup(self, path: str, st: os.stat_result) -> str | None:
         """The remembered sha256 of `path` when its signature `st` is unchanged, else None."""
         entry = self.hashes.get(path)
-        return entry[4] if entry is not None and entry[:4] == file_signature(st) else None
+        return entry[4] if entry is not None and entry[:4] == file_stamp(st) else None
 
     def remember(self, path: str, st: os.stat_result, digest: str) -> None:
         """Remember a hash just computed from the file as `st` describes it, unless the file changed too recently
@@ -65,7 +60,7 @@ class PlanMemo:
         self.hashed += 1
         if time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) > RACY_NS:
             self.hashes.pop(path, None)  # re-inserted last: the newest entries survive the cap
-            self.hashes[path] = [*file_signature(st), digest]
+            self.hashes[path] = [*file_stamp(st), digest]
             self._dirty = True
 
     def fingerprint(self, signature: str, compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:

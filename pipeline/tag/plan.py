@@ -12,9 +12,9 @@ from typing import Any, Callable
 
 from pipeline.io.checkpoint_folder import checkpoint_info
 from pipeline.io.dumps import _lines, _open
+from pipeline.stage_config import TagConfig
 from pipeline.tag.chunks import Identity, identify
 from pipeline.tag.manifest import Manifest
-from pipeline.stage_config import TagConfig
 from rpihmif.errors import UsageError
 
 __all__ = ["ModelSpec", "Freshness", "InputPlan", "resolve_model_path", "model_spec", "plan_input",

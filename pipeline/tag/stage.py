@@ -16,14 +16,22 @@ from typing import Any, Iterator
 from cache.durable import FileLock, ensure_dir, refuse_link
 from pipeline.io.dumps import expand_inputs
 from pipeline.runtime.executor import Executor
+from pipeline.stage_config import TagConfig
 from pipeline.tag.chunks import read_chunks
 from pipeline.tag.commit import Committer, part_name
 from pipeline.tag.manifest import MANIFEST_NAME, REJECTS_NAME, data_folder
 from pipeline.tag.parquet_parts import footer
-from pipeline.tag.plan import (Freshness, InputPlan, ModelSpec, cache_state, check_image_cache, model_spec,
-                               plan_input, resolve_model_path)
+from pipeline.tag.plan import (
+    Freshness,
+    InputPlan,
+    ModelSpec,
+    cache_state,
+    check_image_cache,
+    model_spec,
+    plan_input,
+    resolve_model_path,
+)
 from pipeline.tag.worker import ChunkTagger
-from pipeline.stage_config import TagConfig
 from rpihmif.errors import PipelineError, UsageError
 
 __all__ = ["run_tag", "resolve_model_path"]

@@ -23,12 +23,12 @@ from pipeline.io.dataset import BenchmarkDataset
 from pipeline.runtime.device import resolve_device, seed_everything
 from pipeline.runtime.precision import resolve_precision
 from pipeline.runtime.progress import progress, setup_logging
+from pipeline.stage_config import TrainConfig
 from pipeline.train.cached_features import TweetFeatures
 from pipeline.train.evaluate import entity_scores
 from pipeline.train.online_features import OnlineFeatures
 from rpihmif.alignment import TweetEncoder
 from rpihmif.checkpoint import load_checkpoint, save_checkpoint
-from pipeline.stage_config import TrainConfig
 from rpihmif.config import ModelConfig, TextEncoderConfig, VisualConfig
 from rpihmif.errors import UsageError
 from rpihmif.labels import LABEL2ID
