@@ -11,6 +11,8 @@ from typing import Any, Sequence
 
 import torch
 
+from rpihmif.chars import pad_char_ids, word_char_ids
+
 __all__ = ["NUM_SHAPES", "word_shape_id", "EncodedWindow", "TextBatch", "TweetEncoder", "merge_windows"]
 
 _SHAPES = ("pad", "lower", "Title", "UPPER", "mIxed", "digits", "alnum", "@mention", "#hashtag", "url",
@@ -60,6 +62,7 @@ class EncodedWindow:
     shape_ids: list[int]  # (n_words,) word_shape_id of each word
     word_start: int  # index in the tweet of this window's first word
     n_words: int  # words in this window
+    char_ids: list[list[int]] | None = None  # (n_words, <=max_chars+2) word_char_ids of each cased word; None = off
 
 
 @dataclass
@@ -74,6 +77,7 @@ class TextBatch:
     word_mask: torch.Tensor  # (B, W) bool
     shape_ids: torch.Tensor  # (B, W) long
     labels: torch.Tensor | None = None  # (B, W) long, 0 on padding
+    char_ids: torch.Tensor | None = None  # (B, W, C) long: UTF-8 byte ids of the cased words, 0 on padding; None = off
 
     def to(self, device: torch.device | str) -> "TextBatch":
         move = lambda t: None if t is None else t.to(device)  # noqa: E731
@@ -84,11 +88,14 @@ class TweetEncoder:
     """Turns word lists into `EncodedWindow`s for a fast tokenizer and a fixed question.
 
     max_seq counts every sub-token (question and special tokens included); stride = words shared by two
-    prediction windows (0 = a quarter of the window); max_word_pieces caps the sub-tokens of one word.
+    prediction windows (0 = a quarter of the window); max_word_pieces caps the sub-tokens of one word;
+    max_chars > 0 adds the char ids of each original word, clipped to max_chars UTF-8 bytes (0 = no char ids).
     """
 
-    def __init__(self, tokenizer: Any, question: str, max_seq: int, stride: int = 0, max_word_pieces: int = 16):
+    def __init__(self, tokenizer: Any, question: str, max_seq: int, stride: int = 0, max_word_pieces: int = 16,
+                 max_chars: int = 0):
         self.tokenizer = tokenizer
+        self.max_chars = max_chars
         self.question = question
         self.stride = stride
         self.max_word_pieces = max_word_pieces
@@ -105,8 +112,10 @@ class TweetEncoder:
 
     @classmethod
     def for_model(cls, tokenizer: Any, config: Any) -> "TweetEncoder":
-        """Encoder matching a ModelConfig: him.question, text.max_seq, text.window_stride."""
-        return cls(tokenizer, config.him.question, config.text.max_seq, config.text.window_stride)
+        """Encoder matching a ModelConfig: him.question, text.max_seq, text.window_stride, char ids when text.char_dim."""
+        text = config.text
+        return cls(tokenizer, config.him.question, text.max_seq, text.window_stride,
+                   max_chars=text.char_max_bytes if text.char_dim > 0 else 0)
 
     def _pieces(self, words: Sequence[str]) -> list[list[int]]:
         """Sub-token ids of each word (batched in the Rust tokenizer); a word with none gets [UNK]."""
@@ -133,7 +142,8 @@ class TweetEncoder:
         ids.append(self.sep_id)
         types = [0] * len(head) + [1 if q else 0] * (len(ids) - len(head))
         shapes = [word_shape_id(w) for w in words[start:end]]
-        return EncodedWindow(ids, types, len(q), word_index, shapes, start, end - start)
+        chars = [word_char_ids(w, self.max_chars) for w in words[start:end]] if self.max_chars > 0 else None
+        return EncodedWindow(ids, types, len(q), word_index, shapes, start, end - start, chars)
 
     def encode_train(self, words: Sequence[str]) -> tuple[EncodedWindow, int]:
         """The first window of the tweet (truncated to max_seq) and how many words were cut off."""
@@ -181,7 +191,13 @@ class TweetEncoder:
                 if len(row) != w.n_words:
                     raise ValueError(f"labels of window {i} cover {len(row)} words, expected {w.n_words}")
                 tags[i, : w.n_words] = torch.tensor(row, dtype=torch.long)
-        return TextBatch(input_ids, attention, types, question, word_index, word_mask, shape_ids, tags)
+        chars = None
+        if self.max_chars > 0:
+            if any(w.char_ids is None for w in windows):
+                raise ValueError("this encoder adds char ids (max_chars > 0) but a window was encoded without them")
+            # shape: (B, W, C)
+            chars = pad_char_ids([w.char_ids for w in windows], n)
+        return TextBatch(input_ids, attention, types, question, word_index, word_mask, shape_ids, tags, chars)
 
 
 def merge_windows(n_words: int, windows: Sequence[EncodedWindow], per_window_outputs: Sequence[Sequence[Any]]) -> list[Any]:

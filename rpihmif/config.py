@@ -26,6 +26,9 @@ class TextEncoderConfig:
     window_stride: int = 0  # words shared by two prediction windows; 0 = a quarter of the window
     word_shape: bool = True  # add a learned word-shape (casing/digits/@#url) embedding: the MiniLM is uncased
     shape_dim: int = 32  # size of that embedding
+    char_dim: int = 0  # char-CNN vector of the original cased word (UTF-8 bytes), beside the shape; 0 = off
+    char_emb_dim: int = 32  # size of the byte embedding fed to the char CNN
+    char_max_bytes: int = 20  # UTF-8 bytes kept per word: a longer word keeps its first and last halves (10 + 10)
     dropout: float = 0.1  # on token features before the emission layer
 
 

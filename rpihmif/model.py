@@ -1,4 +1,4 @@
-"""RPIHMIF: text encoder -> first-sub-token word features (+ shape) -> HIM -> IFFE -> emissions -> CRF.
+"""RPIHMIF: text encoder -> first-sub-token word features (+ shape, + char CNN) -> HIM -> IFFE -> emissions -> CRF.
 
 Switches: text_only, him.question ("" = off), iffe.iterations (0 = concat), visual.sources; no image = text path.
 """
@@ -12,6 +12,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, PreTrainedModel
 
 from rpihmif.alignment import NUM_SHAPES, TextBatch
+from rpihmif.chars import CharCNN
 from rpihmif.config import ModelConfig, RPIHMIFConfig
 from rpihmif.crf_head import CRFHead
 from rpihmif.errors import UsageError
@@ -73,7 +74,10 @@ class RPIHMIF(PreTrainedModel):
             raise ValueError(f"text.max_seq {mc.text.max_seq} > encoder max_position_embeddings {max_pos}")
         tc = mc.text
         self.shape = nn.Embedding(NUM_SHAPES, tc.shape_dim, padding_idx=0) if tc.word_shape else None
-        text_dim = encoder_dim + (tc.shape_dim if tc.word_shape else 0)
+        if tc.char_dim and tc.char_max_bytes < 1:
+            raise ValueError(f"text.char_max_bytes must be >= 1 with text.char_dim {tc.char_dim}, got {tc.char_max_bytes}")
+        self.chars = CharCNN(tc.char_dim, tc.char_emb_dim, dropout=tc.dropout) if tc.char_dim else None
+        text_dim = encoder_dim + (tc.shape_dim if tc.word_shape else 0) + tc.char_dim
         # text-path layers are built first so that, under one seed, a model without images starts (and trains)
         # exactly like the text-only model: the visual layers draw their initialisation afterwards
         self.dropout = nn.Dropout(tc.dropout)
@@ -135,6 +139,13 @@ class RPIHMIF(PreTrainedModel):
         if self.shape is not None:
             # shape: (B, W, Ht + S)
             words = torch.cat([words, self.shape(text.shape_ids)], dim=-1)
+        if self.chars is not None:
+            if text.char_ids is None or text.char_ids.shape[:2] != text.word_mask.shape:
+                got = None if text.char_ids is None else tuple(text.char_ids.shape)
+                raise ValueError(f"text.char_dim {self.chars.char_dim} needs char ids (B, W, C) matching word_mask "
+                                 f"{tuple(text.word_mask.shape)}, got {got}; build batches with TweetEncoder.for_model")
+            # shape: (B, W, Ht + S + char_dim)
+            words = torch.cat([words, self.chars(text.char_ids).to(words.dtype)], dim=-1)
         him = self.him(states, text.question_mask, words, text.word_mask, visual)
         features, fused = him.text, None
         if self.iffe is not None and him.capsules is not None:
@@ -157,7 +168,7 @@ class RPIHMIF(PreTrainedModel):
         return self.crf.marginals(output.emissions, output.word_mask)
 
     def param_groups(self, lr_text: float, lr_fusion: float, lr_crf: float, weight_decay: float) -> list[dict]:
-        """AdamW parameter groups: encoder / fusion (shape, HIM, IFFE, emissions) / CRF; no decay on biases,
+        """AdamW parameter groups: encoder / fusion (shape, chars, HIM, IFFE, emissions) / CRF; no decay on biases,
         norms and the CRF transitions. Empty groups are left out."""
         no_decay: set[int] = set()
         for module in self.modules():
