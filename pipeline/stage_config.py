@@ -127,6 +127,7 @@ class TrainConfig(_Stage):
     warmup_ratio: float
     max_grad_norm: float
     dropout: float
+    constrain_bio: bool
     seed: int
     device: str
     offline: bool

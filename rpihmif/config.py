@@ -66,6 +66,7 @@ class ModelConfig:
     iffe: IFFEConfig = field(default_factory=IFFEConfig)
     visual: VisualConfig = field(default_factory=VisualConfig)
     text_only: bool = False  # ignore vision entirely (the text baseline)
+    constrain_bio: bool = False  # CRF forbids O -> I-X, B-X -> I-Y and a start on I-X (False: checkpoints before it)
     labels: list[str] = field(default_factory=lambda: list(LABELS))
 
     def to_dict(self) -> dict[str, Any]:
@@ -86,11 +87,11 @@ class ModelConfig:
                     raise ValueError(f"unknown {key} config keys {sorted(unknown)}; known: {sorted(names)}")
                 kwargs[key] = parts[key](**value)
                 _check_types(key, kwargs[key])
-            elif key == "text_only" and isinstance(value, bool):
+            elif key in ("text_only", "constrain_bio") and isinstance(value, bool):
                 kwargs[key] = value
             elif key == "labels" and isinstance(value, list) and value and all(isinstance(v, str) for v in value):
                 kwargs[key] = value
-            elif key in ("text_only", "labels"):
+            elif key in ("text_only", "constrain_bio", "labels"):
                 raise ValueError(f"{key} has the wrong type: {value!r}")
             else:
                 raise ValueError(f"unknown model config key {key!r}")

@@ -1,7 +1,7 @@
 """Linear-chain CRF head over word positions, built on pytorch-crf (`torchcrf.CRF`, batch_first).
 
-Adds masked forward-backward marginals (log space) used as entity confidence scores at prediction time. Always fp32:
-emissions are cast up and autocast is off inside, so bf16 autocast around the model never reaches the CRF.
+Adds forward-backward marginals (entity confidence), optional BIO constraints (no `O -> I-X`, `B-X -> I-Y`, no start
+on `I-X`) in loss, Viterbi and marginals alike; always fp32 (autocast off inside, emissions cast up).
 """
 from __future__ import annotations
 
@@ -9,17 +9,41 @@ import functools
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 from torchcrf import CRF
 
-__all__ = ["CRFHead"]
+__all__ = ["CRFHead", "bio_transitions"]
+
+FORBIDDEN = -10000.0  # score of a forbidden transition: exp() underflows to exactly 0 in fp32, no inf arithmetic
+
+
+def bio_transitions(labels: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Allowed BIO moves: `(start (L,), transitions (L_prev, L_next))` bool; `I-X` only after `B-X` or `I-X`."""
+    inside = [label[2:] if label.startswith("I-") else None for label in labels]
+    start = torch.tensor([etype is None for etype in inside])
+    trans = torch.tensor([[etype is None or prev[2:] == etype and prev[:2] in ("B-", "I-") for etype in inside]
+                          for prev in labels])
+    return start, trans
+
+
+class _Forbid(nn.Module):
+    """Parametrization: the learned scores with forbidden entries pinned to FORBIDDEN (they get no gradient)."""
+
+    def __init__(self, allowed: torch.Tensor):
+        super().__init__()
+        self.register_buffer("allowed", allowed, persistent=False)
+
+    def forward(self, scores: torch.Tensor) -> torch.Tensor:
+        return scores.masked_fill(~self.allowed, FORBIDDEN)
 
 
 def _fp32(method):
-    """Run a CRF method with autocast off and fp32 emissions (loss, Viterbi and marginals stay fp32)."""
+    """Run a CRF method with autocast off and fp32 emissions (loss, Viterbi and marginals stay fp32); constrained
+    scores are computed once per call, not once per word position."""
 
     @functools.wraps(method)
     def wrapper(self, emissions: torch.Tensor, *args):
-        with torch.autocast(emissions.device.type, enabled=False):
+        with torch.autocast(emissions.device.type, enabled=False), parametrize.cached():
             return method(self, emissions.float(), *args)
 
     return wrapper
@@ -29,15 +53,23 @@ class CRFHead(nn.Module):
     """CRF over `num_tags` tags; word positions are packed to the left (mask[:, 0] True for non-empty rows).
 
     Rows with no word at all are tolerated: they add 0 to the loss, decode to [] and get zero marginals.
+    `constrain_bio=labels` forbids invalid BIO paths (torch parametrizations on the start and transition scores).
     """
 
-    def __init__(self, num_tags: int):
+    def __init__(self, num_tags: int, constrain_bio: list[str] | None = None):
         super().__init__()
         self.num_tags = num_tags
         self.crf = CRF(num_tags, batch_first=True)
+        self.constrained = constrain_bio is not None
+        if constrain_bio is not None:
+            if len(constrain_bio) != num_tags:
+                raise ValueError(f"constrain_bio names {len(constrain_bio)} labels for {num_tags} tags")
+            start, trans = bio_transitions(list(constrain_bio))
+            parametrize.register_parametrization(self.crf, "start_transitions", _Forbid(start))
+            parametrize.register_parametrization(self.crf, "transitions", _Forbid(trans))
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(num_tags={self.num_tags})"
+        return f"{type(self).__name__}(num_tags={self.num_tags}, constrained={self.constrained})"
 
     def _check(self, emissions: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if emissions.dim() != 3 or emissions.size(-1) != self.num_tags:

@@ -82,7 +82,7 @@ class RPIHMIF(PreTrainedModel):
         # exactly like the text-only model: the visual layers draw their initialisation afterwards
         self.dropout = nn.Dropout(tc.dropout)
         self.emission = nn.Linear(text_dim, len(mc.labels))
-        self.crf = CRFHead(len(mc.labels))
+        self.crf = CRFHead(len(mc.labels), constrain_bio=mc.labels if mc.constrain_bio else None)
         self.him = HIM(mc.him, mc.visual, text_dim, encoder_dim, mc.text_only)
         self.iffe = None if mc.text_only else IFFE(mc.iffe, text_dim, mc.him.hidden)
         self.post_init()

@@ -27,10 +27,10 @@ def _features(spec, seed):
             "rcnn": rng.standard_normal((k, spec.rcnn_tokens, spec.dim)), "rcnn_mask": np.array([True, True])}
 
 
-@pytest.fixture
-def saved(tiny_model_config, tmp_path):
+@pytest.fixture(params=[False, True], ids=["free_crf", "bio_crf"])
+def saved(tiny_model_config, tmp_path, request):
     torch.manual_seed(0)
-    model, tokenizer = build_model(tiny_model_config)
+    model, tokenizer = build_model(dataclasses.replace(tiny_model_config, constrain_bio=request.param))
     with torch.no_grad():  # make the CRF opinionated so decoded entities exist
         model.emission.bias.copy_(torch.linspace(-1, 1, len(LABELS)))
     # the checkpoint must not need the original encoder folder
@@ -47,6 +47,7 @@ def test_save_load_identical_predictions(saved):
     data = json.loads((folder / "config.json").read_text())
     assert data["rpihmif"]["labels"] == list(LABELS) and data["encoder"]["hidden_size"] == 32
     loaded, tok2, config = load_checkpoint(folder)
+    assert loaded.crf.constrained is model.model_config.constrain_bio is data["rpihmif"]["constrain_bio"]
     assert config.text.bert_name == "gone"  # a local folder keeps only its name: no machine path in config.json
     assert config == dataclasses.replace(model.model_config, text=dataclasses.replace(model.model_config.text,
                                                                                      bert_name="gone"))

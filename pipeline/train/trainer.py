@@ -54,6 +54,7 @@ def build_model_config(cfg: TrainConfig, visual: VisualConfig | None) -> ModelCo
         iffe=dataclasses.replace(cfg.iffe),
         visual=visual,
         text_only=cfg.text_only,
+        constrain_bio=cfg.constrain_bio,
     )
 
 
