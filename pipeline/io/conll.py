@@ -27,13 +27,15 @@ _BLANK = " \t\r\n\f\v"  # only ASCII whitespace makes a line blank or a token em
 class Tweet:
     """One tweet: its image id ("" when the IMGID was missing and repaired), words, BIO labels (OTHER read as MISC).
 
-    `line` is the 1-based line of the tweet's `IMGID:` line (of its first token when there was none).
+    `line` is the 1-based line of the tweet's `IMGID:` line (of its first token when there was none); `dataset` names
+    the dataset folder it was read from ("" for a bare file), which keys its image in the feature cache.
     """
 
     image_id: str
     words: list[str]
     labels: list[str]
     line: int
+    dataset: str = ""
 
 
 @dataclass

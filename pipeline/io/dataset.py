@@ -138,8 +138,11 @@ class BenchmarkDataset:
         return [s for s in SPLITS if self._split_file_or_none(s) is not None]
 
     def read(self, split: str, lenient: bool = False, fix_bio: bool = False) -> list[Tweet]:
-        """Tweets of a split (see `pipeline.conll.read_conll`)."""
-        return read_conll(self.split_file(split), lenient=lenient, fix_bio=fix_bio)
+        """Tweets of a split (see `pipeline.conll.read_conll`), each marked with this dataset's name."""
+        tweets = read_conll(self.split_file(split), lenient=lenient, fix_bio=fix_bio)
+        for tweet in tweets:
+            tweet.dataset = self.name
+        return tweets
 
     # ---- images and crops -------------------------------------------------------------------------------------
     def image_name(self, image_id: str) -> str:

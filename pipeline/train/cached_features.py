@@ -80,7 +80,7 @@ class TweetFeatures:
         if self.cache is None:
             self.missing += len(tweets)
             return [None] * len(tweets)
-        items = self.cache.lookup([(self.source, f"{t.image_id}.jpg") for t in tweets])
+        items = self.cache.lookup([(t.dataset or self.source, f"{t.image_id}.jpg") for t in tweets])
         hit = sum(item is not None for item in items)
         self.found, self.missing = self.found + hit, self.missing + len(items) - hit
         return items

@@ -15,11 +15,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from transformers import get_linear_schedule_with_warmup
 
 from cache.durable import atomic_dir, atomic_write_text, ensure_dir, recover_dir, refuse_link
 from pipeline.io.conll import Tweet
 from pipeline.io.dataset import BenchmarkDataset
+from pipeline.train.corpus import load_corpus
 from pipeline.runtime.device import resolve_device, seed_everything
 from pipeline.runtime.precision import resolve_precision
 from pipeline.runtime.progress import progress, setup_logging
@@ -93,13 +95,10 @@ class Trainer:
         self.device = resolve_device(cfg.device)
         self.precision = resolve_precision(cfg.precision, self.device)  # bf16 autocast of the forward; CRF fp32
         seed_everything(cfg.seed)
-        if not (Path(cfg.data_dir) / cfg.dataset).is_dir():
-            raise UsageError(f"dataset folder {Path(cfg.data_dir) / cfg.dataset} not found; set data_dir to the "
-                             f"folder holding {cfg.dataset}/ with train.txt and valid.txt (DeepKE layout)")
-        dataset = BenchmarkDataset(cfg.data_dir, cfg.dataset, cfg.vision.max_crops)
-        self.train_set = dataset.read("train", lenient=cfg.lenient, fix_bio=cfg.fix_bio)
-        self.dev_set = dataset.read("valid", lenient=cfg.lenient, fix_bio=cfg.fix_bio)
-        self.features = training_features(cfg, dataset)
+        corpus = load_corpus(cfg)
+        self.train_set, self.dev_sets = corpus.train, corpus.dev
+        self.dev_set = corpus.dev[cfg.dataset]
+        self.features = training_features(cfg, corpus.dataset)
         try:
             encoder, self.tokenizer = load_text_encoder(cfg.bert_name, offline=cfg.offline)
         except (OSError, ValueError, UsageError) as exc:
@@ -113,8 +112,11 @@ class Trainer:
         # reseed: dropout and shuffling must not depend on how many layers the model drew at initialisation, so a
         # multimodal model with no image anywhere trains exactly like the text-only model
         seed_everything(cfg.seed)
-        self.tagger = Tagger(self.model, self.tokenizer, self.model_config, device=self.device,
-                             autocast=self.precision.autocast)
+        # weight averaging: an exponential moving average of the weights, updated every step, is what gets scored
+        # and saved as best/ (the raw weights keep training)
+        self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay)) if cfg.ema_decay else None
+        self.tagger = Tagger(self.ema.module if self.ema else self.model, self.tokenizer, self.model_config,
+                             device=self.device, autocast=self.precision.autocast)
         self.encoded = self._encode(self.train_set)
         steps = cfg.num_epochs * ((len(self.encoded) + cfg.train_batch_size - 1) // cfg.train_batch_size)
         self.optimizer = torch.optim.AdamW(self.model.param_groups(
@@ -168,6 +170,11 @@ class Trainer:
         except Exception as exc:  # noqa: BLE001 -- truncated or foreign file
             raise UsageError(f"{state_path}: unreadable training state ({str(exc)[:200]}); resume from another "
                              "run, or drop load_path to start fresh") from exc
+        if self.ema is not None:
+            if "ema" not in state:
+                raise UsageError(f"{state_path}: that run did not average weights (ema_decay 0); resume it with the "
+                                 "same ema_decay, or drop load_path to start fresh")
+            self.ema.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         _set_rng_state(state["rng"])
@@ -183,16 +190,21 @@ class Trainer:
         while self.epoch < cfg.num_epochs:
             start = time.monotonic()
             loss = self._train_epoch()
-            dev = self.score(self.dev_set)
             seconds = time.monotonic() - start
+            dev = {name: self.score(tweets) for name, tweets in self.dev_sets.items()}
             self.epoch += 1
-            self.history.append({"epoch": self.epoch, "loss": round(loss, 4), "seconds": round(seconds, 1), "dev": dev})
-            log.info("epoch %d/%d: loss %.4f, dev P %.2f R %.2f F1 %.2f (%.0fs)", self.epoch, cfg.num_epochs, loss,
-                     dev["precision"], dev["recall"], dev["f1"], seconds)
-            if dev["f1"] > self.best_f1:
-                self.best_f1 = dev["f1"]
+            entry = {"epoch": self.epoch, "loss": round(loss, 4), "seconds": round(seconds, 1),
+                     "dev": dev.pop(cfg.dataset)}
+            if dev:  # the valid splits of the train_also datasets: what a run of theirs with this mix would keep
+                entry["dev_also"] = dev
+            self.history.append(entry)
+            log.info("epoch %d/%d: loss %.4f, dev P %.2f R %.2f F1 %.2f (%.0fs train)%s", self.epoch, cfg.num_epochs,
+                     loss, entry["dev"]["precision"], entry["dev"]["recall"], entry["dev"]["f1"], seconds,
+                     "".join(f"; {name} dev F1 {d['f1']:.2f}" for name, d in dev.items()))
+            if entry["dev"]["f1"] > self.best_f1:
+                self.best_f1 = entry["dev"]["f1"]
                 with atomic_dir(self.run_dir / "best") as tmp:
-                    save_checkpoint(tmp, self.model, self.tokenizer, metrics=self.metrics())
+                    save_checkpoint(tmp, self.tagger.model, self.tokenizer, metrics=self.metrics())
             self._save_last()
             atomic_write_text(self.run_dir / "metrics.json", json.dumps(self.metrics(), indent=2) + "\n")
         # a run killed between saving last/ and metrics.json resumes with no epoch left: write it here too
@@ -217,28 +229,35 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
             self.optimizer.step()
             self.scheduler.step()
+            if self.ema is not None:
+                self.ema.update_parameters(model)
             total, count = total + out.loss.item(), count + 1
         return total / max(count, 1)
 
     def score(self, tweets: list[Tweet]) -> dict[str, Any]:
         """Entity-level P/R/F1 of the current model on `tweets` (every word predicted, windows merged)."""
-        self.model.eval()
         preds = self.tagger.predict([t.words for t in tweets], self.features.lookup(tweets),
                                     batch_size=self.cfg.eval_batch_size)
         return entity_scores([t.labels for t in tweets], [p.labels for p in preds])
 
     def metrics(self) -> dict[str, Any]:
         best = max(self.history, key=lambda h: h["dev"]["f1"]) if self.history else None
-        return {"best_epoch": best["epoch"] if best else None, "best_dev": best["dev"] if best else None,
-                "epochs": self.history, "dataset": self.cfg.dataset, "seed": self.cfg.seed,
-                "config": self.cfg.to_dict()}
+        out = {"best_epoch": best["epoch"] if best else None, "best_dev": best["dev"] if best else None,
+               "epochs": self.history, "dataset": self.cfg.dataset, "seed": self.cfg.seed,
+               "train_datasets": sorted({t.dataset for t in self.train_set}), "config": self.cfg.to_dict()}
+        also = {name for h in self.history for name in h.get("dev_also", {})}
+        if also:  # per train_also dataset: the epoch its own valid split would keep
+            out["best_dev_also"] = {name: max(({"epoch": h["epoch"], "dev": h["dev_also"][name]} for h in self.history),
+                                              key=lambda e: e["dev"]["f1"]) for name in sorted(also)}
+        return out
 
     def _save_last(self) -> None:
         with atomic_dir(self.run_dir / "last") as tmp:
             save_checkpoint(tmp, self.model, self.tokenizer)
             torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                         "rng": _rng_state(), "epoch": self.epoch, "best_f1": self.best_f1,
-                        "history": self.history}, tmp / STATE_FILE)
+                        "history": self.history, **({"ema": self.ema.state_dict()} if self.ema else {})},
+                       tmp / STATE_FILE)
 
 
 def train(cfg: TrainConfig) -> dict[str, Any]:
