@@ -60,13 +60,21 @@ class CRFHead(nn.Module):
         super().__init__()
         self.num_tags = num_tags
         self.crf = CRF(num_tags, batch_first=True)
-        self.constrained = constrain_bio is not None
+        self.constrained = False
         if constrain_bio is not None:
-            if len(constrain_bio) != num_tags:
-                raise ValueError(f"constrain_bio names {len(constrain_bio)} labels for {num_tags} tags")
-            start, trans = bio_transitions(list(constrain_bio))
-            parametrize.register_parametrization(self.crf, "start_transitions", _Forbid(start))
-            parametrize.register_parametrization(self.crf, "transitions", _Forbid(trans))
+            self.constrain(constrain_bio)
+
+    def constrain(self, labels: list[str]) -> None:
+        """Forbid invalid BIO moves from now on (also on a trained unconstrained head, e.g. to compare decoding)."""
+        if len(labels) != self.num_tags:
+            raise ValueError(f"constrain_bio names {len(labels)} labels for {self.num_tags} tags")
+        if self.constrained:
+            return
+        start, trans = bio_transitions(list(labels))
+        device = self.crf.transitions.device
+        parametrize.register_parametrization(self.crf, "start_transitions", _Forbid(start.to(device)))
+        parametrize.register_parametrization(self.crf, "transitions", _Forbid(trans.to(device)))
+        self.constrained = True
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(num_tags={self.num_tags}, constrained={self.constrained})"

@@ -1,0 +1,145 @@
+"""Dev-set table of training recipes on the real Twitter data: recipe x dataset, mean +- std over seeds; prints JSON.
+
+    python benchmarks/dev_recipes.py --data-dir ../shared/data --recipes today,joint --seeds 1,2,3 --runs runs/recipes
+    python benchmarks/dev_recipes.py --runs runs/recipes --summary-only          # the table of what already ran
+    python benchmarks/dev_recipes.py --runs runs/recipes --bio-decoding today    # rescore checkpoints, BIO-constrained
+
+Each run is `python cli.py train` with the recipe's --set overrides (runs/recipes/<recipe>_<dataset>_s<seed>, skipped
+when its metrics.json shows every epoch). A `train_also` recipe trains one run per seed and reads both datasets' best
+epochs from it: the mix is concatenated in a fixed order, so the twitter2017 run of that seed would train identically.
+Not run by CI (one Twitter-2015 epoch is minutes on 2 CPU cores).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+DATASETS = ("twitter2015", "twitter2017")
+OFF = ["constrain_bio=false", "train_also=", "ema_decay=0"]  # the recipe of the project before issue 15
+RECIPES: dict[str, list[str]] = {  # name -> train overrides on top of conf/train.yaml
+    "today": OFF,
+    "bio": OFF + ["constrain_bio=true"],
+    "joint": OFF + ["constrain_bio=true", "train_also=auto"],
+    "joint_ema": OFF + ["constrain_bio=true", "train_also=auto", "ema_decay=0.998"],
+    "default": [],  # whatever conf/train.yaml says now
+}
+
+
+def run_folder(runs: Path, recipe: str, dataset: str, seed: int) -> Path:
+    return runs / f"{recipe}_{dataset}_s{seed}"
+
+
+def is_joint(recipe: str) -> bool:
+    return any(o.startswith("train_also=") and o != "train_also=" for o in RECIPES[recipe])
+
+
+def train(args: argparse.Namespace, recipe: str, dataset: str, seed: int) -> None:
+    """One training run in a subprocess, unless a finished one is already there."""
+    folder = run_folder(args.runs, recipe, dataset, seed)
+    metrics = folder / "metrics.json"
+    if metrics.is_file() and len(json.loads(metrics.read_text())["epochs"]) >= args.epochs:
+        return
+    cmd = [sys.executable, str(ROOT / "cli.py"), "train", "--set", f"data_dir={args.data_dir}", "--set",
+           f"dataset={dataset}", "--set", f"seed={seed}", "--set", f"num_epochs={args.epochs}", "--set",
+           f"save_path={folder}", *(x for o in RECIPES[recipe] for x in ("--set", o))]
+    if (folder / "last").is_dir():
+        cmd += ["--set", f"load_path={folder}"]
+    print(" ".join(cmd), file=sys.stderr, flush=True)
+    subprocess.run(cmd, check=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+def best_of(metrics: dict[str, Any], dataset: str) -> dict[str, Any] | None:
+    """The kept epoch for `dataset` in a run: its own valid split, or a train_also dataset's."""
+    if metrics["dataset"] == dataset:
+        return {"epoch": metrics["best_epoch"], "dev": metrics["best_dev"]}
+    return metrics.get("best_dev_also", {}).get(dataset)
+
+
+def summary(runs: Path) -> list[dict[str, Any]]:
+    """One row per (recipe, dataset): dev F1 mean/std over seeds, per-type F1 means, best epochs, s/epoch."""
+    cells: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for path in sorted(runs.glob("*/metrics.json")):
+        recipe = path.parent.name.rsplit("_", 2)[0]
+        metrics = json.loads(path.read_text())
+        for dataset in DATASETS:
+            best = best_of(metrics, dataset)
+            if best is None:
+                continue
+            seconds = [e["seconds"] for e in metrics["epochs"]]
+            cells.setdefault((recipe, dataset), []).append({
+                "seed": metrics["seed"], "f1": best["dev"]["f1"], "epoch": best["epoch"],
+                "per_type": {t: v["f1"] for t, v in best["dev"]["per_type"].items()},
+                "s_per_epoch": sum(seconds) / len(seconds), "epochs": len(seconds),
+                "train_tweets_datasets": metrics.get("train_datasets", [metrics["dataset"]])})
+    rows = []
+    for (recipe, dataset), runs_ in sorted(cells.items()):
+        f1 = [r["f1"] for r in runs_]
+        types = sorted({t for r in runs_ for t in r["per_type"]})
+        rows.append({"recipe": recipe, "dataset": dataset, "seeds": sorted(r["seed"] for r in runs_),
+                     "dev_f1_mean": round(statistics.mean(f1), 2),
+                     "dev_f1_std": round(statistics.stdev(f1), 2) if len(f1) > 1 else None,
+                     "dev_f1": [r["f1"] for r in sorted(runs_, key=lambda r: r["seed"])],
+                     "per_type_mean": {t: round(statistics.mean(r["per_type"].get(t, 0.0) for r in runs_), 2)
+                                       for t in types},
+                     "best_epochs": [r["epoch"] for r in sorted(runs_, key=lambda r: r["seed"])],
+                     "epochs": max(r["epochs"] for r in runs_),
+                     "s_per_epoch": round(statistics.mean(r["s_per_epoch"] for r in runs_), 1),
+                     "trained_on": runs_[0]["train_tweets_datasets"]})
+    return rows
+
+
+def bio_decoding(runs: Path, recipe: str, data_dir: Path) -> list[dict[str, Any]]:
+    """Rescore each run's best/ checkpoint on its valid split with free and with BIO-constrained Viterbi."""
+    from pipeline.io.conll import read_conll
+    from pipeline.train.evaluate import entity_scores
+    from rpihmif.labels import check_bio
+    from rpihmif.predictor import Tagger
+
+    out = []
+    for folder in sorted(runs.glob(f"{recipe}_*_s*/best")):
+        metrics = json.loads((folder.parent / "metrics.json").read_text())
+        tweets = read_conll(data_dir / metrics["dataset"] / "valid.txt", fix_bio=True)
+        tagger = Tagger.from_pretrained(folder)
+        row: dict[str, Any] = {"run": folder.parent.name}
+        for mode in ("free", "constrained"):
+            if mode == "constrained":
+                tagger.model.crf.constrain(tagger.config.labels)
+            preds = [p.labels for p in tagger.predict([t.words for t in tweets], None)]
+            row[f"{mode}_f1"] = entity_scores([t.labels for t in tweets], preds)["f1"]
+            row[f"{mode}_invalid_tweets"] = sum(check_bio(p) is not None for p in preds)
+        out.append(row)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data")
+    parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "recipes")
+    parser.add_argument("--recipes", default="today,joint", help=f"comma-separated, of {', '.join(RECIPES)}")
+    parser.add_argument("--seeds", default="1,2,3")
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--summary-only", action="store_true", help="only print the table of the runs already there")
+    parser.add_argument("--bio-decoding", metavar="RECIPE", help="rescore RECIPE's checkpoints free vs constrained")
+    args = parser.parse_args()
+    if args.bio_decoding:
+        print(json.dumps({"bio_decoding": bio_decoding(args.runs, args.bio_decoding, args.data_dir)}, indent=1))
+        return
+    if not args.summary_only:
+        for recipe in args.recipes.split(","):
+            for seed in (int(s) for s in args.seeds.split(",")):
+                for dataset in DATASETS[:1] if is_joint(recipe) else DATASETS:
+                    train(args, recipe, dataset, seed)
+    print(json.dumps({"runs": str(args.runs), "table": summary(args.runs)}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
