@@ -3,6 +3,7 @@
     python benchmarks/dev_recipes.py --data-dir ../shared/data --recipes today,joint --seeds 1,2,3 --runs runs/recipes
     python benchmarks/dev_recipes.py --runs runs/recipes --summary-only          # the table of what already ran
     python benchmarks/dev_recipes.py --runs runs/recipes --bio-decoding today    # rescore checkpoints, BIO-constrained
+    python benchmarks/dev_recipes.py --runs runs/recipes --errors today          # dev errors per gold type
 
 Each run is `python cli.py train` with the recipe's --set overrides (runs/recipes/<recipe>_<dataset>_s<seed>, skipped
 when its metrics.json shows every epoch). A `train_also` recipe trains one run per seed and reads both datasets' best
@@ -101,7 +102,6 @@ def bio_decoding(runs: Path, recipe: str, data_dir: Path) -> list[dict[str, Any]
     """Rescore each run's best/ checkpoint on its valid split with free and with BIO-constrained Viterbi."""
     from pipeline.io.conll import read_conll
     from pipeline.train.evaluate import entity_scores
-    from rpihmif.labels import check_bio
     from rpihmif.predictor import Tagger
 
     out = []
@@ -110,14 +110,54 @@ def bio_decoding(runs: Path, recipe: str, data_dir: Path) -> list[dict[str, Any]
         tweets = read_conll(data_dir / metrics["dataset"] / "valid.txt", fix_bio=True)
         tagger = Tagger.from_pretrained(folder)
         row: dict[str, Any] = {"run": folder.parent.name}
-        for mode in ("free", "constrained"):
+        preds = {}
+        for mode in ("free", "constrained"):  # free: a dangling I- of Viterbi's path is read as B- (seqeval's way)
             if mode == "constrained":
                 tagger.model.crf.constrain(tagger.config.labels)
-            preds = [p.labels for p in tagger.predict([t.words for t in tweets], None)]
-            row[f"{mode}_f1"] = entity_scores([t.labels for t in tweets], preds)["f1"]
-            row[f"{mode}_invalid_tweets"] = sum(check_bio(p) is not None for p in preds)
+            preds[mode] = [p.labels for p in tagger.predict([t.words for t in tweets], None)]
+            row[f"{mode}_f1"] = entity_scores([t.labels for t in tweets], preds[mode])["f1"]
+        row["tweets_changed"] = sum(a != b for a, b in zip(preds["free"], preds["constrained"]))
         out.append(row)
     return out
+
+
+def span_errors(gold: list[list[str]], pred: list[list[str]]) -> dict[str, dict[str, int]]:
+    """Per gold type: right, wrong type on the exact span (by predicted type), wrong boundary, missed; and per
+    predicted type the spurious spans that touch no gold entity."""
+    from rpihmif.labels import bio_spans
+
+    out: dict[str, dict[str, int]] = {}
+    for g_tags, p_tags in zip(gold, pred):
+        g, p = bio_spans(g_tags), bio_spans(p_tags)
+        for etype, start, end in g:
+            row = out.setdefault(etype, {})
+            same = [q for q in p if q[1:] == (start, end)]
+            overlap = [q for q in p if q[1] < end and start < q[2]]
+            key = ("right" if (etype, start, end) in p else f"as_{same[0][0]}" if same else
+                   "boundary" if overlap else "missed")
+            row[key] = row.get(key, 0) + 1
+        for etype, start, end in p:
+            if not any(q[1] < end and start < q[2] for q in g):
+                row = out.setdefault(etype, {})
+                row["spurious"] = row.get("spurious", 0) + 1
+    return out
+
+
+def errors(runs: Path, recipe: str, data_dir: Path) -> dict[str, Any]:
+    """Error counts of each `recipe` run's best checkpoint on its valid split, summed over seeds per dataset."""
+    from pipeline.io.conll import read_conll
+    from rpihmif.predictor import Tagger
+
+    total: dict[str, dict[str, dict[str, int]]] = {}
+    for folder in sorted(runs.glob(f"{recipe}_*_s*/best")):
+        dataset = json.loads((folder.parent / "metrics.json").read_text())["dataset"]
+        tweets = read_conll(data_dir / dataset / "valid.txt", fix_bio=True)
+        preds = [p.labels for p in Tagger.from_pretrained(folder).predict([t.words for t in tweets], None)]
+        for etype, row in span_errors([t.labels for t in tweets], preds).items():
+            cell = total.setdefault(dataset, {}).setdefault(etype, {})
+            for key, n in row.items():
+                cell[key] = cell.get(key, 0) + n
+    return total
 
 
 def main() -> None:
@@ -129,7 +169,11 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--summary-only", action="store_true", help="only print the table of the runs already there")
     parser.add_argument("--bio-decoding", metavar="RECIPE", help="rescore RECIPE's checkpoints free vs constrained")
+    parser.add_argument("--errors", metavar="RECIPE", help="dev error counts per gold type of RECIPE's checkpoints")
     args = parser.parse_args()
+    if args.errors:
+        print(json.dumps({"errors": errors(args.runs, args.errors, args.data_dir)}, indent=1))
+        return
     if args.bio_decoding:
         print(json.dumps({"bio_decoding": bio_decoding(args.runs, args.bio_decoding, args.data_dir)}, indent=1))
         return
