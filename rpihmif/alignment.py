@@ -112,7 +112,7 @@ class TweetEncoder:
 
     @classmethod
     def for_model(cls, tokenizer: Any, config: Any) -> "TweetEncoder":
-        """Encoder matching a ModelConfig: him.question, text.max_seq, text.window_stride, char ids when text.char_dim."""
+        """Encoder matching a ModelConfig: him.question, text.max_seq, text.window_stride; char ids if text.char_dim."""
         text = config.text
         return cls(tokenizer, config.him.question, text.max_seq, text.window_stride,
                    max_chars=text.char_max_bytes if text.char_dim > 0 else 0)

@@ -4,7 +4,7 @@ The vocabulary is fixed (256 bytes + begin/end markers), so any tweet encodes wi
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -18,7 +18,7 @@ CHAR_VOCAB = 259
 
 def word_char_ids(word: str, max_chars: int) -> list[int]:
     """Ids of a word: [BOW] bytes [EOW], never empty. A word of more than `max_chars` UTF-8 bytes keeps its first
-    `max_chars - max_chars // 2` and its last `max_chars // 2` bytes (prefix and suffix carry the casing and endings)."""
+    `max_chars - max_chars // 2` and its last `max_chars // 2` bytes (prefix and suffix carry casing and endings)."""
     if max_chars < 1:
         raise ValueError(f"expected max_chars >= 1, got {max_chars}")
     data = word.encode("utf-8", errors="replace")
@@ -49,14 +49,16 @@ class CharCNN(nn.Module):
     def __init__(self, char_dim: int, emb_dim: int = 32, kernel: int = 3, dropout: float = 0.0):
         super().__init__()
         if char_dim < 1 or emb_dim < 1 or kernel < 1 or kernel % 2 == 0:
-            raise ValueError(f"expected char_dim >= 1, emb_dim >= 1 and an odd kernel, got {char_dim}, {emb_dim}, {kernel}")
+            raise ValueError(f"expected char_dim >= 1, emb_dim >= 1 and an odd kernel, "
+                             f"got {char_dim}, {emb_dim}, {kernel}")
         self.char_dim = char_dim
         self.embed = nn.Embedding(CHAR_VOCAB, emb_dim, padding_idx=CHAR_PAD)
         self.dropout = nn.Dropout(dropout)
         self.conv = nn.Conv1d(emb_dim, char_dim, kernel, padding=kernel // 2)
 
     def __repr__(self) -> str:
-        return f"CharCNN(vocab={CHAR_VOCAB}, emb={self.embed.embedding_dim}, out={self.char_dim}, kernel={self.conv.kernel_size[0]})"
+        return (f"CharCNN(vocab={CHAR_VOCAB}, emb={self.embed.embedding_dim}, out={self.char_dim}, "
+                f"kernel={self.conv.kernel_size[0]})")
 
     def forward(self, char_ids: torch.Tensor) -> torch.Tensor:
         """char_ids: (B, W, C) long, CHAR_PAD on padding -> (B, W, char_dim)."""

@@ -75,7 +75,8 @@ class RPIHMIF(PreTrainedModel):
         tc = mc.text
         self.shape = nn.Embedding(NUM_SHAPES, tc.shape_dim, padding_idx=0) if tc.word_shape else None
         if tc.char_dim and tc.char_max_bytes < 1:
-            raise ValueError(f"text.char_max_bytes must be >= 1 with text.char_dim {tc.char_dim}, got {tc.char_max_bytes}")
+            raise ValueError(f"text.char_max_bytes must be >= 1 with text.char_dim {tc.char_dim}, "
+                             f"got {tc.char_max_bytes}")
         self.chars = CharCNN(tc.char_dim, tc.char_emb_dim, dropout=tc.dropout) if tc.char_dim else None
         text_dim = encoder_dim + (tc.shape_dim if tc.word_shape else 0) + tc.char_dim
         # text-path layers are built first so that, under one seed, a model without images starts (and trains)

@@ -171,8 +171,12 @@ def test_old_checkpoint_without_char_keys_loads_as_char_dim_0(tiny_model_config,
     for key in ("char_dim", "char_emb_dim", "char_max_bytes"):
         del data["rpihmif"]["text"][key]  # as written before char features existed
     (folder / "config.json").write_text(json.dumps(data))
-    loaded, tok2, config = load_checkpoint(folder)
+    loaded, _, config = load_checkpoint(folder)
     assert config.text.char_dim == 0 and loaded.chars is None
+    text = batch(enc, CASED)
+    assert text.char_ids is None
+    with torch.no_grad():
+        assert torch.equal(model(text).emissions, loaded(text).emissions)
     assert Tagger.from_pretrained(folder).predict(CASED) == Tagger(model, tokenizer).predict(CASED)
 
 
@@ -206,6 +210,12 @@ def test_tag_corpus_with_a_char_checkpoint(tiny_model_config, tmp_path):
             [(e.start, e.end) for e in expected.entities]
 
 
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "cli.py"), *args], check=False, capture_output=True, text=True,
+                          timeout=300, cwd=ROOT, env={**os.environ, "CI": "true"})
+
+
+@pytest.mark.slow
 def test_train_cli_with_char_dim(tiny_bert_dir, tmp_path):
     data = tmp_path / "data" / "tiny"
     data.mkdir(parents=True)
@@ -214,13 +224,15 @@ def test_train_cli_with_char_dim(tiny_bert_dir, tmp_path):
     run = tmp_path / "run"
     sets = helpers.tiny_overrides(tiny_bert_dir, data, run, num_epochs=1, char_dim=8, char_max_bytes=12)
     args = [a for s in sets for a in ("--set", s)]
-    env = {**os.environ, "CI": "true"}
-    res = subprocess.run([sys.executable, str(ROOT / "cli.py"), "train", *args], capture_output=True, text=True,
-                         timeout=300, cwd=ROOT, env=env)
+    res = cli("train", *args)
     assert res.returncode == 0, res.stderr[-2000:]
     text_cfg = json.loads((run / "best" / "config.json").read_text())["rpihmif"]["text"]
     assert (text_cfg["char_dim"], text_cfg["char_max_bytes"]) == (8, 12)
     assert Tagger.from_pretrained(run / "best").model.chars.char_dim == 8
-    bad = subprocess.run([sys.executable, str(ROOT / "cli.py"), "train", *args, "--set", "char_dim=-1"],
-                         capture_output=True, text=True, timeout=120, cwd=ROOT, env=env)
+    out = tmp_path / "m.json"  # evaluate checks the folder (weights header vs the rebuilt model) and tags with chars
+    res = cli("evaluate", str(run / "best"), str(data / "valid.txt"), "--out", str(out),
+              "--set", f"cache_dir={tmp_path / 'none'}")
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert json.loads(out.read_text())["tweets"] == 6
+    bad = cli("train", *args, "--set", "char_dim=-1")
     assert bad.returncode == 2 and "char_dim" in bad.stderr

@@ -1,0 +1,127 @@
+"""Cost of the char CNN (text.char_dim): training steps and Tagger.predict with and without chars, same run; JSON.
+
+Text-only RPI-HMIF over the packaged MiniLM-L6 on Twitter-2015 train tweets (../shared/data, else fixed samples);
+the variants alternate batch by batch (ABBA) so machine load hits both alike; wall and process CPU seconds, ratios
+chars/plain of the totals and the median over batches (the steadier number on a shared machine).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+SHARED = REPO.parent / "shared" / "data" / "twitter2015" / "train.txt"
+FALLBACK = ["RT @fan : John Smith is at the game today in London http://t.co/x1",
+            "Love Google and the NBA #gameday", "Obama in New York today …", "Apple opens a store in Paris !"]
+
+
+def tweets(n: int, path: Path) -> tuple[list[list[str]], list[list[int]], str]:
+    """n tweets (words, label ids) of a CoNLL split, and where they came from."""
+    from rpihmif.labels import LABEL2ID
+
+    if path.is_file():
+        from pipeline.io.conll import read_conll
+
+        data = read_conll(path, fix_bio=True)[:n]  # as training reads it
+        return [t.words for t in data], [[LABEL2ID[x] for x in t.labels] for t in data], str(path)
+    words = [FALLBACK[i % len(FALLBACK)].split() for i in range(n)]
+    return words, [[0] * len(w) for w in words], "fixed sample tweets"
+
+
+def variant(char_dim: int, autocast):
+    import torch
+
+    from rpihmif.alignment import TweetEncoder
+    from rpihmif.config import ModelConfig
+    from rpihmif.model import build_model
+    from rpihmif.predictor import Tagger
+
+    config = ModelConfig(text_only=True)
+    config = dataclasses.replace(config, text=dataclasses.replace(config.text, char_dim=char_dim))
+    torch.manual_seed(0)
+    model, tokenizer = build_model(config)
+    opt = torch.optim.AdamW(model.param_groups(5e-5, 1e-3, 5e-3, 0.01))
+    return model, opt, TweetEncoder.for_model(tokenizer, config), Tagger(model, tokenizer, config, autocast=autocast)
+
+
+def train_step(model, opt, enc, autocast, words, labels) -> None:
+    """Encode + collate + forward (under the precision's autocast) + backward + AdamW step of one batch, as the
+    trainer does per step."""
+    text = enc.collate([enc.encode_train(w)[0] for w in words], labels)
+    with autocast():
+        loss = model(text).loss
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+
+
+def timed(fn, *args) -> tuple[float, float]:
+    """(wall, process CPU) seconds of fn(*args)."""
+    t0, c0 = time.perf_counter(), time.process_time()
+    fn(*args)
+    return time.perf_counter() - t0, time.process_time() - c0
+
+
+def summary(pairs: list[dict[str, tuple[float, float]]], n: int, threads: int) -> dict:
+    """Totals per variant and the median over batches of the chars/plain ratio (wall and CPU)."""
+    total = {k: [sum(p[k][i] for p in pairs) for i in (0, 1)] for k in ("plain", "chars")}
+    ratio = [statistics.median(p["chars"][i] / p["plain"][i] for p in pairs) for i in (0, 1)]
+    return {"tweets": n, "batches": len(pairs), "torch_threads": threads,
+            **{f"{k}_tweets_per_s_wall": round(n / total[k][0], 1) for k in total},
+            **{f"{k}_tweets_per_cpu_s": round(n / total[k][1], 1) for k in total},
+            "ratio_chars_over_plain_total_wall": round(total["chars"][0] / total["plain"][0], 3),
+            "ratio_chars_over_plain_total_cpu": round(total["chars"][1] / total["plain"][1], 3),
+            "ratio_chars_over_plain_median_batch_wall": round(ratio[0], 3),
+            "ratio_chars_over_plain_median_batch_cpu": round(ratio[1], 3)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--char-dim", type=int, default=50, help="char_dim of the char variant")
+    ap.add_argument("--train-n", type=int, default=256, help="training tweets (batches of 16)")
+    ap.add_argument("--predict-n", type=int, default=1024, help="tweets to tag (Tagger.predict calls of 64)")
+    ap.add_argument("--split", type=Path, default=SHARED, help="CoNLL split to read tweets from")
+    ap.add_argument("--train-threads", type=int, default=0, help="torch threads for training (0 = default)")
+    ap.add_argument("--predict-threads", type=int, default=1, help="torch threads for prediction (tag-corpus: 1)")
+    ap.add_argument("--precision", default="auto", help="auto | fp32 | bf16, resolved as the stages do")
+    args = ap.parse_args()
+    import torch
+
+    from pipeline.runtime.precision import resolve_precision
+
+    precision = resolve_precision(args.precision, "cpu")
+
+    words, labels, source = tweets(max(args.train_n, args.predict_n), args.split)
+    variants = {"plain": variant(0, precision.autocast), "chars": variant(args.char_dim, precision.autocast)}
+    train_threads, predict_threads = args.train_threads or torch.get_num_threads(), args.predict_threads
+    for model, opt, enc, tagger in variants.values():  # warm-up: allocations, AdamW state, lazy imports
+        model.train()
+        train_step(model, opt, enc, precision.autocast, words[:16], labels[:16])
+        tagger.predict(words[:64], batch_size=64)
+    train, predict = [], []
+    for b, s in enumerate(range(0, args.train_n, 16)):  # the variants alternate batch by batch, ABBA order
+        torch.set_num_threads(train_threads)
+        order = ["plain", "chars"] if b % 2 == 0 else ["chars", "plain"]
+        train.append({k: timed(train_step, *variants[k][:3], precision.autocast, words[s : s + 16], labels[s : s + 16])
+                      for k in order})
+    for b, s in enumerate(range(0, args.predict_n, 64)):
+        torch.set_num_threads(predict_threads)
+        order = ["plain", "chars"] if b % 2 == 0 else ["chars", "plain"]
+        predict.append({k: timed(variants[k][3].predict, words[s : s + 64], None, 64) for k in order})
+    print(json.dumps({
+        "tweets": source, "char_dim": args.char_dim, "precision": f"{precision.name} ({precision.reason})",
+        "char_params": sum(p.numel() for p in variants["chars"][0].chars.parameters()),
+        "train_step_batch16": summary(train, args.train_n, train_threads),
+        "tagger_predict_batch64": summary(predict, args.predict_n, predict_threads),
+    }, indent=2))
+
+
+if __name__ == "__main__":
+    main()
