@@ -17,7 +17,6 @@ import logging
 import sys
 import tempfile
 import time
-from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -29,15 +28,15 @@ from pipeline.io.dataset import BenchmarkDataset  # noqa: E402
 from pipeline.io.sample import CUES_FILE, DATASET, make_sample  # noqa: E402
 from pipeline.train.cached_features import TweetFeatures  # noqa: E402
 from pipeline.train.evaluate import entity_scores  # noqa: E402
+from pipeline.train.routing_probe import routing_probe  # noqa: E402
 from pipeline.train.trainer import train  # noqa: E402
-from rpihmif.labels import bio_spans  # noqa: E402
 from rpihmif.predictor import Tagger  # noqa: E402
-from rpihmif.visual import SOURCES  # noqa: E402
 
 # name -> train overrides (on top of the shared ones); "full" is the default model (iffe.iterations 3, all sources)
 CONFIGS: dict[str, list[str]] = {
     "text_only": ["text_only=true"],
     "full": [],
+    "source_attention": ["him.source_attention=true"],  # per-source pooling, then a graded softmax over the sources
     "no_him": ["him.question="],
     "iterations_0": ["iffe.iterations=0"],
     "iterations_1": ["iffe.iterations=1"],
@@ -48,18 +47,6 @@ CONFIGS: dict[str, list[str]] = {
 }
 DEFAULT_CONFIGS = ["text_only", "full", "no_him", "iterations_0", "iterations_1", "only_orig", "only_grounding",
                    "only_rcnn"]
-
-
-def _present_sources(feat: dict | None, used: list[str]) -> list[str]:
-    """The used visual sources that have at least one real (unmasked) view in a cached feature dict."""
-    if feat is None:
-        return []
-    out = []
-    for s in used:
-        mask = feat.get(f"{s}_mask")
-        if mask is not None and bool(mask.any()):
-            out.append(s)
-    return out
 
 
 def evaluate_run(run_dir: Path, train_cfg: TrainConfig, cues: dict[str, dict[str, str]]) -> dict[str, Any]:
@@ -78,42 +65,7 @@ def evaluate_run(run_dir: Path, train_cfg: TrainConfig, cues: dict[str, dict[str
     out["dev_f1"], out["dev_image_decided_f1"] = out["dev"]["f1"], out["dev_image_decided"]["f1"]
     if tagger.config.text_only:
         return out
-    used = [s for s in SOURCES if s in tagger.config.visual.sources]
-    # routing: image-decided gold entities predicted with the exact span and the right type
-    hits, total, chance_sum, no_routing = 0, 0, 0.0, 0
-    confusion: dict[str, Counter] = defaultdict(Counter)
-    mass_on_cue: list[float] = []
-    for i in decided:
-        tweet, pred = dev[i], preds[i]
-        cue = cues[tweet.image_id]
-        present = _present_sources(feats[i], used)
-        if cue["cue_source"] not in present:
-            continue  # the cue source is not visible to this model (single-source ablations)
-        by_span = {(e.start, e.end): e for e in pred.entities}
-        for etype, start, end in bio_spans(tweet.labels):
-            ent = by_span.get((start, end))
-            if ent is None or ent.type != etype:
-                continue
-            if ent.routing is None:
-                no_routing += 1
-                continue
-            mass = {s: ent.routing[s] for s in present}
-            best = max(mass, key=mass.get)
-            total += 1
-            hits += best == cue["cue_source"]
-            chance_sum += 1.0 / len(present)
-            confusion[cue["cue_source"]][best] += 1
-            mass_on_cue.append(ent.routing[cue["cue_source"]] / max(sum(mass.values()), 1e-9))
-    if len(used) > 1:
-        out["routing"] = {
-            "entities": total,
-            "accuracy": round(100 * hits / total, 2) if total else None,
-            "chance": round(100 * chance_sum / total, 2) if total else None,
-            "mean_mass_on_cue_source": round(100 * sum(mass_on_cue) / len(mass_on_cue), 2) if mass_on_cue else None,
-            "argmax_by_cue_source": {k: dict(v) for k, v in sorted(confusion.items())},
-            "without_routing": no_routing,
-        }
-    return out
+    return out | routing_probe(dev, preds, feats, cues, tagger.config.visual.sources)
 
 
 def main() -> None:

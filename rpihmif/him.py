@@ -13,7 +13,10 @@ from torch import nn
 from rpihmif.config import HIMConfig, VisualConfig
 from rpihmif.visual import SOURCES, VisualBatch
 
-__all__ = ["HIMOutput", "QuestionAwareText", "VisualCapsules", "HIM", "masked_mean"]
+__all__ = ["HIMOutput", "QuestionAwareText", "VisualCapsules", "HIM", "masked_mean", "SOURCE_LOGIT_BOUND"]
+
+# source-stage logits lie in [-2, 2]: the sources' shares stay graded (two present sources: at most 0.982 / 0.018)
+SOURCE_LOGIT_BOUND = 2.0
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -74,6 +77,9 @@ class VisualCapsules(nn.Module):
         self.norm1, self.norm2 = nn.LayerNorm(d), nn.LayerNorm(d)
         self.ffn = nn.Sequential(nn.Linear(d, 2 * d), nn.GELU(), nn.Linear(2 * d, d))
         self.relevance = nn.Sequential(nn.Linear(2 * d, d), nn.Tanh(), nn.Linear(d, 1))
+        # source stage: a capsule's query scores each source's pooled summary; None = one softmax over all tokens
+        self.source_q = nn.Linear(d, d) if config.source_attention else None
+        self.source_k = nn.Linear(d, d) if config.source_attention else None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -116,19 +122,65 @@ class VisualCapsules(nn.Module):
         v = self.v(tokens).view(b, n, h, hd).transpose(1, 2)
         # shape: (B, h, C, N); masked with a finite minimum so an all-masked row stays finite (then zeroed)
         scores = (q @ k.transpose(-1, -2)) / math.sqrt(hd)
-        keep = mask[:, None, None, :]
-        scores = scores.masked_fill(~keep, torch.finfo(scores.dtype).min)
-        attn = torch.softmax(scores, dim=-1) * keep.to(scores.dtype)
-        # shape: (B, C, D)
-        out = self.o((attn @ v).transpose(1, 2).reshape(b, c, d))
-        caps = self.norm1(query + out)
+        if self.source_q is None:
+            out, source_mass = self._flat(scores, v, mask, src)
+        else:
+            out, source_mass = self._by_source(query, scores, v, mask, src)
+        caps = self.norm1(query + self.o(out))
         caps = self.norm2(caps + self.ffn(caps))
-        # shape: (B, C, 3): attention mass per source, averaged over heads
-        onehot = nn.functional.one_hot(src, len(SOURCES)).to(attn.dtype)
-        source_mass = attn.mean(1) @ onehot
         present = mask.any(-1)
         gate = torch.sigmoid(self.relevance(torch.cat([tweet, caps.mean(1)], -1))).squeeze(-1)
         return caps, source_mass, gate * present.to(gate.dtype), present
+
+    @staticmethod
+    def _softmax(scores: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """Softmax over the last axis where keep is True; an all-False row gives zeros (finite, no NaN)."""
+        scores = scores.masked_fill(~keep, torch.finfo(scores.dtype).min)
+        return torch.softmax(scores, dim=-1) * keep.to(scores.dtype)
+
+    def _flat(self, scores: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, src: torch.Tensor
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One softmax over all tokens: scores (B, h, C, N), v (B, h, N, hd) -> head outputs (B, C, D) and the
+        attention mass per source averaged over heads (B, C, 3)."""
+        b, h, c, _ = scores.shape
+        # shape: (B, h, C, N)
+        attn = self._softmax(scores, mask[:, None, None, :])
+        # shape: (B, C, D)
+        out = (attn @ v).transpose(1, 2).reshape(b, c, -1)
+        onehot = nn.functional.one_hot(src, len(SOURCES)).to(attn.dtype)
+        # shape: (B, C, 3)
+        return out, attn.mean(1) @ onehot
+
+    def _by_source(self, query: torch.Tensor, scores: torch.Tensor, v: torch.Tensor, mask: torch.Tensor,
+                   src: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Two stages: each head pools each source's tokens with its own softmax, then one softmax per capsule over
+        the present sources' summaries mixes them. The mixture weights are the source mass: exactly the share each
+        source has in the capsule. query (B, C, D), scores (B, h, C, N), v (B, h, N, hd) -> (B, C, D), (B, C, 3)."""
+        b, h, c, _ = scores.shape
+        pooled, present, used = [], [], []
+        for i in range(len(SOURCES)):
+            sel = (src == i).nonzero().squeeze(-1)
+            if sel.numel() == 0:
+                continue  # a source the model does not use
+            m = mask[:, sel]
+            # shape: (B, h, C, Ns) -> (B, C, D): the heads' pooled values of this source
+            attn = self._softmax(scores[..., sel], m[:, None, None, :])
+            pooled.append((attn @ v[:, :, sel]).transpose(1, 2).reshape(b, c, -1))
+            present.append(m.any(-1))
+            used.append(i)
+        # shape: (B, C, S, D) summaries, (B, 1, S) present sources
+        z = torch.stack(pooled, 2)
+        keep = torch.stack(present, -1)[:, None, :]
+        # shape: (B, C, S): one query per capsule against each source's summary
+        logits = (self.source_k(z) @ self.source_q(query).unsqueeze(-1)).squeeze(-1) / math.sqrt(z.size(-1))
+        # bounded to +-SOURCE_LOGIT_BOUND: a present source keeps a share >= e^(-2 bound) of the largest one
+        logits = SOURCE_LOGIT_BOUND * torch.tanh(logits / SOURCE_LOGIT_BOUND)
+        weights = self._softmax(logits, keep)
+        # shape: (B, C, D)
+        out = (weights.unsqueeze(-1) * z).sum(2)
+        mass = weights.new_zeros(b, c, len(SOURCES))
+        mass[..., used] = weights
+        return out, mass
 
 
 class HIM(nn.Module):

@@ -28,10 +28,14 @@ log = logging.getLogger("rpihmif.report")
 REPORT_NAME = "_report.html"  # beside OUT/data/, with the manifest and rejects
 COLOURS = {"PER": "#f4a6a6", "LOC": "#9fd8a8", "ORG": "#9cc3f0", "MISC": "#f3d38b"}
 SOURCES = (("routing_orig", "original image"), ("routing_grounding", "grounding crops"), ("routing_rcnn", "RCNN crops"))
-LEGEND = ("Routing: the share of the IFFE fusion's coupling mass that an entity's words drew from each visual source "
-          "(the original image, the visual-grounding crops, the RCNN detector crops), averaged over the entity's "
-          "words; the three shares sum to 1. Only tweets tagged with their image have routing; a high original-image "
-          "share means the whole picture, a high crop share means an object region supported the entity.")
+LEGEND = ("Routing: how much of an entity's visual evidence came from each visual source (the original image, the "
+          "visual-grounding crops, the RCNN detector crops). Per visual capsule, a source's share is the capsule's "
+          "attention mass on that source's tokens averaged over its attention heads; an entity's share is that averaged "
+          "over the capsules with the IFFE fusion's coupling mass of the entity's words, then over its words. The three "
+          "shares sum to 1; only tweets tagged with their image have routing. Heads tend to settle on one source each, "
+          "so shares near multiples of 1/heads (0.25 for 4 heads) count heads rather than grade evidence. Models "
+          "trained with him.source_attention instead mix one summary per source with a softmax over the sources: the "
+          "share is that mix weight, graded, at least 1.7% for every source the tweet has.")
 _CROP_KINDS = (("crops", "grounding"), ("rcnn_crops", "RCNN"))
 _MAX_CROPS = 3  # per kind, as the model uses
 _MAX_TEXT = 2000  # characters of a tweet shown

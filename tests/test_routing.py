@@ -1,0 +1,137 @@
+"""Routing explanation (issue 15): with him.source_attention the per-source share is a graded mixture weight; it sums
+to 1 with an image and 0 without; checkpoints from before the option (one softmax over all tokens) load as they were."""
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from rpihmif.alignment import TweetEncoder
+from rpihmif.checkpoint import load_checkpoint, save_checkpoint
+from rpihmif.model import build_model
+from rpihmif.visual import collate_visual
+
+WORDS = [["john", "smith", "in", "london"], ["rt", "@obama", "at", "the", "nba", "game"], ["love", "new", "york"]]
+
+
+def _config(tiny_model_config, source_attention: bool):
+    him = dataclasses.replace(tiny_model_config.him, source_attention=source_attention)
+    return dataclasses.replace(tiny_model_config, him=him)
+
+
+def _model(config, seed=0):
+    torch.manual_seed(seed)
+    model, tokenizer = build_model(config)
+    enc = TweetEncoder.for_model(tokenizer, config)
+    return model.eval(), tokenizer, enc.collate([enc.encode_train(w)[0] for w in WORDS])
+
+
+def _features(spec, seed, grounding_scale=1.0):
+    rng = np.random.default_rng(seed)
+    k = spec.max_crops
+    return {"orig": rng.standard_normal((spec.orig_tokens, spec.dim)).astype(np.float32), "orig_mask": True,
+            "grounding": grounding_scale * rng.standard_normal((k, spec.grounding_tokens, spec.dim)),
+            "grounding_mask": np.array([True, True]), "rcnn": rng.standard_normal((k, spec.rcnn_tokens, spec.dim)),
+            "rcnn_mask": np.array([True, False])}
+
+
+def _quarter_valued(routing: torch.Tensor, tol: float = 0.01) -> torch.Tensor:
+    """(..., 3) -> (...) bool: every share within tol of a multiple of 0.25."""
+    return ((4 * routing - (4 * routing).round()).abs() <= 4 * tol).all(-1)
+
+
+def _sharpen_heads(model) -> None:
+    """Scale the capsule queries so each head's token softmax is nearly one-hot (one token, so one source, per head)."""
+    with torch.no_grad():
+        model.him.visual.q.weight.mul_(400.0)
+        model.him.visual.q.bias.mul_(400.0)
+
+
+def test_flat_heads_quantize_source_attention_stays_graded(tiny_model_config):
+    """The old mass is a head count once heads focus; the source-stage softmax is not, and it moves continuously."""
+    spec = tiny_model_config.visual.spec()
+    feats = [_features(spec, s) for s in (1, 2, 3)]
+    flat, _, text = _model(_config(tiny_model_config, False))
+    _sharpen_heads(flat)
+    with torch.no_grad():
+        old = flat(text, collate_visual(feats, spec)).routing
+    assert _quarter_valued(old).float().mean() > 0.9  # 2 heads, each on one source: shares of 0, 0.5, 1
+    model, _, text = _model(_config(tiny_model_config, True))
+    _sharpen_heads(model)
+    visual = collate_visual(feats, spec)
+    weight, bias = model.him.visual.source_q.weight.clone(), model.him.visual.source_q.bias.clone()
+    curve = []
+    with torch.no_grad():
+        for t in np.linspace(0.0, 6.0, 25):  # the source stage's query scaled: from indifferent to decided
+            model.him.visual.source_q.weight.copy_(t * weight)
+            model.him.visual.source_q.bias.copy_(t * bias)
+            curve.append(model(text, visual).routing)
+    curve = torch.stack(curve)
+    assert torch.allclose(curve[0, 1], torch.full_like(curve[0, 1], 1 / 3))  # t = 0: the three sources alike
+    assert _quarter_valued(curve).float().mean() < 0.05
+    steps = (curve[1:] - curve[:-1]).abs()
+    assert steps.max() < 0.05 and (curve[-1] - curve[0]).abs().max() > 0.1  # moves, in small steps
+
+
+@pytest.mark.parametrize("source_attention", [False, True])
+def test_routing_sums_to_one_with_an_image_and_zero_without(tiny_model_config, source_attention):
+    config = _config(tiny_model_config, source_attention)
+    spec = config.visual.spec()
+    model, _, text = _model(config)
+    masked = {**_features(spec, 4), "orig_mask": False, "grounding_mask": np.array([False, False]),
+              "rcnn_mask": np.array([False, False])}
+    only_rcnn = {**masked, "rcnn_mask": np.array([False, True])}
+    with torch.no_grad():
+        out = model(text, collate_visual([_features(spec, 5), masked, only_rcnn], spec))
+        ref = model(text, None)
+    w = out.routing.size(1)
+    assert torch.allclose(out.routing[0].sum(-1), torch.ones(w), atol=1e-5)
+    assert torch.isfinite(out.routing).all() and (out.routing[1] == 0).all()
+    torch.testing.assert_close(out.routing[2], torch.tensor([[0.0, 0.0, 1.0]]).expand(w, 3))  # the only source
+    assert torch.equal(out.emissions[1], ref.emissions[1])  # all masked = the text path exactly
+
+
+def test_source_mass_is_the_capsule_mixture_weight(tiny_model_config):
+    """Capsule head outputs = sum over sources of (source mass x that source's pooled summary), exactly."""
+    config = _config(tiny_model_config, True)
+    spec = config.visual.spec()
+    model, _, _ = _model(config)
+    visual = collate_visual([_features(spec, s) for s in (6, 7, 8)], spec)
+    torch.manual_seed(1)
+    # shape: (B, W, Dt) words, (B, W) mask, (B, Ht) question
+    words, word_mask, question = torch.randn(3, 5, 40), torch.ones(3, 5, dtype=torch.bool), torch.randn(3, 32)
+    seen = []
+    model.him.visual.o.register_forward_hook(lambda m, args, out: seen.append(args[0]))
+    with torch.no_grad():
+        mass = model.him.visual(words, word_mask, question, visual)[1]
+        for keep in ("orig", "grounding", "rcnn"):  # one source alone: its mass is 1, the output its summary
+            masks = {f"{s}_mask": getattr(visual, f"{s}_mask") & (s == keep) for s in ("orig", "grounding", "rcnn")}
+            model.him.visual(words, word_mask, question, dataclasses.replace(visual, **masks))
+    # shape: (B, C, 3, D) summaries weighted by the (B, C, 3) mass
+    torch.testing.assert_close(seen[0], (mass.unsqueeze(-1) * torch.stack(seen[1:], 2)).sum(2))
+    assert ((mass > 0.05) & (mass < 0.95)).all()  # a fresh model mixes all three
+
+
+def test_checkpoint_without_the_key_loads_as_flat_attention(tiny_model_config, tmp_path):
+    """A config.json written before source_attention existed loads strictly, as the one-softmax model it was."""
+    config = _config(tiny_model_config, False)
+    model, tokenizer, text = _model(config)
+    folder = save_checkpoint(tmp_path / "old", model, tokenizer, metrics={})
+    data = json.loads((folder / "config.json").read_text())
+    del data["rpihmif"]["him"]["source_attention"]
+    (folder / "config.json").write_text(json.dumps(data))
+    loaded, _, loaded_config = load_checkpoint(folder)
+    assert loaded_config.him.source_attention is False and loaded.him.visual.source_q is None
+    spec = config.visual.spec()
+    visual = collate_visual([_features(spec, 9), None, _features(spec, 10)], spec)
+    with torch.no_grad():
+        a, b = model(text, visual), loaded(text, visual)
+    assert torch.equal(a.emissions, b.emissions) and torch.equal(a.routing, b.routing)
+    new = _model(_config(tiny_model_config, True))[0]
+    assert {k for k in new.state_dict() if k not in model.state_dict()} == {
+        "him.visual.source_q.weight", "him.visual.source_q.bias", "him.visual.source_k.weight",
+        "him.visual.source_k.bias"}
+
