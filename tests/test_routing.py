@@ -135,3 +135,31 @@ def test_checkpoint_without_the_key_loads_as_flat_attention(tiny_model_config, t
         "him.visual.source_q.weight", "him.visual.source_q.bias", "him.visual.source_k.weight",
         "him.visual.source_k.bias"}
 
+
+
+def test_routing_probe_counts_cue_against_argmax():
+    """The probe scores exact-span, right-type image-decided entities whose cue source the model sees."""
+    from types import SimpleNamespace
+
+    from pipeline.train.routing_probe import quarter_valued, routing_probe
+    from rpihmif.predictor import Entity, Prediction
+
+    def feat(*present):
+        return {f"{s}_mask": np.array([s in present]) for s in ("orig", "grounding", "rcnn")}
+
+    tweets = [SimpleNamespace(image_id=i, labels=["B-ORG", "O"]) for i in ("a", "b", "c", "d", "e")]
+    cues = {i: {"type": "ORG", "cue_source": c} for i, c in zip("abcd", ("grounding", "rcnn", "orig", "rcnn"))}
+    graded, quarters = {"orig": 0.1, "grounding": 0.7, "rcnn": 0.2}, {"orig": 0.0, "grounding": 0.25, "rcnn": 0.75}
+    preds = [Prediction(["B-ORG", "O"], [Entity("ORG", 0, 1, 0.9, graded)]),  # hit
+             Prediction(["B-ORG", "O"], [Entity("ORG", 0, 1, 0.9, graded)]),  # cue rcnn, argmax grounding
+             Prediction(["B-PER", "O"], [Entity("PER", 0, 1, 0.9, quarters)]),  # wrong type: not scored
+             Prediction(["B-ORG", "O"], [Entity("ORG", 0, 1, 0.9, quarters)]),  # cue rcnn unseen: not scored
+             Prediction(["B-ORG", "O"], [Entity("ORG", 0, 1, 0.9, quarters)])]  # text-decided: quarter share only
+    feats = [feat("orig", "grounding", "rcnn"), feat("orig", "grounding", "rcnn"), feat("orig"), feat("orig"),
+             feat("orig", "rcnn")]
+    r = routing_probe(tweets, preds, feats, cues, ["orig", "grounding", "rcnn"])["routing"]
+    assert (r["entities"], r["accuracy"], r["chance"]) == (2, 50.0, 33.33)
+    assert r["argmax_by_cue_source"] == {"grounding": {"grounding": 1}, "rcnn": {"grounding": 1}}
+    assert (r["routed_entities"], r["quarter_valued"]) == (5, 60.0)
+    assert quarter_valued({"orig": 0.009, "grounding": 0.5, "rcnn": 0.491}) and not quarter_valued(graded)
+    assert routing_probe(tweets, preds, feats, cues, ["orig"]) == {}
