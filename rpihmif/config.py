@@ -38,8 +38,8 @@ class HIMConfig:
     num_capsules: int = 8  # task-guided visual capsules pooled from the heterogeneous visual tokens
     hidden: int = 256  # size of capsules and fused features
     heads: int = 4  # attention heads of question/tweet -> visual attention
-    source_attention: bool = False  # two stages: heads attend to tokens within each source, then one softmax over the
-    # sources (the routing share) mixes them; False = one softmax over all tokens (checkpoints made before it)
+    source_attention: bool = False  # two stages: heads pool each source's tokens, then one bounded softmax over the
+    # sources mixes them (that weight is the routing share); False = one softmax over all tokens (older checkpoints)
 
 @dataclass
 class IFFEConfig:
