@@ -25,12 +25,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 DATASETS = ("twitter2015", "twitter2017")
-OFF = ["constrain_bio=false", "train_also=", "ema_decay=0"]  # the recipe of the project before issue 15
+OFF = ["constrain_bio=false", "train_also=", "ema_decay=0", "char_dim=0"]  # the recipe before issue 15
+JOINT = ["constrain_bio=true", "train_also=auto"]
 RECIPES: dict[str, list[str]] = {  # name -> train overrides on top of conf/train.yaml
     "today": OFF,
     "bio": OFF + ["constrain_bio=true"],
-    "joint": OFF + ["constrain_bio=true", "train_also=auto"],
-    "joint_ema": OFF + ["constrain_bio=true", "train_also=auto", "ema_decay=0.998"],
+    "joint": OFF + JOINT,
+    "joint_chars": OFF + JOINT + ["char_dim=50"],
+    "joint_ema": OFF + JOINT + ["ema_decay=0.998"],
     "default": [],  # whatever conf/train.yaml says now
 }
 
@@ -71,6 +73,8 @@ def summary(runs: Path) -> list[dict[str, Any]]:
     for path in sorted(runs.glob("*/metrics.json")):
         recipe = path.parent.name.rsplit("_", 2)[0]
         metrics = json.loads(path.read_text())
+        if len(metrics["epochs"]) < metrics["config"]["num_epochs"]:
+            continue  # still training
         for dataset in DATASETS:
             best = best_of(metrics, dataset)
             if best is None:
