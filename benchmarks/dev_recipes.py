@@ -41,6 +41,16 @@ def run_folder(runs: Path, recipe: str, dataset: str, seed: int) -> Path:
     return runs / f"{recipe}_{dataset}_s{seed}"
 
 
+def recipe_of(folder: Path) -> str:
+    """`joint_chars_twitter2015_s1` -> `joint_chars`."""
+    return folder.name.rsplit("_", 2)[0]
+
+
+def checkpoints(runs: Path, recipe: str) -> list[Path]:
+    """The best/ folders of every run of exactly `recipe` (not of recipes whose name starts with it)."""
+    return [f for f in sorted(runs.glob(f"{recipe}_*_s*/best")) if recipe_of(f.parent) == recipe]
+
+
 def is_joint(recipe: str) -> bool:
     return any(o.startswith("train_also=") and o != "train_also=" for o in RECIPES[recipe])
 
@@ -71,7 +81,7 @@ def summary(runs: Path) -> list[dict[str, Any]]:
     """One row per (recipe, dataset): dev F1 mean/std over seeds, per-type F1 means, best epochs, s/epoch."""
     cells: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for path in sorted(runs.glob("*/metrics.json")):
-        recipe = path.parent.name.rsplit("_", 2)[0]
+        recipe = recipe_of(path.parent)
         metrics = json.loads(path.read_text())
         if len(metrics["epochs"]) < metrics["config"]["num_epochs"]:
             continue  # still training
@@ -109,7 +119,7 @@ def bio_decoding(runs: Path, recipe: str, data_dir: Path) -> list[dict[str, Any]
     from rpihmif.predictor import Tagger
 
     out = []
-    for folder in sorted(runs.glob(f"{recipe}_*_s*/best")):
+    for folder in checkpoints(runs, recipe):
         metrics = json.loads((folder.parent / "metrics.json").read_text())
         tweets = read_conll(data_dir / metrics["dataset"] / "valid.txt", fix_bio=True)
         tagger = Tagger.from_pretrained(folder)
@@ -153,7 +163,7 @@ def errors(runs: Path, recipe: str, data_dir: Path) -> dict[str, Any]:
     from rpihmif.predictor import Tagger
 
     total: dict[str, dict[str, dict[str, int]]] = {}
-    for folder in sorted(runs.glob(f"{recipe}_*_s*/best")):
+    for folder in checkpoints(runs, recipe):
         dataset = json.loads((folder.parent / "metrics.json").read_text())["dataset"]
         tweets = read_conll(data_dir / dataset / "valid.txt", fix_bio=True)
         preds = [p.labels for p in Tagger.from_pretrained(folder).predict([t.words for t in tweets], None)]
