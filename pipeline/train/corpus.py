@@ -28,22 +28,25 @@ class Corpus:
     dev: dict[str, list[Tweet]]
 
 
+def _train_file(cfg: TrainConfig, name: str) -> Path:
+    return Path(cfg.data_dir) / name / "train.txt"
+
+
 def joint_datasets(cfg: TrainConfig) -> list[str]:
     """Names of the other datasets whose train split joins this run (`train_also`), checked to exist under data_dir."""
     spec = cfg.train_also.strip()
     if spec == "auto":
         others = [n for n in TWITTER_BENCHMARKS if cfg.dataset in TWITTER_BENCHMARKS and n != cfg.dataset]
-        found = [n for n in others if (Path(cfg.data_dir) / n / "train.txt").is_file()]
+        found = [n for n in others if _train_file(cfg, n).is_file()]
         if others and not found:
-            log.info("train_also: auto: %s/%s/train.txt not found, training on %s alone", cfg.data_dir, others[0],
-                     cfg.dataset)
+            log.info("train_also: auto: %s not found, training on %s alone", _train_file(cfg, others[0]), cfg.dataset)
         return found
     names = [n.strip() for n in spec.split(",") if n.strip()]
     for name in names:
         if name == cfg.dataset or names.count(name) > 1:
             raise UsageError(f"train_also names {name!r} twice (or the run's own dataset); list other datasets once")
-        if not (Path(cfg.data_dir) / name / "train.txt").is_file():
-            raise UsageError(f"train_also: {Path(cfg.data_dir) / name / 'train.txt'} not found; train_also lists "
+        if not _train_file(cfg, name).is_file():
+            raise UsageError(f"train_also: {_train_file(cfg, name)} not found; train_also lists "
                              "dataset folders under data_dir (comma-separated), auto, or \"\" for none")
     return names
 

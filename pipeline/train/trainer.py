@@ -21,12 +21,12 @@ from transformers import get_linear_schedule_with_warmup
 from cache.durable import atomic_dir, atomic_write_text, ensure_dir, recover_dir, refuse_link
 from pipeline.io.conll import Tweet
 from pipeline.io.dataset import BenchmarkDataset
-from pipeline.train.corpus import load_corpus
 from pipeline.runtime.device import resolve_device, seed_everything
 from pipeline.runtime.precision import resolve_precision
 from pipeline.runtime.progress import progress, setup_logging
 from pipeline.stage_config import TrainConfig
 from pipeline.train.cached_features import TweetFeatures
+from pipeline.train.corpus import load_corpus
 from pipeline.train.evaluate import entity_scores
 from pipeline.train.online_features import OnlineFeatures
 from rpihmif.alignment import TweetEncoder
@@ -98,6 +98,7 @@ class Trainer:
         corpus = load_corpus(cfg)
         self.train_set, self.dev_sets = corpus.train, corpus.dev
         self.dev_set = corpus.dev[cfg.dataset]
+        self.train_datasets = sorted({t.dataset for t in corpus.train})
         self.features = training_features(cfg, corpus.dataset)
         try:
             encoder, self.tokenizer = load_text_encoder(cfg.bert_name, offline=cfg.offline)
@@ -244,7 +245,7 @@ class Trainer:
         best = max(self.history, key=lambda h: h["dev"]["f1"]) if self.history else None
         out = {"best_epoch": best["epoch"] if best else None, "best_dev": best["dev"] if best else None,
                "epochs": self.history, "dataset": self.cfg.dataset, "seed": self.cfg.seed,
-               "train_datasets": sorted({t.dataset for t in self.train_set}), "config": self.cfg.to_dict()}
+               "train_datasets": self.train_datasets, "config": self.cfg.to_dict()}
         also = {name for h in self.history for name in h.get("dev_also", {})}
         if also:  # per train_also dataset: the epoch its own valid split would keep
             out["best_dev_also"] = {name: max(({"epoch": h["epoch"], "dev": h["dev_also"][name]} for h in self.history),
