@@ -60,9 +60,13 @@ class CRFHead(nn.Module):
         super().__init__()
         self.num_tags = num_tags
         self.crf = CRF(num_tags, batch_first=True)
-        self.constrained = False
         if constrain_bio is not None:
             self.constrain(constrain_bio)
+
+    @property
+    def constrained(self) -> bool:
+        """Whether invalid BIO moves are forbidden (the transition scores carry the parametrization)."""
+        return parametrize.is_parametrized(self.crf, "transitions")
 
     def constrain(self, labels: list[str]) -> None:
         """Forbid invalid BIO moves from now on (also on a trained unconstrained head, e.g. to compare decoding)."""
@@ -74,7 +78,6 @@ class CRFHead(nn.Module):
         device = self.crf.transitions.device
         parametrize.register_parametrization(self.crf, "start_transitions", _Forbid(start.to(device)))
         parametrize.register_parametrization(self.crf, "transitions", _Forbid(trans.to(device)))
-        self.constrained = True
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(num_tags={self.num_tags}, constrained={self.constrained})"
