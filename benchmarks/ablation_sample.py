@@ -1,7 +1,8 @@
 """Ablation table on the generated sample: text-only vs full RPI-HMIF vs no-HIM, IFFE rounds, single visual sources.
 
 Prints one JSON object: dev F1 (all entities and image-decided ones) per config, the multimodal gain over text-only,
-and whether the routing mass of image-decided entities sits on their cue source (sample_cues.json) above chance.
+and whether the routing mass of image-decided entities sits on their cue source (sample_cues.json) above chance,
+next to the source whose masking lowers their score most (occlusion).
 
     python benchmarks/ablation_sample.py --vit-layers 4 --epochs 8      # quick (random-init 4-layer ViT)
     python benchmarks/ablation_sample.py                                  # the random-init ViT-B/32-shaped encoder
@@ -22,15 +23,12 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.stage_config import TrainConfig, stage_config  # noqa: E402
+from pipeline.stage_config import stage_config  # noqa: E402
 from pipeline.extract.stage import run_extract  # noqa: E402
 from pipeline.io.dataset import BenchmarkDataset  # noqa: E402
-from pipeline.io.sample import CUES_FILE, DATASET, make_sample  # noqa: E402
-from pipeline.train.cached_features import TweetFeatures  # noqa: E402
-from pipeline.train.evaluate import entity_scores  # noqa: E402
-from pipeline.train.routing_probe import routing_probe  # noqa: E402
+from pipeline.io.sample import DATASET, make_sample  # noqa: E402
+from pipeline.train.routing_probe import probe_sample_run  # noqa: E402
 from pipeline.train.trainer import train  # noqa: E402
-from rpihmif.predictor import Tagger  # noqa: E402
 
 # name -> train overrides (on top of the shared ones); "full" is the default model (iffe.iterations 3, all sources)
 CONFIGS: dict[str, list[str]] = {
@@ -47,25 +45,6 @@ CONFIGS: dict[str, list[str]] = {
 }
 DEFAULT_CONFIGS = ["text_only", "full", "no_him", "iterations_0", "iterations_1", "only_orig", "only_grounding",
                    "only_rcnn"]
-
-
-def evaluate_run(run_dir: Path, train_cfg: TrainConfig, cues: dict[str, dict[str, str]]) -> dict[str, Any]:
-    """Dev scores of run/best: all entities, image-decided tweets only, and the routing of image-decided entities."""
-    tagger = Tagger.from_pretrained(run_dir / "best")
-    dataset = BenchmarkDataset(train_cfg.data_dir, train_cfg.dataset)
-    dev = dataset.read("valid")
-    features = TweetFeatures.for_model(train_cfg.cache_dir, dataset, tagger.config)
-    feats = features.lookup(dev)
-    preds = tagger.predict([t.words for t in dev], feats, batch_size=64)
-    decided = [i for i, t in enumerate(dev) if t.image_id in cues]
-    out: dict[str, Any] = {
-        "dev": entity_scores([t.labels for t in dev], [p.labels for p in preds]),
-        "dev_image_decided": entity_scores([dev[i].labels for i in decided], [preds[i].labels for i in decided]),
-    }
-    out["dev_f1"], out["dev_image_decided_f1"] = out["dev"]["f1"], out["dev_image_decided"]["f1"]
-    if tagger.config.text_only:
-        return out
-    return out | routing_probe(dev, preds, feats, cues, tagger.config.visual.sources)
 
 
 def main() -> None:
@@ -97,7 +76,6 @@ def main() -> None:
     data = Path(args.data) if args.data else work / "data"
     if not args.data:
         make_sample(data, seed=args.sample_seed)
-    cues = json.loads((data / DATASET / CUES_FILE).read_text())
     cache = work / "cache"
     extract_cfg = stage_config("extract", overrides=[f"data_dir={data}", f"dataset={DATASET}", f"cache_dir={cache}",
                                                     f"random_vit_layers={args.vit_layers}",
@@ -116,7 +94,7 @@ def main() -> None:
             if isinstance(h, logging.FileHandler):
                 logging.getLogger().removeHandler(h)
                 h.close()
-        res = evaluate_run(run, cfg, cues)
+        res = probe_sample_run(run / "best", data, DATASET, cache)
         res["best_epoch"] = summary["best_epoch"]
         res["train_seconds"] = round(time.monotonic() - start, 1)
         results[name] = res

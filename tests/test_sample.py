@@ -91,31 +91,39 @@ def test_image_decided_share_and_cues(sample):
         assert len(ambiguous) / len(tweets) >= 0.5  # same words, different types: text alone cannot decide
         cues = json.loads((out / "twitter2015" / CUES_FILE).read_text())
         for t in ambiguous:
-            etype = next(x[2:] for x in t.labels if x.startswith("B-"))
+            etype = next((x[2:] for x in t.labels if x.startswith("B-")), None)  # None: a decoy, no entity
             assert cues[t.image_id]["type"] == etype  # the picture decides (sources checked below)
         s = summary["splits"][split]
+        decoys = [t for t in ambiguous if cues[t.image_id]["type"] is None]
+        assert len(decoys) == s["decoys"] == {"train": 45, "valid": 15, "test": 15}[split]  # one per two pairs
+        # every decoy repeats the words of an image-decided tweet with an entity: "no cue" is O, not a type
+        assert all(any(x.startswith("B-") for labels in by_words[tuple(t.words)] for x in labels) for t in decoys)
         assert s["text_decided"] > 0 and s["images_missing"] > 0 and s["images_missing_crops"] > 0
         assert s["retweets"] > 0 and s["neutral_images"] > 0
 
 
 def test_cue_in_one_source_only(sample):
-    """Each image-decided tweet shows its type in exactly its recorded cue source; the other sources look neutral."""
+    """Each image-decided entity shows its type in exactly its recorded cue source; the other sources look neutral,
+    and a decoy (no entity) looks neutral in every source."""
     out, summary = sample
     ds = BenchmarkDataset(out, "twitter2015")
     cues = json.loads((out / "twitter2015" / CUES_FILE).read_text())
-    assert all(set(c) == {"type", "cue_source"} and c["cue_source"] in CUE_SOURCES for c in cues.values())
+    assert all(set(c) == {"type", "cue_source"} and (c["cue_source"] in CUE_SOURCES) == (c["type"] in TYPE_STYLE)
+               and c["cue_source"] in (*CUE_SOURCES, None) for c in cues.values())
     for split in ds.splits():
         tweets = {t.image_id: t for t in ds.read(split)}
         decided = [i for i in tweets if i in cues]
         assert len(decided) == summary["splits"][split]["image_decided"]
         counts = summary["splits"][split]["cue_sources"]
-        assert sum(counts.values()) == len(decided) and max(counts.values()) - min(counts.values()) <= 6  # even
+        assert sum(counts.values()) + summary["splits"][split]["decoys"] == len(decided)
+        assert max(counts.values()) - min(counts.values()) <= 6  # even
         for image_id in decided:
             t, cue = tweets[image_id], cues[image_id]
-            assert next(x[2:] for x in t.labels if x.startswith("B-")) == cue["type"]
+            assert next((x[2:] for x in t.labels if x.startswith("B-")), None) == cue["type"]
             views = {"orig": [ds.image_path(image_id)], "grounding": ds.grounding_crops(split, image_id),
                      "rcnn": ds.rcnn_crops(image_id)}
-            assert views[cue["cue_source"]], f"{image_id}: the {cue['cue_source']} crops carrying the cue are missing"
+            if cue["cue_source"] is not None:
+                assert views[cue["cue_source"]], f"{image_id}: the {cue['cue_source']} crops with the cue are missing"
             for source, paths in views.items():
                 for path in paths:
                     etype, strength = _colour(path)

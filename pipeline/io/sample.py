@@ -1,7 +1,8 @@
 """Generator of a small multimodal Twitter-2015-style sample in the exact DeepKE layout, deterministic by seed.
 
-For most tweets the entity type is decided by the image: the same ambiguous name in the same words is PER, LOC,
-ORG or MISC by what one visual source shows (a colour + shape per type): the original, the grounding or the RCNN crops.
+For most tweets the image decides: the same ambiguous name in the same words is PER, LOC, ORG or MISC by what one
+visual source shows (a colour + shape per type: the original, the grounding or the RCNN crops), and no entity at all
+(a decoy) when no source shows a cue, so every type needs its own cue, never the absence of the others'.
 """
 from __future__ import annotations
 
@@ -29,8 +30,10 @@ DATASET = "twitter2015"
 SIZES = {"train": 300, "valid": 100, "test": 100}  # tweets per split
 IMAGE_SIZE, GROUNDING_SIZE, RCNN_SIZE = 160, 64, 48  # px (small: generation takes seconds)
 IMAGE_DECIDED_SHARE = 0.6  # tweets whose entity type only the image tells
+DECOYS_PER_PAIR = 0.5  # decoys (same words as a pair, neutral image, the name labelled O) per image-decided pair
 MARKER = "sample.json"  # written into the dataset folder; a rerun replaces only a folder that has it
-CUES_FILE = "sample_cues.json"  # {"<image_id>": {"type", "cue_source"}} of image-decided tweets (not DeepKE layout)
+CUES_FILE = "sample_cues.json"  # {"<image_id>": {"type", "cue_source"}} of image-decided tweets (not DeepKE layout);
+# both null for a decoy
 CUE_SOURCES = ("orig", "grounding", "rcnn")  # the one visual source that shows an image-decided tweet's type cue
 TINY_CUE_RADIUS = 2  # px at IMAGE_SIZE: the cue object in an original whose cue is in the crops (~noise at 224 px)
 _DICT_TAG = {"train": "train", "valid": "val", "test": "test"}
@@ -79,7 +82,7 @@ class _PlannedTweet:
 
     words: list[str]
     labels: list[str]
-    kind: str  # image | text | none (no entity) | retweet
+    kind: str  # image | decoy (image-decided: no cue, no entity) | text | none (no entity) | retweet
     image: str | None  # PER/LOC/ORG/MISC (type cue), "neutral", or None (no image file)
     cue_source: str | None = None  # image-decided: orig | grounding | rcnn, the only source showing the cue
     copy_of: int | None = None  # index of the item whose image bytes a retweet reuses
@@ -111,25 +114,31 @@ def _fill(template: str, slots: dict[str, tuple[str, str]], rng: random.Random) 
 
 
 def _plan_split(n: int, rng: random.Random) -> list[_PlannedTweet]:
-    """The tweets of one split: pairs of image-decided tweets (same words, two types), text-decided and others."""
+    """The tweets of one split: pairs of image-decided tweets (same words, two types; every other pair also a decoy
+    with those words, a neutral image and no entity), text-decided and others."""
     items: list[_PlannedTweet] = []
     n_pairs = int(n * IMAGE_DECIDED_SHARE) // 2
+    n_decoys = int(n_pairs * DECOYS_PER_PAIR)
     n_retweets = max(1, n // 40)
     # cue sources of the image-decided tweets: evenly orig / grounding / rcnn, in a seeded random order
     cue_sources = [CUE_SOURCES[i % len(CUE_SOURCES)] for i in range(2 * n_pairs)]
     rng.shuffle(cue_sources)
-    for _ in range(n_pairs):
+    decoys: list[_PlannedTweet] = []
+    for p in range(n_pairs):
         template, name = rng.choice(NEUTRAL_TEMPLATES), rng.choice(AMBIGUOUS)
         pair_seed = rng.random()
         for etype in rng.sample(ENTITY_TYPES, 2):  # same words, two types: only the image tells them apart
             rng_words = random.Random(pair_seed)  # identical URLs / prefixes for both tweets of the pair
             words, labels = _fill(template, {"{X}": (name, etype)}, rng_words)
             items.append(_PlannedTweet(words, labels, "image", etype, cue_sources[len(items)]))
+        if p < n_decoys:  # the same words again, no cue in any source: the name is no entity here
+            decoys.append(_PlannedTweet(words, ["O"] * len(words), "decoy", "neutral"))
     for _ in range(n_retweets):
-        src = rng.randrange(2 * n_pairs)  # an image-decided original, never another retweet
+        src = rng.randrange(2 * n_pairs)  # an image-decided original with an entity, never another retweet
         orig = items[src]
         items.append(_PlannedTweet(["RT", rng.choice(USERS), ":"] + orig.words, ["O"] * 3 + orig.labels, "retweet",
                            orig.image, orig.cue_source, copy_of=src))
+    items += decoys
     while len(items) < n:
         r = rng.random()
         if r < 0.1:
@@ -304,9 +313,10 @@ def _write_images(root: Path, split: str, items: list[_PlannedTweet], seed: int,
         rng = np.random.default_rng([seed, split_no, k, 1])
 
         def crop_of(kind: str, b: tuple[int, int, int, int], size: int) -> Image.Image:
-            if item.cue_source is None:  # text-decided or neutral picture: plain crops of the original
+            if item.cue_source is None and item.kind != "decoy":  # text-decided: plain crops of the original
                 return img.crop(b).resize((size, size), Image.BILINEAR)
-            # image-decided: only the crops of the cue source show the cue object; the others neutral objects
+            # image-decided: only the crops of the cue source show the cue object; the others (all of a decoy's)
+            # neutral objects
             return _closeup(item.image if kind == item.cue_source else None, size, rng)
 
         def write_crops(kind: str, names: list[str], folder: Path, size: int, fmt: str) -> None:
@@ -348,11 +358,13 @@ def make_sample(out: str | os.PathLike, seed: int = 0, sizes: dict[str, int] | N
     Layout: {train,valid,test}.txt, twitter2015_images/<id>.jpg, twitter2015_{train,val,test}_dict.pth with
     grounding crops under twitter2015_aux_images/<train|val|test>/crops/, twitter15_detect/twitter15_img2crop.pth
     with RCNN crops under twitter15_detect/crops/, sample.json (the summary without paths) and sample_cues.json
-    ({"<image_id>": {"type", "cue_source"}} of the image-decided tweets, retweets included). Image-decided tweets
-    come in pairs with the same words and two entity types; each shows its type cue in one visual source only,
-    drawn evenly from orig / grounding / rcnn (orig: a tinted picture with a large shape, crops of neutral grey
-    objects; grounding or rcnn: a neutral picture with a few-pixel cue object, the crops of that kind zoom on it,
-    the other kind shows neutral objects; the cue crops are never among the missing ones). Text-decided tweets
+    ({"<image_id>": {"type", "cue_source"}} of the image-decided tweets, retweets included; both null for a decoy).
+    Image-decided tweets come in pairs with the same words and two entity types; each shows its type cue in one
+    visual source only, drawn evenly from orig / grounding / rcnn (orig: a tinted picture with a large shape, crops
+    of neutral grey objects; grounding or rcnn: a neutral picture with a few-pixel cue object, the crops of that
+    kind zoom on it, the other kind shows neutral objects; the cue crops are never among the missing ones). Every
+    other pair has a decoy: the same words, a neutral picture and neutral crops, the name labelled O, so no type
+    can be read from the absence of the other types' cues. Text-decided tweets
     have a matching, unrelated or no image; some images lack crops (listed files absent or no entry); retweets
     share image bytes.
     Same seed -> byte-identical files. An existing out/twitter2015 is replaced only if it holds sample.json.
@@ -384,13 +396,14 @@ def make_sample(out: str | os.PathLike, seed: int = 0, sizes: dict[str, int] | N
             rcnn_all.update(rcnn)
             _save_dict(tmp_root / f"{DATASET}_{_DICT_TAG[split]}_dict.pth", grounding)
             write_conll(tmp_root / f"{split}.txt", [Tweet(i.image_id, i.words, i.labels, 0) for i in items])
-            kinds = {k: sum(1 for i in items if i.kind == k) for k in ("image", "retweet", "text", "none")}
+            kinds = {k: sum(1 for i in items if i.kind == k) for k in ("image", "decoy", "retweet", "text", "none")}
             for item in items:
-                if item.cue_source is not None:
-                    cues[item.image_id] = {"type": item.image, "cue_source": item.cue_source}
+                if item.cue_source is not None or item.kind == "decoy":
+                    cues[item.image_id] = {"type": item.cue_source and item.image, "cue_source": item.cue_source}
             summary["splits"][split] = {
-                "tweets": len(items), "image_decided": kinds["image"] + kinds["retweet"], "retweets": kinds["retweet"],
-                "text_decided": kinds["text"], "no_entity": kinds["none"],
+                "tweets": len(items), "image_decided": kinds["image"] + kinds["retweet"] + kinds["decoy"],
+                "retweets": kinds["retweet"], "decoys": kinds["decoy"], "text_decided": kinds["text"],
+                "no_entity": kinds["none"],
                 "entities": sum(1 for i in items for x in i.labels if x.startswith("B-")),
                 "neutral_images": sum(1 for i in items if i.image == "neutral"), **counts,
                 "images_missing_crops": sum(1 for i in items if i.image is not None and i.missing),
