@@ -29,6 +29,9 @@ class TextEncoderConfig:
     char_dim: int = 0  # char-CNN vector of the original cased word (UTF-8 bytes), beside the shape; 0 = off
     char_emb_dim: int = 32  # size of the byte embedding fed to the char CNN
     char_max_bytes: int = 20  # UTF-8 bytes kept per word: a longer word keeps its first and last halves (10 + 10)
+    case_input: bool = False  # add a learned word-shape embedding to each word's first sub-token input embedding
+    # (zero-initialised), so every encoder layer sees the casing the uncased MiniLM drops
+    lstm_dim: int = 0  # BiLSTM (hidden size per direction) over the word features before HIM; 0 = off
     dropout: float = 0.1  # on token features before the emission layer
 
 

@@ -78,7 +78,12 @@ class RPIHMIF(PreTrainedModel):
             raise ValueError(f"text.char_max_bytes must be >= 1 with text.char_dim {tc.char_dim}, "
                              f"got {tc.char_max_bytes}")
         self.chars = CharCNN(tc.char_dim, tc.char_emb_dim, dropout=tc.dropout) if tc.char_dim else None
+        # zero-initialised: the encoder starts exactly as pretrained and learns what casing adds
+        self.case_input = nn.Embedding.from_pretrained(torch.zeros(NUM_SHAPES, encoder_dim), freeze=False,
+                                                       padding_idx=0) if tc.case_input else None
         text_dim = encoder_dim + (tc.shape_dim if tc.word_shape else 0) + tc.char_dim
+        self.context = nn.LSTM(text_dim, tc.lstm_dim, batch_first=True, bidirectional=True) if tc.lstm_dim else None
+        text_dim = 2 * tc.lstm_dim if tc.lstm_dim else text_dim
         # text-path layers are built first so that, under one seed, a model without images starts (and trains)
         # exactly like the text-only model: the visual layers draw their initialisation afterwards
         self.dropout = nn.Dropout(tc.dropout)
@@ -130,23 +135,7 @@ class RPIHMIF(PreTrainedModel):
         """text: TextBatch (B, T)/(B, W); visual: VisualBatch of the same B or None (= text path)."""
         if visual is not None and visual.orig.size(0) != text.input_ids.size(0):
             raise ValueError(f"visual batch has {visual.orig.size(0)} rows, text batch {text.input_ids.size(0)}")
-        types = text.token_type_ids if self.use_token_types else torch.zeros_like(text.token_type_ids)
-        # shape: (B, T, Ht)
-        states = self.encoder(input_ids=text.input_ids, attention_mask=text.attention_mask,
-                              token_type_ids=types).last_hidden_state
-        # shape: (B, W, Ht): first sub-token of each word
-        index = text.word_index.unsqueeze(-1).expand(-1, -1, states.size(-1))
-        words = torch.gather(states, 1, index)
-        if self.shape is not None:
-            # shape: (B, W, Ht + S)
-            words = torch.cat([words, self.shape(text.shape_ids)], dim=-1)
-        if self.chars is not None:
-            if text.char_ids is None or text.char_ids.shape[:2] != text.word_mask.shape:
-                got = None if text.char_ids is None else tuple(text.char_ids.shape)
-                raise ValueError(f"text.char_dim {self.chars.char_dim} needs char ids (B, W, C) matching word_mask "
-                                 f"{tuple(text.word_mask.shape)}, got {got}; build batches with TweetEncoder.for_model")
-            # shape: (B, W, Ht + S + char_dim)
-            words = torch.cat([words, self.chars(text.char_ids).to(words.dtype)], dim=-1)
+        states, words = self._word_features(text)
         him = self.him(states, text.question_mask, words, text.word_mask, visual)
         features, fused = him.text, None
         if self.iffe is not None and him.capsules is not None:
@@ -160,6 +149,39 @@ class RPIHMIF(PreTrainedModel):
             out.routing, out.coupling, out.gate, out.present = fused.routing, fused.coupling, him.gate, him.present
         return out
 
+    def _word_features(self, text: TextBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Encoder states (B, T, Ht) and word features (B, W, D): first sub-token (+ shape, + chars, + BiLSTM)."""
+        types = text.token_type_ids if self.use_token_types else torch.zeros_like(text.token_type_ids)
+        inputs = {"input_ids": text.input_ids}
+        if self.case_input is not None:
+            # shape: (B, T): each word's shape id at its first sub-token, 0 (no embedding) elsewhere
+            case_ids = torch.zeros_like(text.input_ids).scatter_(1, text.word_index, text.shape_ids * text.word_mask)
+            # shape: (B, T, Ht)
+            inputs = {"inputs_embeds": self.encoder.get_input_embeddings()(text.input_ids) + self.case_input(case_ids)}
+        # shape: (B, T, Ht)
+        states = self.encoder(**inputs, attention_mask=text.attention_mask, token_type_ids=types).last_hidden_state
+        # shape: (B, W, Ht): first sub-token of each word
+        index = text.word_index.unsqueeze(-1).expand(-1, -1, states.size(-1))
+        words = torch.gather(states, 1, index)
+        if self.shape is not None:
+            # shape: (B, W, Ht + S)
+            words = torch.cat([words, self.shape(text.shape_ids)], dim=-1)
+        if self.chars is not None:
+            if text.char_ids is None or text.char_ids.shape[:2] != text.word_mask.shape:
+                got = None if text.char_ids is None else tuple(text.char_ids.shape)
+                raise ValueError(f"text.char_dim {self.chars.char_dim} needs char ids (B, W, C) matching word_mask "
+                                 f"{tuple(text.word_mask.shape)}, got {got}; build batches with TweetEncoder.for_model")
+            # shape: (B, W, Ht + S + char_dim)
+            words = torch.cat([words, self.chars(text.char_ids).to(words.dtype)], dim=-1)
+        if self.context is not None:
+            # shape: (B, W, 2 * lstm_dim); fp32: the LSTM has no bf16 CPU kernel, padding is packed away
+            lengths = text.word_mask.sum(1).clamp(min=1).cpu()
+            packed = nn.utils.rnn.pack_padded_sequence(words.float(), lengths, batch_first=True, enforce_sorted=False)
+            with torch.autocast(words.device.type, enabled=False):
+                out, _ = self.context(packed)
+            words = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=words.size(1))[0]
+        return states, words
+
     def decode(self, output: ModelOutput) -> list[list[int]]:
         """Viterbi tag ids per row (length = the row's words)."""
         return self.crf.decode(output.emissions, output.word_mask)
@@ -169,7 +191,7 @@ class RPIHMIF(PreTrainedModel):
         return self.crf.marginals(output.emissions, output.word_mask)
 
     def param_groups(self, lr_text: float, lr_fusion: float, lr_crf: float, weight_decay: float) -> list[dict]:
-        """AdamW parameter groups: encoder / fusion (shape, chars, HIM, IFFE, emissions) / CRF; no decay on biases,
+        """AdamW parameter groups: encoder and case input / fusion (shape, chars, BiLSTM, HIM, IFFE, emissions) / CRF; no decay on biases,
         norms and the CRF transitions. Empty groups are left out."""
         no_decay: set[int] = set()
         for module in self.modules():
@@ -182,7 +204,7 @@ class RPIHMIF(PreTrainedModel):
         for name, p in self.named_parameters():
             if not p.requires_grad:
                 continue
-            part = "text" if name.startswith("encoder.") else "crf" if name.startswith("crf.") else "fusion"
+            part = "text" if name.startswith(("encoder.", "case_input.")) else "crf" if name.startswith("crf.") else "fusion"
             decay = part != "crf" and id(p) not in no_decay
             groups.setdefault((part, decay), []).append(p)
         lrs = {"text": lr_text, "fusion": lr_fusion, "crf": lr_crf}

@@ -51,7 +51,8 @@ def build_model_config(cfg: TrainConfig, visual: VisualConfig | None) -> ModelCo
     return ModelConfig(
         text=TextEncoderConfig(bert_name=cfg.bert_name, max_seq=cfg.max_seq, window_stride=cfg.window_stride,
                                word_shape=cfg.word_shape, shape_dim=cfg.shape_dim, char_dim=cfg.char_dim,
-                               char_emb_dim=cfg.char_emb_dim, char_max_bytes=cfg.char_max_bytes, dropout=cfg.dropout),
+                               char_emb_dim=cfg.char_emb_dim, char_max_bytes=cfg.char_max_bytes,
+                               case_input=cfg.case_input, lstm_dim=cfg.lstm_dim, dropout=cfg.dropout),
         him=dataclasses.replace(cfg.him),
         iffe=dataclasses.replace(cfg.iffe),
         visual=visual,
