@@ -25,7 +25,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 DATASETS = ("twitter2015", "twitter2017")
-OFF = ["constrain_bio=false", "train_also=", "ema_decay=0", "char_dim=0"]  # the recipe before issue 15
+OFF = ["constrain_bio=false", "train_also=", "ema_decay=0", "char_dim=0",  # the recipe before issue 15
+       "case_input=false", "lstm_dim=0"]
 JOINT = ["constrain_bio=true", "train_also=auto"]
 RECIPES: dict[str, list[str]] = {  # name -> train overrides on top of conf/train.yaml
     "today": OFF,
@@ -33,6 +34,9 @@ RECIPES: dict[str, list[str]] = {  # name -> train overrides on top of conf/trai
     "joint": OFF + JOINT,
     "joint_chars": OFF + JOINT + ["char_dim=50"],
     "joint_ema": OFF + JOINT + ["ema_decay=0.998"],
+    "joint_case": OFF + JOINT + ["case_input=true"],
+    "joint_lstm": OFF + JOINT + ["lstm_dim=256"],
+    "joint_case_lstm": OFF + JOINT + ["case_input=true", "lstm_dim=256"],
     "default": [],  # whatever conf/train.yaml says now
 }
 
