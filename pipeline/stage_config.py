@@ -132,6 +132,7 @@ class TrainConfig(_Stage):
     dropout: float
     constrain_bio: bool
     ema_decay: float
+    refit: bool
     seed: int
     device: str
     offline: bool

@@ -51,9 +51,10 @@ def joint_datasets(cfg: TrainConfig) -> list[str]:
     return names
 
 
-def load_corpus(cfg: TrainConfig) -> Corpus:
+def load_corpus(cfg: TrainConfig, with_valid: bool = False) -> Corpus:
     """Read every split of the mix. Train tweets are concatenated in dataset-name order, so runs of twitter2015 and of
-    twitter2017 with `train_also: auto` and one seed see the same batches and differ only in the epoch they keep."""
+    twitter2017 with `train_also: auto` and one seed see the same batches and differ only in the epoch they keep.
+    with_valid: the valid splits join training too (a refit; their scores are then no longer held out)."""
     if not (Path(cfg.data_dir) / cfg.dataset).is_dir():
         raise UsageError(f"dataset folder {Path(cfg.data_dir) / cfg.dataset} not found; set data_dir to the "
                          f"folder holding {cfg.dataset}/ with train.txt and valid.txt (DeepKE layout)")
@@ -69,4 +70,6 @@ def load_corpus(cfg: TrainConfig) -> Corpus:
     for name in names:
         if name == cfg.dataset or "valid" in datasets[name].splits():
             dev[name] = datasets[name].read("valid", lenient=cfg.lenient, fix_bio=cfg.fix_bio)
+    if with_valid:
+        train += [t for name in sorted(dev) for t in dev[name]]
     return Corpus(datasets[cfg.dataset], train, dev)

@@ -90,13 +90,13 @@ def training_features(cfg: TrainConfig, dataset: BenchmarkDataset) -> TweetFeatu
 class Trainer:
     """Holds the model, data and optimizer of one run; `fit()` runs the remaining epochs."""
 
-    def __init__(self, cfg: TrainConfig):
-        self.cfg = cfg
+    def __init__(self, cfg: TrainConfig, refit: bool = False):
+        self.cfg, self.refit = cfg, refit  # refit: valid splits train too, and the last epoch is the one kept
         self.run_dir = Path(cfg.save_path)
         self.device = resolve_device(cfg.device)
         self.precision = resolve_precision(cfg.precision, self.device)  # bf16 autocast of the forward; CRF fp32
         seed_everything(cfg.seed)
-        corpus = load_corpus(cfg)
+        corpus = load_corpus(cfg, with_valid=refit)
         self.train_set, self.dev_sets = corpus.train, corpus.dev
         self.dev_set = corpus.dev[cfg.dataset]
         self.train_datasets = sorted({t.dataset for t in corpus.train})
@@ -203,7 +203,8 @@ class Trainer:
             log.info("epoch %d/%d: loss %.4f, dev P %.2f R %.2f F1 %.2f (%.0fs train)%s", self.epoch, cfg.num_epochs,
                      loss, entry["dev"]["precision"], entry["dev"]["recall"], entry["dev"]["f1"], seconds,
                      "".join(f"; {name} dev F1 {d['f1']:.2f}" for name, d in dev.items()))
-            if entry["dev"]["f1"] > self.best_f1:
+            keep = self.epoch == cfg.num_epochs if self.refit else entry["dev"]["f1"] > self.best_f1
+            if keep:
                 self.best_f1 = entry["dev"]["f1"]
                 with atomic_dir(self.run_dir / "best") as tmp:
                     save_checkpoint(tmp, self.tagger.model, self.tokenizer, metrics=self.metrics())
@@ -243,10 +244,12 @@ class Trainer:
         return entity_scores([t.labels for t in tweets], [p.labels for p in preds])
 
     def metrics(self) -> dict[str, Any]:
-        best = max(self.history, key=lambda h: h["dev"]["f1"]) if self.history else None
+        best = (self.history[-1] if self.refit else max(self.history, key=lambda h: h["dev"]["f1"])) if self.history else None
         out = {"best_epoch": best["epoch"] if best else None, "best_dev": best["dev"] if best else None,
                "epochs": self.history, "dataset": self.cfg.dataset, "seed": self.cfg.seed,
-               "train_datasets": self.train_datasets, "config": self.cfg.to_dict()}
+               "train_datasets": self.train_datasets, "config": self.cfg.to_dict(),
+               **({"refit": "valid splits trained on: the last epoch is kept, its dev scores are not held out"}
+                  if self.refit else {})}
         also = {name for h in self.history for name in h.get("dev_also", {})}
         if also:  # per train_also dataset: the epoch its own valid split would keep
             out["best_dev_also"] = {name: max(({"epoch": h["epoch"], "dev": h["dev_also"][name]} for h in self.history),
@@ -262,17 +265,39 @@ class Trainer:
                        tmp / STATE_FILE)
 
 
-def train(cfg: TrainConfig) -> dict[str, Any]:
-    """Run the train stage from a checked `pipeline/conf/train.yaml` config; return the final metrics."""
-    run_dir = ensure_dir(cfg.save_path, "save_path")
-    if cfg.offline:  # hub ids (bert_name, vision.vit_name) only from the Hugging Face cache
-        os.environ["HF_HUB_OFFLINE"] = "1"
-    for name in ("best", "last", "best.old", "last.old"):  # our own folders: a planted link is refused up front
+def _prepare_run_dir(run_dir: Path) -> None:
+    """Refuse links planted where train keeps its own files; finish or drop what a killed run left half-swapped."""
+    for name in ("best", "last", "best.old", "last.old", "refit"):  # our own folders: a planted link is refused
         if (run_dir / name).is_symlink() or (run_dir / name).is_file():
             raise UsageError(f"{run_dir / name} is a symbolic link or a file where train keeps its own folder; "
                              "remove it (nothing is ever written through it)")
     for name in ("metrics.json", "metrics.json.old", "train.log"):
         refuse_link(run_dir / name)
+
+
+def _refit(cfg: TrainConfig, run_dir: Path, epochs: int) -> dict[str, Any]:
+    """Train again from scratch, same seed, on train + valid for the `epochs` chosen on valid, into run_dir/refit
+    (resumed if a killed refit left its last/); its best/ is the final epoch."""
+    folder = ensure_dir(run_dir / "refit", "refit folder")
+    _prepare_run_dir(folder)
+    for name in ("best", "last", "metrics.json"):
+        recover_dir(folder / name)
+    refit_cfg = dataclasses.replace(cfg, num_epochs=epochs, save_path=str(folder), load_path="", refit=False)
+    trainer = Trainer(refit_cfg, refit=True)
+    log.info("refit: %d tweets (train + valid) for %d epoch(s), the count chosen on valid, into %s",
+             len(trainer.encoded), epochs, folder)
+    if (folder / "last").is_dir():
+        trainer.resume(str(folder))
+    trainer.fit()
+    return {"epochs": epochs, "checkpoint": str(folder / "best")}
+
+
+def train(cfg: TrainConfig) -> dict[str, Any]:
+    """Run the train stage from a checked `pipeline/conf/train.yaml` config; return the final metrics."""
+    run_dir = ensure_dir(cfg.save_path, "save_path")
+    if cfg.offline:  # hub ids (bert_name, vision.vit_name) only from the Hugging Face cache
+        os.environ["HF_HUB_OFFLINE"] = "1"
+    _prepare_run_dir(run_dir)
     setup_logging(run_dir / "train.log")
     if cfg.log_dir:
         setup_logging(Path(cfg.log_dir) / "train.log")
@@ -284,4 +309,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     metrics = trainer.fit()
     log.info("best dev F1 %.2f at epoch %s; checkpoint %s", metrics["best_dev"]["f1"] if metrics["best_dev"] else 0,
              metrics["best_epoch"], run_dir / "best")
-    return {"run": str(run_dir), "best_epoch": metrics["best_epoch"], "best_dev": metrics["best_dev"]}
+    result = {"run": str(run_dir), "best_epoch": metrics["best_epoch"], "best_dev": metrics["best_dev"]}
+    if cfg.refit and metrics["best_epoch"]:
+        result["refit"] = _refit(cfg, run_dir, metrics["best_epoch"])
+    return result
