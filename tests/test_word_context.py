@@ -8,13 +8,15 @@ import subprocess
 import sys
 
 import helpers
+import numpy as np
 import pytest
 import torch
 
 from rpihmif.alignment import TweetEncoder
 from rpihmif.checkpoint import load_checkpoint, save_checkpoint
-from rpihmif.labels import LABEL2ID
+from rpihmif.labels import LABEL2ID, LABELS
 from rpihmif.model import build_model
+from rpihmif.visual import collate_visual
 
 CASED = [["John", "Smith", "visits", "NEW", "York"], ["rt", "@bob", "apple", "#NBA"]]
 TAGS = [["B-PER", "I-PER", "O", "B-LOC", "I-LOC"], ["O", "O", "B-ORG", "B-ORG"]]
@@ -99,6 +101,23 @@ def test_lstm_output_of_a_tweet_does_not_depend_on_its_batch(tiny_model_config, 
         padded = model(batch(enc, [CASED[0], short], labels=False)).emissions[1, : len(short)]
     assert model.emission.in_features == 12
     torch.testing.assert_close(alone, padded, rtol=1e-5, atol=1e-5)
+
+
+def test_lstm_feeds_him_and_iffe_with_images(tiny_model_config):
+    config = dataclasses.replace(tiny_model_config, text=dataclasses.replace(tiny_model_config.text, lstm_dim=6))
+    model, enc = make(config)
+    spec = config.visual.spec()
+    rng = np.random.default_rng(0)
+    k = spec.max_crops
+    feat = {"orig": rng.standard_normal((spec.orig_tokens, spec.dim)), "orig_mask": True,
+            "grounding": rng.standard_normal((k, spec.grounding_tokens, spec.dim)), "grounding_mask": np.ones(k, bool),
+            "rcnn": rng.standard_normal((k, spec.rcnn_tokens, spec.dim)), "rcnn_mask": np.ones(k, bool)}
+    model.train()
+    out = model(batch(enc, CASED), collate_visual([feat, None], spec))
+    assert out.emissions.shape == (2, 5, len(LABELS)) and out.routing.shape == (2, 5, 3)
+    torch.testing.assert_close(out.routing[0, :5].sum(-1), torch.ones(5))
+    out.loss.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.context.parameters())
 
 
 def test_both_options_train_under_bf16_autocast(tiny_model_config):
