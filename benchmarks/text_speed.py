@@ -1,8 +1,11 @@
-"""Cost of the char CNN (text.char_dim): training steps and Tagger.predict with and without chars, same run; JSON.
+"""Cost of a text-path option (e.g. `lstm_dim=256`, `char_dim=50`): training steps and Tagger.predict with and
+without it, same run; JSON.
+
+    python benchmarks/text_speed.py --candidate lstm_dim=256 [--candidate case_input=true]
 
 Text-only RPI-HMIF over the packaged MiniLM-L6 on Twitter-2015 train tweets (../shared/data, else fixed samples);
 the variants alternate batch by batch (ABBA) so machine load hits both alike; wall and process CPU seconds, ratios
-chars/plain of the totals and the median over batches (the steadier number on a shared machine).
+candidate/plain of the totals and the median over batches (the steadier number on a shared machine).
 """
 from __future__ import annotations
 
@@ -35,7 +38,7 @@ def tweets(n: int, path: Path) -> tuple[list[list[str]], list[list[int]], str]:
     return words, [[0] * len(w) for w in words], "fixed sample tweets"
 
 
-def variant(char_dim: int, autocast):
+def variant(text: dict, autocast):
     import torch
 
     from rpihmif.alignment import TweetEncoder
@@ -44,7 +47,7 @@ def variant(char_dim: int, autocast):
     from rpihmif.predictor import Tagger
 
     config = ModelConfig(text_only=True)
-    config = dataclasses.replace(config, text=dataclasses.replace(config.text, char_dim=char_dim))
+    config = dataclasses.replace(config, text=dataclasses.replace(config.text, **text))
     torch.manual_seed(0)
     model, tokenizer = build_model(config)
     opt = torch.optim.AdamW(model.param_groups(5e-5, 1e-3, 5e-3, 0.01))
@@ -70,21 +73,22 @@ def timed(fn, *args) -> tuple[float, float]:
 
 
 def summary(pairs: list[dict[str, tuple[float, float]]], n: int, threads: int) -> dict:
-    """Totals per variant and the median over batches of the chars/plain ratio (wall and CPU)."""
-    total = {k: [sum(p[k][i] for p in pairs) for i in (0, 1)] for k in ("plain", "chars")}
-    ratio = [statistics.median(p["chars"][i] / p["plain"][i] for p in pairs) for i in (0, 1)]
+    """Totals per variant and the median over batches of the candidate/plain ratio (wall and CPU)."""
+    total = {k: [sum(p[k][i] for p in pairs) for i in (0, 1)] for k in ("plain", "candidate")}
+    ratio = [statistics.median(p["candidate"][i] / p["plain"][i] for p in pairs) for i in (0, 1)]
     return {"tweets": n, "batches": len(pairs), "torch_threads": threads,
             **{f"{k}_tweets_per_s_wall": round(n / total[k][0], 1) for k in total},
             **{f"{k}_tweets_per_cpu_s": round(n / total[k][1], 1) for k in total},
-            "ratio_chars_over_plain_total_wall": round(total["chars"][0] / total["plain"][0], 3),
-            "ratio_chars_over_plain_total_cpu": round(total["chars"][1] / total["plain"][1], 3),
-            "ratio_chars_over_plain_median_batch_wall": round(ratio[0], 3),
-            "ratio_chars_over_plain_median_batch_cpu": round(ratio[1], 3)}
+            "ratio_candidate_over_plain_total_wall": round(total["candidate"][0] / total["plain"][0], 3),
+            "ratio_candidate_over_plain_total_cpu": round(total["candidate"][1] / total["plain"][1], 3),
+            "ratio_candidate_over_plain_median_batch_wall": round(ratio[0], 3),
+            "ratio_candidate_over_plain_median_batch_cpu": round(ratio[1], 3)}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--char-dim", type=int, default=50, help="char_dim of the char variant")
+    ap.add_argument("--candidate", action="append", metavar="KEY=VALUE",
+                    help="text config field of the candidate (repeatable; default char_dim=50)")
     ap.add_argument("--train-n", type=int, default=256, help="training tweets (batches of 16)")
     ap.add_argument("--predict-n", type=int, default=1024, help="tweets to tag (Tagger.predict calls of 64)")
     ap.add_argument("--split", type=Path, default=SHARED, help="CoNLL split to read tweets from")
@@ -98,8 +102,12 @@ def main() -> None:
 
     precision = resolve_precision(args.precision, "cpu")
 
+    import yaml
+
+    candidate = dict(kv.split("=", 1) for kv in args.candidate or ["char_dim=50"])
+    candidate = {k: yaml.safe_load(v) for k, v in candidate.items()}  # 256 -> int, true -> bool
     words, labels, source = tweets(max(args.train_n, args.predict_n), args.split)
-    variants = {"plain": variant(0, precision.autocast), "chars": variant(args.char_dim, precision.autocast)}
+    variants = {"plain": variant({}, precision.autocast), "candidate": variant(candidate, precision.autocast)}
     train_threads, predict_threads = args.train_threads or torch.get_num_threads(), args.predict_threads
     for model, opt, enc, tagger in variants.values():  # warm-up: allocations, AdamW state, lazy imports
         model.train()
@@ -108,16 +116,17 @@ def main() -> None:
     train, predict = [], []
     for b, s in enumerate(range(0, args.train_n, 16)):  # the variants alternate batch by batch, ABBA order
         torch.set_num_threads(train_threads)
-        order = ["plain", "chars"] if b % 2 == 0 else ["chars", "plain"]
+        order = ["plain", "candidate"] if b % 2 == 0 else ["candidate", "plain"]
         train.append({k: timed(train_step, *variants[k][:3], precision.autocast, words[s : s + 16], labels[s : s + 16])
                       for k in order})
     for b, s in enumerate(range(0, args.predict_n, 64)):
         torch.set_num_threads(predict_threads)
-        order = ["plain", "chars"] if b % 2 == 0 else ["chars", "plain"]
+        order = ["plain", "candidate"] if b % 2 == 0 else ["candidate", "plain"]
         predict.append({k: timed(variants[k][3].predict, words[s : s + 64], None, 64) for k in order})
     print(json.dumps({
-        "tweets": source, "char_dim": args.char_dim, "precision": f"{precision.name} ({precision.reason})",
-        "char_params": sum(p.numel() for p in variants["chars"][0].chars.parameters()),
+        "tweets": source, "candidate": candidate, "precision": f"{precision.name} ({precision.reason})",
+        "added_params": sum(p.numel() for p in variants["candidate"][0].parameters())
+        - sum(p.numel() for p in variants["plain"][0].parameters()),
         "train_step_batch16": summary(train, args.train_n, train_threads),
         "tagger_predict_batch64": summary(predict, args.predict_n, predict_threads),
     }, indent=2))
