@@ -33,8 +33,8 @@ from pipeline.train.trainer import train  # noqa: E402
 # name -> train overrides (on top of the shared ones); "full" is the default model (iffe.iterations 3, all sources)
 CONFIGS: dict[str, list[str]] = {
     "text_only": ["text_only=true"],
-    "full": [],
-    "source_attention": ["him.source_attention=true"],  # per-source pooling, then a graded softmax over the sources
+    "full": [],  # train.yaml: him.source_attention true (per-source pooling, then a softmax over the sources)
+    "flat_attention": ["him.source_attention=false"],  # one softmax over all tokens (the default before issue 15)
     "no_him": ["him.question="],
     "iterations_0": ["iffe.iterations=0"],
     "iterations_1": ["iffe.iterations=1"],

@@ -42,7 +42,8 @@ class HIMConfig:
     hidden: int = 256  # size of capsules and fused features
     heads: int = 4  # attention heads of question/tweet -> visual attention
     source_attention: bool = False  # two stages: heads pool each source's tokens, then one bounded softmax over the
-    # sources mixes them (that weight is the routing share); False = one softmax over all tokens (older checkpoints)
+    # sources mixes them; the routing share is each source's share of the capsule update (mix weight x value norm).
+    # False = one softmax over all tokens (checkpoints without the key); train.yaml turns it on for new models
 
 @dataclass
 class IFFEConfig:

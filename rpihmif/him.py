@@ -32,7 +32,7 @@ class HIMOutput:
     text: torch.Tensor  # (B, W, Dt) question-aware word features (the text path)
     question: torch.Tensor | None  # (B, Ht) pooled question vector; None when him.question is ""
     capsules: torch.Tensor | None = None  # (B, C, D) task-guided visual capsules
-    source_mass: torch.Tensor | None = None  # (B, C, 3) capsule attention mass per source (orig, grounding, rcnn)
+    source_mass: torch.Tensor | None = None  # (B, C, 3) each source's share of a capsule (orig, grounding, rcnn)
     gate: torch.Tensor | None = None  # (B,) text-image relevance in [0, 1], 0 where no image
     present: torch.Tensor | None = None  # (B,) bool: at least one visual token of a used source
 
@@ -154,8 +154,10 @@ class VisualCapsules(nn.Module):
     def _by_source(self, query: torch.Tensor, scores: torch.Tensor, v: torch.Tensor, mask: torch.Tensor,
                    src: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Two stages: each head pools each source's tokens with its own softmax, then one softmax per capsule over
-        the present sources' summaries mixes them. The mixture weights are the source mass: exactly the share each
-        source has in the capsule. query (B, C, D), scores (B, h, C, N), v (B, h, N, hd) -> (B, C, D), (B, C, 3)."""
+        the present sources' summaries mixes them. The source mass is each source's share of the capsule's update by
+        vector norm: mixture weight x norm of its summary through the output projection (attention weight x
+        transformed-value norm, Kobayashi et al. 2020), so a source weighted in but carrying little gets little.
+        query (B, C, D), scores (B, h, C, N), v (B, h, N, hd) -> (B, C, D), (B, C, 3)."""
         b, h, c, _ = scores.shape
         pooled, present, used = [], [], []
         for i in range(len(SOURCES)):
@@ -178,8 +180,10 @@ class VisualCapsules(nn.Module):
         weights = self._softmax(logits, keep)
         # shape: (B, C, D)
         out = (weights.unsqueeze(-1) * z).sum(2)
+        # shape: (B, C, S): the size of each source's term in o(out) - o.bias; 0 for an absent source
+        size = weights * (z @ self.o.weight.T).norm(dim=-1)
         mass = weights.new_zeros(b, c, len(SOURCES))
-        mass[..., used] = weights
+        mass[..., used] = size / size.sum(-1, keepdim=True).clamp_min(torch.finfo(size.dtype).tiny)
         return out, mass
 
 

@@ -1,5 +1,5 @@
-"""Routing explanation (issue 15): with him.source_attention the per-source share is a graded mixture weight; it sums
-to 1 with an image and 0 without; checkpoints from before the option (one softmax over all tokens) load as they were."""
+"""Routing explanation (issue 15): with him.source_attention the per-source share is each source's graded share of the
+capsule update; sums to 1 with an image, 0 without; checkpoints from before the option load as they were; probes."""
 from __future__ import annotations
 
 import dataclasses
@@ -15,12 +15,12 @@ from rpihmif.model import build_model
 from rpihmif.visual import collate_visual
 
 WORDS = [["john", "smith", "in", "london"], ["rt", "@obama", "at", "the", "nba", "game"], ["love", "new", "york"]]
-# end-to-end floors on the generated sample (default config, 4-layer random ViT, 8 epochs); measured over 3 training
-# seeds with benchmarks/ablation_sample.py (README "Measured so far"), set below the lowest seed with a margin
-ROUTING_MIN_ARGMAX_ON_CUE = 60.0  # % of image-decided entities whose largest routing share is their cue source
-OCCLUSION_MIN_ON_CUE = 85.0  # % whose score drops most when their cue source is masked
-ROUTING_MAX_QUARTER_VALUED = 15.0  # % of routing triples within 0.01 of multiples of 0.25
-ROUTING_MIN_F1 = 85.0  # dev F1 of the image-decided tweets (entities and decoys)
+# end-to-end floors of test_routing_points_at_the_cue_source_on_the_sample (its config: _train_on_sample), measured
+# over training seeds 1 / 2 / 3 (1 thread): the worst seed minus a margin
+ROUTING_MIN_ARGMAX_ON_CUE = 90.0  # % of image-decided entities whose largest routing share is their cue (100/98.3/100)
+OCCLUSION_MIN_ON_CUE = 85.0  # % whose score drops most when their cue source is masked (100/100/100)
+ROUTING_MAX_QUARTER_VALUED = 20.0  # % of routing triples within 0.01 of multiples of 0.25 (7.4/5.1/10.7)
+ROUTING_MIN_F1 = 85.0  # dev F1 of the image-decided tweets, entities and decoys (91.6/94.5/97.6)
 
 
 def _config(tiny_model_config, source_attention: bool):
@@ -76,7 +76,7 @@ def test_flat_heads_quantize_source_attention_stays_graded(tiny_model_config):
             model.him.visual.source_q.bias.copy_(t * bias)
             curve.append(model(text, visual).routing)
     curve = torch.stack(curve)
-    assert torch.allclose(curve[0, 1], torch.full_like(curve[0, 1], 1 / 3))  # t = 0: the three sources alike
+    assert (curve[0, 1] > 0.1).all()  # t = 0: equal mixture weights, every source holds a share
     assert _quarter_valued(curve).float().mean() < 0.05
     steps = (curve[1:] - curve[:-1]).abs()
     assert steps.max() < 0.05 and (curve[-1] - curve[0]).abs().max() > 0.1  # moves, in small steps
@@ -100,8 +100,9 @@ def test_routing_sums_to_one_with_an_image_and_zero_without(tiny_model_config, s
     assert torch.equal(out.emissions[1], ref.emissions[1])  # all masked = the text path exactly
 
 
-def test_source_mass_is_the_capsule_mixture_weight(tiny_model_config):
-    """Capsule head outputs = sum over sources of (source mass x that source's pooled summary), exactly."""
+def test_source_mass_is_each_sources_share_of_the_capsule_update(tiny_model_config):
+    """Capsule head outputs = sum over sources of (mixture weight w x pooled summary z), and the source mass is
+    w * |W_o z| normalised: each source's share of the update by vector norm, exactly."""
     config = _config(tiny_model_config, True)
     spec = config.visual.spec()
     model, _, _ = _model(config)
@@ -116,9 +117,14 @@ def test_source_mass_is_the_capsule_mixture_weight(tiny_model_config):
         for keep in ("orig", "grounding", "rcnn"):  # one source alone: its mass is 1, the output its summary
             masks = {f"{s}_mask": getattr(visual, f"{s}_mask") & (s == keep) for s in ("orig", "grounding", "rcnn")}
             model.him.visual(words, word_mask, question, dataclasses.replace(visual, **masks))
-    # shape: (B, C, 3, D) summaries weighted by the (B, C, 3) mass
-    torch.testing.assert_close(seen[0], (mass.unsqueeze(-1) * torch.stack(seen[1:], 2)).sum(2))
+    # shape: (B, C, 3, D) summaries; (B, C, 3) their norms through the output projection
+    z = torch.stack(seen[1:], 2)
+    norm = (z @ model.him.visual.o.weight.T).norm(dim=-1)
+    weight = mass / norm
+    weight = weight / weight.sum(-1, keepdim=True)  # the mixture weights the shares imply
+    torch.testing.assert_close(seen[0], (weight.unsqueeze(-1) * z).sum(2))
     assert ((mass > 0.05) & (mass < 0.95)).all()  # a fresh model mixes all three
+    assert not torch.allclose(mass, weight, atol=1e-3)  # the share is not the bare mixture weight
 
 
 def test_checkpoint_without_the_key_loads_as_flat_attention(tiny_model_config, tmp_path):
@@ -206,13 +212,9 @@ def test_occlusion_probe_picks_the_source_whose_masking_costs_most():
     tagger.config.visual.sources = ["orig"]
     assert occlusion_probe(tagger, tweets, preds, feats, cues) == {}
 
-@pytest.mark.slow
-def test_routing_points_at_the_cue_source_on_the_sample(tmp_path):
-    """End to end with the default train config on the generated sample (random-init 4-layer ViT, 8 epochs): the
-    routing argmax of image-decided dev entities sits on the one source holding their cue (and masking that source
-    costs the most), and the shares are graded.
-
-    Thresholds from benchmarks/ablation_sample.py on 3 training seeds (README "Measured so far"), with margin."""
+def _train_on_sample(tmp_path, seed: int) -> dict:
+    """make-sample (seed 0, 200 train / 100 dev tweets), a random-init 4-layer ViT of hidden 256, the default train
+    config for 8 epochs with training seed `seed`; returns probe_sample_run of run/best."""
     from pipeline.extract.stage import run_extract
     from pipeline.io.sample import DATASET, make_sample
     from pipeline.stage_config import stage_config
@@ -220,11 +222,21 @@ def test_routing_points_at_the_cue_source_on_the_sample(tmp_path):
     from pipeline.train.trainer import train
 
     data, cache, run = tmp_path / "data", tmp_path / "cache", tmp_path / "run"
-    make_sample(data, seed=0)
+    make_sample(data, seed=0, sizes={"train": 200, "valid": 100, "test": 10})
     common = [f"data_dir={data}", f"dataset={DATASET}", f"cache_dir={cache}"]
-    run_extract(stage_config("extract", overrides=[*common, "random_vit_layers=4", "workers=0"]))
-    train(stage_config("train", overrides=[*common, f"save_path={run}", "num_epochs=8", "seed=1", "device=cpu"]))
-    r = probe_sample_run(run / "best", data, DATASET, cache)
+    run_extract(stage_config("extract", overrides=[*common, "random_vit_layers=4", "random_vit_hidden=256",
+                                                   "workers=0"]))
+    train(stage_config("train", overrides=[*common, f"save_path={run}", "num_epochs=8", f"seed={seed}",
+                                           "device=cpu"]))
+    return probe_sample_run(run / "best", data, DATASET, cache)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1200)  # ~700 s measured with three such runs at once beside two trainings on 2 cores
+def test_routing_points_at_the_cue_source_on_the_sample(tmp_path):
+    """End to end with the default train config on the generated sample: the routing argmax of image-decided dev
+    entities sits on the one source holding their cue (and masking that source costs the most), with graded shares."""
+    r = _train_on_sample(tmp_path, seed=1)
     routing = r["routing"]
     assert routing["entities"] >= 50 and r["dev_image_decided_f1"] >= ROUTING_MIN_F1
     assert routing["accuracy"] >= ROUTING_MIN_ARGMAX_ON_CUE, routing

@@ -50,7 +50,8 @@ def test_model_knobs_settable_from_train_yaml_and_mirror_model_defaults():
     cfg = stage_config("train")
     text = {f.name for f in dataclasses.fields(TextEncoderConfig)}
     assert text <= {f.name for f in dataclasses.fields(TrainConfig)}  # every text knob is a train.yaml key
-    assert cfg.him == HIMConfig() and cfg.iffe == IFFEConfig()
+    # new models use per-source attention (issue 15); the dataclass keeps False so checkpoints without the key load
+    assert cfg.him == dataclasses.replace(HIMConfig(), source_attention=True) and cfg.iffe == IFFEConfig()
     assert {k: getattr(cfg, k) for k in text} == dataclasses.asdict(TextEncoderConfig())
     assert cfg.visual.sources == VisualConfig().sources and cfg.text_only is ModelConfig().text_only
 

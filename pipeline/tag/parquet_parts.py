@@ -17,8 +17,8 @@ __all__ = ["ENTITY_TYPE", "SCHEMA", "SCHEMA_VERSION", "PartWriter", "footer"]
 
 SCHEMA_VERSION = 2  # 2: source, tagged_at columns; one part per chunk; footer metadata
 
-# One entity; routing_* = share of the IFFE coupling mass (averaged over the entity's words) that went to
-# each visual source; null when the tweet had no image or the model was text-only.
+# One entity; routing_* = each visual source's share of the capsules, weighted by the IFFE coupling of the entity's
+# words and averaged over them (report legend); null when the tweet had no image or the model was text-only.
 ENTITY_TYPE = pa.struct([
     ("text", pa.string()),  # == text[start_char:end_char]
     ("type", pa.string()),  # PER | LOC | ORG | MISC

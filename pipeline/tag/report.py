@@ -29,13 +29,16 @@ REPORT_NAME = "_report.html"  # beside OUT/data/, with the manifest and rejects
 COLOURS = {"PER": "#f4a6a6", "LOC": "#9fd8a8", "ORG": "#9cc3f0", "MISC": "#f3d38b"}
 SOURCES = (("routing_orig", "original image"), ("routing_grounding", "grounding crops"), ("routing_rcnn", "RCNN crops"))
 LEGEND = ("Routing: how much of an entity's visual evidence came from each visual source (the original image, the "
-          "visual-grounding crops, the RCNN detector crops). Per visual capsule, a source's share is the capsule's "
-          "attention mass on that source's tokens averaged over its attention heads; an entity's share is that averaged "
-          "over the capsules with the IFFE fusion's coupling mass of the entity's words, then over its words. The three "
-          "shares sum to 1; only tweets tagged with their image have routing. Heads tend to settle on one source each, "
-          "so shares near multiples of 1/heads (0.25 for 4 heads) count heads rather than grade evidence. Models "
-          "trained with him.source_attention instead mix one summary per source with a softmax over the sources: the "
-          "share is that mix weight, graded, at least 1.7% for every source the tweet has.")
+          "visual-grounding crops, the RCNN detector crops). Each visual capsule pools every source's tokens on its "
+          "own, then mixes the source summaries with a softmax over the sources; a source's share of the capsule is "
+          "the size of its term in the capsule's update (mix weight x norm of its summary through the output "
+          "projection), so a source mixed in that carries little gets little. An entity's share is that averaged over "
+          "the capsules with the IFFE fusion's coupling mass of the entity's words, then over its words. The three "
+          "shares sum to 1 and are graded, not a count of attention heads; only tweets tagged with their image have "
+          "routing. On the generated sample, where exactly one source shows each image-decided entity's type, the "
+          "largest share is on that source for 100% of entities (3 training seeds). Models trained without "
+          "him.source_attention (one attention over all tokens) show the heads' averaged attention mass instead: it "
+          "tends to sit on multiples of 1/heads (0.25 for 4 heads) and pointed at the cue source for 77-79%.")
 _CROP_KINDS = (("crops", "grounding"), ("rcnn_crops", "RCNN"))
 _MAX_CROPS = 3  # per kind, as the model uses
 _MAX_TEXT = 2000  # characters of a tweet shown
