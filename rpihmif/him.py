@@ -15,7 +15,7 @@ from rpihmif.visual import SOURCES, VisualBatch
 
 __all__ = ["HIMOutput", "QuestionAwareText", "VisualCapsules", "HIM", "masked_mean", "SOURCE_LOGIT_BOUND"]
 
-# source-stage logits lie in [-2, 2]: the sources' shares stay graded (two present sources: at most 0.982 / 0.018)
+# source-stage logits lie in [-2, 2]: the mix weights stay graded (two present sources: at most 0.982 / 0.018)
 SOURCE_LOGIT_BOUND = 2.0
 
 
@@ -175,7 +175,7 @@ class VisualCapsules(nn.Module):
         keep = torch.stack(present, -1)[:, None, :]
         # shape: (B, C, S): one query per capsule against each source's summary
         logits = (self.source_k(z) @ self.source_q(query).unsqueeze(-1)).squeeze(-1) / math.sqrt(z.size(-1))
-        # bounded to +-SOURCE_LOGIT_BOUND: a present source keeps a share >= e^(-2 bound) of the largest one
+        # bounded to +-SOURCE_LOGIT_BOUND: a present source keeps a mix weight >= e^(-2 bound) of the largest one
         logits = SOURCE_LOGIT_BOUND * torch.tanh(logits / SOURCE_LOGIT_BOUND)
         weights = self._softmax(logits, keep)
         # shape: (B, C, D)
