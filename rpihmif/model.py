@@ -1,6 +1,5 @@
-"""RPIHMIF: text encoder -> first-sub-token word features (+ shape, + char CNN) -> HIM -> IFFE -> emissions -> CRF.
-
-Switches: text_only, him.question ("" = off), iffe.iterations (0 = concat), visual.sources; no image = text path.
+"""RPIHMIF: text encoder (+ casing input) -> first-sub-token word features (+ shape, + chars, + BiLSTM) -> HIM -> IFFE
+-> emissions -> CRF. Switches: text_only, him.question, iffe.iterations, visual.sources; no image = text path.
 """
 from __future__ import annotations
 
