@@ -7,7 +7,6 @@ visual source shows (a colour + shape per type: the original, the grounding or t
 from __future__ import annotations
 
 import gzip
-import io
 import json
 import os
 import random
@@ -17,10 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from cache.durable import atomic_file, ensure_dir, file_mode, refuse_link, remove_stale_temps
 from pipeline.io.conll import Tweet, write_conll
+from pipeline.io.sample_pictures import IMAGE_SIZE, TYPE_STYLE, closeup, crop_boxes, draw_scene, encode_image
 from rpihmif.errors import UsageError
 from rpihmif.labels import ENTITY_TYPES
 
@@ -28,23 +28,15 @@ __all__ = ["make_sample", "TYPE_STYLE", "DATASET", "SIZES", "CUE_SOURCES", "CUES
 
 DATASET = "twitter2015"
 SIZES = {"train": 300, "valid": 100, "test": 100}  # tweets per split
-IMAGE_SIZE, GROUNDING_SIZE, RCNN_SIZE = 160, 64, 48  # px (small: generation takes seconds)
+GROUNDING_SIZE, RCNN_SIZE = 64, 48  # px of the crops (small: generation takes seconds)
 IMAGE_DECIDED_SHARE = 0.6  # tweets whose entity type only the image tells
 DECOYS_PER_PAIR = 0.5  # decoys (same words as a pair, neutral image, the name labelled O) per image-decided pair
 MARKER = "sample.json"  # written into the dataset folder; a rerun replaces only a folder that has it
 CUES_FILE = "sample_cues.json"  # {"<image_id>": {"type", "cue_source"}} of image-decided tweets (not DeepKE layout);
 # both null for a decoy
 CUE_SOURCES = ("orig", "grounding", "rcnn")  # the one visual source that shows an image-decided tweet's type cue
-TINY_CUE_RADIUS = 2  # px at IMAGE_SIZE: the cue object in an original whose cue is in the crops (~noise at 224 px)
 _DICT_TAG = {"train": "train", "valid": "val", "test": "test"}
 
-# type -> (dominant RGB colour, shape): very distinct so even a random-init frozen encoder separates them
-TYPE_STYLE: dict[str, tuple[tuple[int, int, int], str]] = {
-    "PER": ((210, 40, 40), "circle"),
-    "LOC": ((40, 170, 60), "triangle"),
-    "ORG": ((40, 70, 210), "square"),
-    "MISC": ((235, 200, 30), "star"),
-}
 
 AMBIGUOUS = ["Jordan", "Phoenix", "Apple", "Paris", "Washington", "Jackson", "Chelsea", "Madison", "Lincoln",
              "Amazon", "Orlando", "Georgia", "Victoria", "Austin", "Dallas", "Mercury", "Genesis", "Savannah",
@@ -178,109 +170,6 @@ def _plan_split(n: int, rng: random.Random) -> list[_PlannedTweet]:
     return out
 
 
-def _shape(draw: ImageDraw.ImageDraw, shape: str, cx: int, cy: int, r: int, colour: tuple[int, int, int]) -> None:
-    """Draw a type shape of radius r centred at (cx, cy)."""
-    box = (cx - r, cy - r, cx + r, cy + r)
-    if shape == "circle":
-        draw.ellipse(box, fill=colour)
-    elif shape == "square":
-        draw.rectangle(box, fill=colour)
-    elif shape == "triangle":
-        draw.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=colour)
-    elif shape == "star":
-        ang = np.linspace(-np.pi / 2, 1.5 * np.pi, 11)[:-1]
-        rad = np.where(np.arange(10) % 2 == 0, r, r * 0.45)
-        draw.polygon([(cx + float(rr * np.cos(a)), cy + float(rr * np.sin(a))) for a, rr in zip(ang, rad)], fill=colour)
-
-
-def _noise(img: Image.Image, rng: np.random.Generator) -> Image.Image:
-    """Add uniform pixel noise (+-18 per channel)."""
-    # shape: (h, w, 3)
-    arr = np.asarray(img, dtype=np.int16) + rng.integers(-18, 19, (img.height, img.width, 3), dtype=np.int16)
-    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
-
-
-def _draw(cue: str, rng: np.random.Generator, tiny: str | None = None
-          ) -> tuple[Image.Image, tuple[int, int, int, int]]:
-    """An IMAGE_SIZE² picture with the type cue (or a neutral scene) and the bounding box of its main object.
-
-    cue: a type (tinted background + large shape) or "neutral" (grey scene with lines). tiny: a type drawn as a
-    TINY_CUE_RADIUS object into the neutral scene (its cue is in the crops); the box is then that object's.
-    """
-    s = IMAGE_SIZE
-    if cue in TYPE_STYLE:
-        base = np.array(TYPE_STYLE[cue][0])
-        bg = base * 0.45 + 255 * 0.55 + rng.integers(-20, 21, 3)
-        fg = base + rng.integers(-20, 21, 3)
-        shape = TYPE_STYLE[cue][1]
-    else:
-        grey = rng.integers(90, 170)
-        bg = np.array([grey, grey, grey]) + rng.integers(-10, 11, 3)
-        fg = np.array([grey + 40, grey + 25, grey]) + rng.integers(-10, 11, 3)
-        shape = "lines"
-    img = Image.new("RGB", (s, s), tuple(int(v) for v in np.clip(bg, 0, 255)))
-    draw = ImageDraw.Draw(img)
-    for _ in range(int(rng.integers(2, 5))):  # small grey distractors
-        x, y, w = (int(v) for v in rng.integers(0, s - 20, 2).tolist() + [int(rng.integers(8, 24))])
-        g = int(rng.integers(60, 200))
-        draw.rectangle([x, y, x + w, y + w // 2 + 4], fill=(g, g, g))
-    r = int(rng.integers(int(s * 0.22), int(s * 0.32)))
-    cx, cy = (int(v) for v in rng.integers(r + 4, s - r - 4, 2))
-    box = (cx - r, cy - r, cx + r, cy + r)
-    colour = tuple(int(v) for v in np.clip(fg, 0, 255))
-    if shape == "lines":
-        for _ in range(6):
-            pts = [tuple(int(v) for v in rng.integers(0, s, 2)) for _ in range(2)]
-            draw.line(pts, fill=colour, width=int(rng.integers(2, 6)))
-    else:
-        _shape(draw, shape, cx, cy, r, colour)
-    if tiny is not None:  # a far-away cue object: a few pixels here, only a crop (a zoomed detection) shows it
-        t = TINY_CUE_RADIUS
-        tx, ty = (int(v) for v in rng.integers(t + 8, s - t - 8, 2))
-        tfg = np.array(TYPE_STYLE[tiny][0]) + rng.integers(-20, 21, 3)
-        _shape(draw, TYPE_STYLE[tiny][1], tx, ty, t, tuple(int(v) for v in np.clip(tfg, 0, 255)))
-        box = (tx - t, ty - t, tx + t, ty + t)
-    return _noise(img, rng), box
-
-
-def _closeup(cue: str | None, size: int, rng: np.random.Generator) -> Image.Image:
-    """A size² crop as a detector returns it at full resolution: the cue object of type `cue` filling most of a
-    grey surround, or (cue None) a neutral grey object (a distractor) on grey."""
-    grey = int(rng.integers(90, 170))
-    bg = np.array([grey, grey, grey]) + rng.integers(-6, 7, 3)
-    img = Image.new("RGB", (size, size), tuple(int(v) for v in np.clip(bg, 0, 255)))
-    draw = ImageDraw.Draw(img)
-    r = int(size * rng.uniform(0.36, 0.48))
-    cx, cy = (int(v) for v in rng.integers(r, size - r + 1, 2))
-    if cue is None:
-        g = int(rng.integers(60, 200))
-        w, h = int(r * rng.uniform(1.2, 2.0)), int(r * rng.uniform(0.8, 1.6))
-        draw.rectangle([cx - w // 2, cy - h // 2, cx + w // 2, cy + h // 2], fill=(g, g, g))
-    else:
-        fg = np.array(TYPE_STYLE[cue][0]) + rng.integers(-20, 21, 3)
-        _shape(draw, TYPE_STYLE[cue][1], cx, cy, r, tuple(int(v) for v in np.clip(fg, 0, 255)))
-    return _noise(img, rng)
-
-
-def _crop_boxes(box: tuple[int, int, int, int], n: int, rng: np.random.Generator) -> list[tuple[int, int, int, int]]:
-    """The main object's box (with a jittered margin) first, then random regions (still showing the type colour)."""
-    s = IMAGE_SIZE
-    m = int(rng.integers(2, 12))
-    boxes = [(max(0, box[0] - m), max(0, box[1] - m), min(s, box[2] + m), min(s, box[3] + m))]
-    for _ in range(n - 1):
-        w = int(rng.integers(40, 100))
-        x, y = (int(v) for v in rng.integers(0, s - w, 2))
-        boxes.append((x, y, x + w, y + w))
-    return boxes
-
-
-def _encode(img: Image.Image, fmt: str) -> bytes:
-    buf = io.BytesIO()
-    # no EXIF or time stamps: the same pixels give the same bytes on every run
-    img.save(buf, format=fmt, **({"quality": 90} if fmt == "JPEG" else {"compress_level": 1}))
-    return buf.getvalue()
-
-
 def _write_images(root: Path, split: str, items: list[_PlannedTweet], seed: int, split_no: int) -> tuple[dict, dict, dict]:
     """Write a split's images and crops; return its grounding dict, its RCNN entries and found/missing counts."""
     images_dir, detect = root / f"{DATASET}_images", root / "twitter15_detect"
@@ -299,10 +188,10 @@ def _write_images(root: Path, split: str, items: list[_PlannedTweet], seed: int,
         if k not in drawn and item.copy_of is None:
             rng = np.random.default_rng([seed, split_no, k])
             if item.cue_source in ("grounding", "rcnn"):  # a neutral-looking original: the cue is in the crops
-                img, box = _draw("neutral", rng, tiny=item.image)
+                img, box = draw_scene("neutral", rng, tiny=item.image)
             else:
-                img, box = _draw(item.image, rng)
-            drawn[k] = (img, box, _encode(img, "JPEG"))
+                img, box = draw_scene(item.image, rng)
+            drawn[k] = (img, box, encode_image(img, "JPEG"))
     for k, item in enumerate(items):
         if item.image is None:
             continue
@@ -317,15 +206,15 @@ def _write_images(root: Path, split: str, items: list[_PlannedTweet], seed: int,
                 return img.crop(b).resize((size, size), Image.BILINEAR)
             # image-decided: only the crops of the cue source show the cue object; the others (all of a decoy's)
             # neutral objects
-            return _closeup(item.image if kind == item.cue_source else None, size, rng)
+            return closeup(item.image if kind == item.cue_source else None, size, rng)
 
         def write_crops(kind: str, names: list[str], folder: Path, size: int, fmt: str) -> None:
-            for n, b in zip(names, _crop_boxes(box, len(names), rng)):
+            for n, b in zip(names, crop_boxes(box, len(names), rng)):
                 listed = n in names[:3]
                 if f"{kind}_files" in item.missing:
                     counts[f"{kind}_missing"] += listed
                     continue
-                (folder / n).write_bytes(_encode(crop_of(kind, b, size), fmt))
+                (folder / n).write_bytes(encode_image(crop_of(kind, b, size), fmt))
                 counts[f"{kind}_found"] += listed
 
         if "grounding_entry" not in item.missing:
