@@ -5,8 +5,9 @@ VPY     := $(VENV)/bin/python
 PIP     := $(VPY) -m pip
 DEMO    ?= demo
 STAMP   := $(VENV)/.installed
-# the sample is small: a faster fusion rate than the real-data defaults; a 6-layer random ViT keeps it under 10 min
-DEMO_TRAIN ?= --set num_epochs=6 --set fusion_learning_rate=3e-3
+# the sample is small (300 train tweets): 8 epochs at the real-data rates (a faster fusion rate destabilises the
+# BiLSTM: dev F1 58 vs 94 measured); a 6-layer random ViT keeps it under 10 min
+DEMO_TRAIN ?= --set num_epochs=8
 
 .PHONY: demo test test-fast venv clean
 
