@@ -39,6 +39,20 @@ def tiny_model_config(tiny_bert_dir):
     return helpers.tiny_model_config(tiny_bert_dir)
 
 
+@pytest.fixture
+def two_datasets(tmp_path):
+    """data/ with tiny twitter2015 (train 16, valid 8), twitter2017 (train 20, valid 8) and other (train 8, valid 4)."""
+    data = tmp_path / "data"
+    for i, name in enumerate(("twitter2015", "twitter2017")):
+        (data / name).mkdir(parents=True)
+        helpers.write_split(data / name / "train.txt", 16 + 4 * i, seed=10 + i)
+        helpers.write_split(data / name / "valid.txt", 8, seed=20 + i)
+    (data / "other").mkdir()
+    helpers.write_split(data / "other" / "train.txt", 8, seed=30)
+    helpers.write_split(data / "other" / "valid.txt", 4, seed=31)
+    return data
+
+
 @pytest.fixture(scope="session")
 def tiny_clip_dir(tmp_path_factory):
     """A tiny CLIPVisionModel folder (hidden 32, 2 layers, patch 32), shared read-only by the whole session."""

@@ -64,6 +64,15 @@ def write_split(path: Path, n: int, seed: int) -> None:
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
+def tiny_dataset(root: Path, n_train: int = 16, n_valid: int = 6) -> Path:
+    """root/data/tiny with train.txt and valid.txt of generated tweets (a dataset folder for train runs)."""
+    data = root / "data" / "tiny"
+    data.mkdir(parents=True)
+    write_split(data / "train.txt", n_train, seed=1)
+    write_split(data / "valid.txt", n_valid, seed=2)
+    return data
+
+
 def tiny_overrides(tiny_bert_dir, data: Path, run: Path, **extra) -> list[str]:
     """`--set` overrides of a tiny, fast train run over the dataset folder `data` into `run`."""
     sets = {"data_dir": str(data.parent), "dataset": data.name, "bert_name": tiny_bert_dir, "save_path": str(run),

@@ -217,10 +217,7 @@ def cli(*args: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.slow
 def test_train_cli_with_char_dim(tiny_bert_dir, tmp_path):
-    data = tmp_path / "data" / "tiny"
-    data.mkdir(parents=True)
-    helpers.write_split(data / "train.txt", 16, seed=1)
-    helpers.write_split(data / "valid.txt", 6, seed=2)
+    data = helpers.tiny_dataset(tmp_path)
     run = tmp_path / "run"
     sets = helpers.tiny_overrides(tiny_bert_dir, data, run, num_epochs=1, char_dim=8, char_max_bytes=12)
     args = [a for s in sets for a in ("--set", s)]

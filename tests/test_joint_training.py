@@ -8,25 +8,12 @@ import json
 
 import pytest
 import torch
-from helpers import tiny_overrides, write_split
+from helpers import tiny_overrides
 from safetensors.torch import load_file
 
 from pipeline.stage_config import stage_config
 from pipeline.train.trainer import Trainer, train
 from rpihmif.errors import UsageError
-
-
-@pytest.fixture
-def two_datasets(tmp_path):
-    data = tmp_path / "data"
-    for i, name in enumerate(("twitter2015", "twitter2017")):
-        (data / name).mkdir(parents=True)
-        write_split(data / name / "train.txt", 16 + 4 * i, seed=10 + i)
-        write_split(data / name / "valid.txt", 8, seed=20 + i)
-    (data / "other").mkdir()
-    write_split(data / "other" / "train.txt", 8, seed=30)
-    write_split(data / "other" / "valid.txt", 4, seed=31)
-    return data
 
 
 def _cfg(tiny_bert_dir, data, name, run, **extra):

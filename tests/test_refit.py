@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from helpers import ROOT, tiny_overrides, write_split
+from helpers import ROOT, tiny_overrides
 from safetensors.torch import load_file
 
 from pipeline.stage_config import stage_config
@@ -16,33 +16,23 @@ from pipeline.train.trainer import train
 from rpihmif.errors import UsageError
 
 
-@pytest.fixture
-def data(tmp_path):
-    root = tmp_path / "data"
-    for i, name in enumerate(("twitter2015", "twitter2017")):
-        (root / name).mkdir(parents=True)
-        write_split(root / name / "train.txt", 12 + 4 * i, seed=10 + i)
-        write_split(root / name / "valid.txt", 6 + i, seed=20 + i)
-    return root
-
-
-def _cfg(tiny_bert_dir, data, run, **extra):
-    return stage_config("train", overrides=tiny_overrides(tiny_bert_dir, data / "twitter2015", run,
+def _cfg(tiny_bert_dir, two_datasets, run, **extra):
+    return stage_config("train", overrides=tiny_overrides(tiny_bert_dir, two_datasets / "twitter2015", run,
                                                           **{"num_epochs": 2, **extra}))
 
 
-def test_with_valid_adds_every_valid_split_of_the_mix(tiny_bert_dir, data, tmp_path):
-    cfg = _cfg(tiny_bert_dir, data, tmp_path / "r", train_also="auto")
+def test_with_valid_adds_every_valid_split_of_the_mix(tiny_bert_dir, two_datasets, tmp_path):
+    cfg = _cfg(tiny_bert_dir, two_datasets, tmp_path / "r", train_also="auto")
     plain, refit = load_corpus(cfg), load_corpus(cfg, with_valid=True)
-    assert (len(plain.train), len(refit.train)) == (12 + 16, 12 + 16 + 6 + 7)
+    assert (len(plain.train), len(refit.train)) == (16 + 20, 16 + 20 + 8 + 8)
     assert refit.train[: len(plain.train)] == plain.train
     assert refit.train[len(plain.train):] == plain.dev["twitter2015"] + plain.dev["twitter2017"]
     assert refit.dev == plain.dev
 
 
-def test_refit_trains_on_train_and_valid_for_the_chosen_epochs(tiny_bert_dir, data, tmp_path):
+def test_refit_trains_on_train_and_valid_for_the_chosen_epochs(tiny_bert_dir, two_datasets, tmp_path):
     run = tmp_path / "run"
-    result = train(_cfg(tiny_bert_dir, data, run, train_also="auto", refit="true", num_epochs=3))
+    result = train(_cfg(tiny_bert_dir, two_datasets, run, train_also="auto", refit="true", num_epochs=3))
     main = json.loads((run / "metrics.json").read_text())
     refit = json.loads((run / "refit" / "metrics.json").read_text())
     chosen = main["best_epoch"]
@@ -51,40 +41,40 @@ def test_refit_trains_on_train_and_valid_for_the_chosen_epochs(tiny_bert_dir, da
     assert len(refit["epochs"]) == chosen == refit["best_epoch"] and refit["config"]["num_epochs"] == chosen
     assert "not held out" in refit["refit"]
     log = (run / "train.log").read_text()
-    assert f"refit: {12 + 16 + 6 + 7} tweets (train + valid) for {chosen} epoch(s)" in log
+    assert f"refit: {16 + 20 + 8 + 8} tweets (train + valid) for {chosen} epoch(s)" in log
     kept, refitted = (load_file(run / d / "best" / "model.safetensors") for d in (".", "refit"))
     assert kept.keys() == refitted.keys()
     assert any(not kept[k].equal(refitted[k]) for k in kept)
 
 
-def test_refit_off_writes_no_refit_folder(tiny_bert_dir, data, tmp_path):
-    result = train(_cfg(tiny_bert_dir, data, tmp_path / "run", train_also="", num_epochs=1))
+def test_refit_off_writes_no_refit_folder(tiny_bert_dir, two_datasets, tmp_path):
+    result = train(_cfg(tiny_bert_dir, two_datasets, tmp_path / "run", train_also="", num_epochs=1))
     assert "refit" not in result and not (tmp_path / "run" / "refit").exists()
 
 
-def test_a_finished_run_refits_on_resume_and_keeps_its_best(tiny_bert_dir, data, tmp_path):
+def test_a_finished_run_refits_on_resume_and_keeps_its_best(tiny_bert_dir, two_datasets, tmp_path):
     run = tmp_path / "run"
-    train(_cfg(tiny_bert_dir, data, run, train_also="", num_epochs=2))
+    train(_cfg(tiny_bert_dir, two_datasets, run, train_also="", num_epochs=2))
     before = (run / "best" / "model.safetensors").read_bytes()
-    result = train(_cfg(tiny_bert_dir, data, run, train_also="", num_epochs=2, refit="true", load_path=str(run)))
+    result = train(_cfg(tiny_bert_dir, two_datasets, run, train_also="", num_epochs=2, refit="true", load_path=str(run)))
     assert (run / "best" / "model.safetensors").read_bytes() == before
     assert len(json.loads((run / "metrics.json").read_text())["epochs"]) == 2
     assert (run / "refit" / "best" / "model.safetensors").is_file() and result["refit"]["epochs"] in (1, 2)
 
 
-def test_a_planted_refit_link_is_refused_and_its_target_untouched(tiny_bert_dir, data, tmp_path):
+def test_a_planted_refit_link_is_refused_and_its_target_untouched(tiny_bert_dir, two_datasets, tmp_path):
     run, victim = tmp_path / "run", tmp_path / "victim"
     victim.mkdir()
     (victim / "keep.txt").write_text("x")
     run.mkdir()
     (run / "refit").symlink_to(victim, target_is_directory=True)
     with pytest.raises(UsageError, match="refit is a symbolic link"):
-        train(_cfg(tiny_bert_dir, data, run, train_also="", num_epochs=1, refit="true"))
+        train(_cfg(tiny_bert_dir, two_datasets, run, train_also="", num_epochs=1, refit="true"))
     assert [p.name for p in victim.iterdir()] == ["keep.txt"]
 
 
-def test_refit_key_is_checked_and_explained(tiny_bert_dir, data, tmp_path):
-    sets = tiny_overrides(tiny_bert_dir, data / "twitter2015", tmp_path / "r", refit="maybe")
+def test_refit_key_is_checked_and_explained(tiny_bert_dir, two_datasets, tmp_path):
+    sets = tiny_overrides(tiny_bert_dir, two_datasets / "twitter2015", tmp_path / "r", refit="maybe")
     res = subprocess.run([sys.executable, "cli.py", "train", *(a for s in sets for a in ("--set", s))], cwd=ROOT,
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 2 and "refit" in res.stderr

@@ -162,10 +162,7 @@ def test_checkpoint_without_the_new_keys_loads_with_both_off(tiny_model_config, 
 
 
 def test_train_cli_with_case_input_and_lstm(tiny_bert_dir, tmp_path):
-    data = tmp_path / "data" / "tiny"
-    data.mkdir(parents=True)
-    helpers.write_split(data / "train.txt", 16, seed=1)
-    helpers.write_split(data / "valid.txt", 6, seed=2)
+    data = helpers.tiny_dataset(tmp_path)
     run = tmp_path / "run"
     sets = helpers.tiny_overrides(tiny_bert_dir, data, run, num_epochs=1, case_input="true", lstm_dim=4)
     args = [sys.executable, "cli.py", "train", *(a for s in sets for a in ("--set", s))]

@@ -275,13 +275,18 @@ def _prepare_run_dir(run_dir: Path) -> None:
         refuse_link(run_dir / name)
 
 
+def _recover_run_dir(run_dir: Path) -> None:
+    """Finish or drop what a killed run left half-swapped."""
+    for name in ("best", "last", "metrics.json"):
+        recover_dir(run_dir / name)
+
+
 def _refit(cfg: TrainConfig, run_dir: Path, epochs: int) -> dict[str, Any]:
     """Train again from scratch, same seed, on train + valid for the `epochs` chosen on valid, into run_dir/refit
     (resumed if a killed refit left its last/); its best/ is the final epoch."""
     folder = ensure_dir(run_dir / "refit", "refit folder")
     _prepare_run_dir(folder)
-    for name in ("best", "last", "metrics.json"):
-        recover_dir(folder / name)
+    _recover_run_dir(folder)
     refit_cfg = dataclasses.replace(cfg, num_epochs=epochs, save_path=str(folder), load_path="", refit=False)
     trainer = Trainer(refit_cfg, refit=True)
     log.info("refit: %d tweets (train + valid) for %d epoch(s), the count chosen on valid, into %s",
@@ -301,8 +306,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     setup_logging(run_dir / "train.log")
     if cfg.log_dir:
         setup_logging(Path(cfg.log_dir) / "train.log")
-    for name in ("best", "last", "metrics.json"):  # finish or drop what a killed run left half-swapped
-        recover_dir(run_dir / name)
+    _recover_run_dir(run_dir)
     trainer = Trainer(cfg)
     if cfg.load_path:
         trainer.resume(cfg.load_path)
