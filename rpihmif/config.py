@@ -32,6 +32,10 @@ class TextEncoderConfig:
     case_input: bool = False  # add a learned word-shape embedding to each word's first sub-token input embedding
     # (zero-initialised), so every encoder layer sees the casing the uncased MiniLM drops
     lstm_dim: int = 0  # BiLSTM (hidden size per direction) over the word features before HIM; 0 = off
+    dataset_dim: int = 0  # learned embedding of the dataset whose annotation style a tweet's tags follow, beside
+    # every word's features (joint training on datasets annotated apart); 0 = off
+    datasets: list[str] = field(default_factory=list)  # the datasets that embedding knows (sorted training mix)
+    dataset: str = ""  # the style predictions follow unless told otherwise (the run's own dataset)
     dropout: float = 0.1  # on token features before the emission layer
 
 

@@ -80,7 +80,10 @@ class RPIHMIF(PreTrainedModel):
         # zero-initialised: the encoder starts exactly as pretrained and learns what casing adds
         self.case_input = nn.Embedding.from_pretrained(torch.zeros(NUM_SHAPES, encoder_dim), freeze=False,
                                                        padding_idx=0) if tc.case_input else None
-        text_dim = encoder_dim + (tc.shape_dim if tc.word_shape else 0) + tc.char_dim
+        if tc.dataset_dim and tc.dataset not in tc.datasets:
+            raise ValueError(f"text.dataset {tc.dataset!r} is not one of text.datasets {tc.datasets}")
+        self.dataset_style = nn.Embedding(len(tc.datasets), tc.dataset_dim) if tc.dataset_dim else None
+        text_dim = encoder_dim + (tc.shape_dim if tc.word_shape else 0) + tc.char_dim + tc.dataset_dim
         self.context = nn.LSTM(text_dim, tc.lstm_dim, batch_first=True, bidirectional=True) if tc.lstm_dim else None
         text_dim = 2 * tc.lstm_dim if tc.lstm_dim else text_dim
         # text-path layers are built first so that, under one seed, a model without images starts (and trains)
@@ -172,6 +175,11 @@ class RPIHMIF(PreTrainedModel):
                                  f"{tuple(text.word_mask.shape)}, got {got}; build batches with TweetEncoder.for_model")
             # shape: (B, W, Ht + S + char_dim)
             words = torch.cat([words, self.chars(text.char_ids).to(words.dtype)], dim=-1)
+        if self.dataset_style is not None:
+            ids = text.dataset_ids if text.dataset_ids is not None else self.dataset_ids([""] * words.size(0))
+            # shape: (B, W, ... + dataset_dim): the row's annotation style beside every word
+            style = self.dataset_style(ids.to(words.device))[:, None, :].expand(-1, words.size(1), -1)
+            words = torch.cat([words, style.to(words.dtype)], dim=-1)
         if self.context is not None:
             # shape: (B, W, 2 * lstm_dim); fp32: the LSTM has no bf16 CPU kernel, padding is packed away
             lengths = text.word_mask.sum(1).clamp(min=1).cpu()
@@ -180,6 +188,16 @@ class RPIHMIF(PreTrainedModel):
                 out, _ = self.context(packed)
             words = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=words.size(1))[0]
         return states, words
+
+    def dataset_ids(self, names: list[str]) -> torch.Tensor | None:
+        """(B,) style index of each dataset name ("" = the model's own dataset); None when the model has no styles."""
+        tc = self.model_config.text
+        if self.dataset_style is None:
+            return None
+        unknown = sorted({n for n in names if n and n not in tc.datasets})
+        if unknown:
+            raise ValueError(f"dataset {unknown[0]!r}: this model knows the annotation styles of {tc.datasets}")
+        return torch.tensor([tc.datasets.index(n or tc.dataset) for n in names], dtype=torch.long)
 
     def decode(self, output: ModelOutput) -> list[list[int]]:
         """Viterbi tag ids per row (length = the row's words)."""

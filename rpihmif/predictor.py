@@ -85,11 +85,15 @@ class Tagger:
         return not self.config.text_only
 
     def predict(self, words: Sequence[Sequence[str]], features: Sequence[dict | None] | None = None,
-                batch_size: int = 64) -> list[Prediction]:
+                batch_size: int = 64, dataset: str = "") -> list[Prediction]:
         """One Prediction per tweet; features[i] is tweet i's cached feature dict or None (no image).
+
+        dataset: whose annotation style to follow, for a model trained with `dataset_dim` on several datasets
+        ("" = the model's own dataset); ValueError for a dataset it was not trained on.
 
         Runs in eval mode and restores the model's train/eval mode afterwards (safe inside a training loop).
         """
+        self.model.dataset_ids([dataset])  # an unknown dataset fails before any work
         if features is None:
             features = [None] * len(words)
         if len(features) != len(words):
@@ -102,7 +106,7 @@ class Tagger:
         try:
             for s in range(0, len(order), step):
                 chunk = order[s : s + step]
-                rows = self._run([jobs[j][1] for j in chunk], [features[jobs[j][0]] for j in chunk])
+                rows = self._run([jobs[j][1] for j in chunk], [features[jobs[j][0]] for j in chunk], dataset)
                 for j, row in zip(chunk, rows):
                     outputs[j] = row
         finally:
@@ -114,8 +118,10 @@ class Tagger:
                 for i, ws in enumerate(words)]
 
     @torch.inference_mode()
-    def _run(self, windows: list[EncodedWindow], feats: list[dict | None]) -> list[list[_WordOut]]:
-        text = self.tweet_encoder.collate(windows).to(self.device)
+    def _run(self, windows: list[EncodedWindow], feats: list[dict | None], dataset: str) -> list[list[_WordOut]]:
+        text = self.tweet_encoder.collate(windows)
+        text.dataset_ids = self.model.dataset_ids([dataset] * len(windows))
+        text = text.to(self.device)
         visual = None
         if self.uses_vision and any(f is not None for f in feats):
             visual = collate_visual(list(feats), self.visual_spec).to(self.device)

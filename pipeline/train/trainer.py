@@ -44,15 +44,18 @@ log = logging.getLogger("rpihmif.train")
 STATE_FILE = "trainer_state.pt"
 
 
-def build_model_config(cfg: TrainConfig, visual: VisualConfig | None) -> ModelConfig:
-    """Model hyper-parameters from the train config (DeepKE names) and the cache's visual layout."""
+def build_model_config(cfg: TrainConfig, visual: VisualConfig | None, datasets: list[str] | None = None) -> ModelConfig:
+    """Model hyper-parameters from the train config (DeepKE names), the cache's visual layout and the names of the
+    training mix (the annotation styles of `dataset_dim`; default: the run's own dataset)."""
     visual = visual or VisualConfig()
     visual.sources = list(cfg.visual.sources)
     return ModelConfig(
         text=TextEncoderConfig(bert_name=cfg.bert_name, max_seq=cfg.max_seq, window_stride=cfg.window_stride,
                                word_shape=cfg.word_shape, shape_dim=cfg.shape_dim, char_dim=cfg.char_dim,
                                char_emb_dim=cfg.char_emb_dim, char_max_bytes=cfg.char_max_bytes,
-                               case_input=cfg.case_input, lstm_dim=cfg.lstm_dim, dropout=cfg.dropout),
+                               case_input=cfg.case_input, lstm_dim=cfg.lstm_dim, dataset_dim=cfg.dataset_dim,
+                               datasets=sorted(datasets or [cfg.dataset]) if cfg.dataset_dim else [],
+                               dataset=cfg.dataset if cfg.dataset_dim else "", dropout=cfg.dropout),
         him=dataclasses.replace(cfg.him),
         iffe=dataclasses.replace(cfg.iffe),
         visual=visual,
@@ -105,7 +108,7 @@ class Trainer:
             encoder, self.tokenizer = load_text_encoder(cfg.bert_name, offline=cfg.offline)
         except (OSError, ValueError, UsageError) as exc:
             raise UsageError(f"bert_name {cfg.bert_name!r}: cannot load a text encoder: {exc}") from exc
-        self.model_config = build_model_config(cfg, self.features.visual_config())
+        self.model_config = build_model_config(cfg, self.features.visual_config(), self.train_datasets)
         try:
             self.model = RPIHMIF(self.model_config, encoder).to(self.device)
             self.tweet_encoder = TweetEncoder.for_model(self.tokenizer, self.model_config)
@@ -193,7 +196,7 @@ class Trainer:
             start = time.monotonic()
             loss = self._train_epoch()
             seconds = time.monotonic() - start
-            dev = {name: self.score(tweets) for name, tweets in self.dev_sets.items()}
+            dev = {name: self.score(tweets, name) for name, tweets in self.dev_sets.items()}
             self.epoch += 1
             entry = {"epoch": self.epoch, "loss": round(loss, 4), "seconds": round(seconds, 1),
                      "dev": dev.pop(cfg.dataset)}
@@ -223,7 +226,9 @@ class Trainer:
         for idx in progress(batches, total=len(batches), desc=f"epoch {self.epoch + 1}", unit="batch"):
             windows = [self.encoded[i][0] for i in idx]
             labels = [self.encoded[i][1] for i in idx]
-            text = self.tweet_encoder.collate(windows, labels).to(self.device)
+            text = self.tweet_encoder.collate(windows, labels)
+            text.dataset_ids = model.dataset_ids([self.train_set[i].dataset for i in idx])
+            text = text.to(self.device)
             visual = self.features.batch([self.train_set[i] for i in idx], self.model_config, self.device)
             with self.precision.autocast():  # weights, gradients and optimizer state stay fp32
                 out = model(text, visual)
@@ -237,10 +242,10 @@ class Trainer:
             total, count = total + out.loss.item(), count + 1
         return total / max(count, 1)
 
-    def score(self, tweets: list[Tweet]) -> dict[str, Any]:
-        """Entity-level P/R/F1 of the current model on `tweets` (every word predicted, windows merged)."""
+    def score(self, tweets: list[Tweet], dataset: str = "") -> dict[str, Any]:
+        """Entity-level P/R/F1 of the current model on `tweets` of `dataset` (every word predicted, windows merged)."""
         preds = self.tagger.predict([t.words for t in tweets], self.features.lookup(tweets),
-                                    batch_size=self.cfg.eval_batch_size)
+                                    batch_size=self.cfg.eval_batch_size, dataset=dataset)
         return entity_scores([t.labels for t in tweets], [p.labels for p in preds])
 
     def metrics(self) -> dict[str, Any]:
