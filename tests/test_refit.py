@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from pipeline.stage_config import stage_config
 from pipeline.train.corpus import load_corpus
-from pipeline.train.trainer import train
+from pipeline.train.trainer import Trainer, train
 from rpihmif.errors import UsageError
 
 
@@ -40,11 +40,27 @@ def test_refit_trains_on_train_and_valid_for_the_chosen_epochs(tiny_bert_dir, tw
     assert len(main["epochs"]) == 3 and "refit" not in main
     assert len(refit["epochs"]) == chosen == refit["best_epoch"] and refit["config"]["num_epochs"] == chosen
     assert "not held out" in refit["refit"]
+    assert ["dev" in e for e in refit["epochs"]] == [False] * (chosen - 1) + [True]  # only the kept epoch is scored
     log = (run / "train.log").read_text()
     assert f"refit: {16 + 20 + 8 + 8} tweets (train + valid) for {chosen} epoch(s)" in log
     kept, refitted = (load_file(run / d / "best" / "model.safetensors") for d in (".", "refit"))
     assert kept.keys() == refitted.keys()
     assert any(not kept[k].equal(refitted[k]) for k in kept)
+
+
+def test_a_refit_scores_only_its_last_epoch(tiny_bert_dir, two_datasets, tmp_path, caplog):
+    trainer = Trainer(_cfg(tiny_bert_dir, two_datasets, tmp_path / "run", train_also="auto", num_epochs=3), refit=True)
+    calls = []
+    score = trainer.score
+    trainer.score = lambda tweets, name="": calls.append(name) or score(tweets, name)
+    metrics = trainer.fit()
+    assert calls == ["twitter2015", "twitter2017"]  # each valid split once, after the last epoch
+    assert [sorted(e) for e in metrics["epochs"]] == [["epoch", "loss", "seconds"]] * 2 + [
+        ["dev", "dev_also", "epoch", "loss", "seconds"]]
+    assert metrics["best_epoch"] == 3 and metrics["best_dev"] == metrics["epochs"][2]["dev"]
+    assert metrics["best_dev_also"]["twitter2017"]["epoch"] == 3
+    assert (tmp_path / "run" / "best" / "model.safetensors").is_file()
+    assert caplog.text.count("a refit scores its last epoch only") == 2
 
 
 def test_refit_off_writes_no_refit_folder(tiny_bert_dir, two_datasets, tmp_path):

@@ -196,18 +196,10 @@ class Trainer:
             start = time.monotonic()
             loss = self._train_epoch()
             seconds = time.monotonic() - start
-            dev = {name: self.score(tweets, name) for name, tweets in self.dev_sets.items()}
             self.epoch += 1
-            entry = {"epoch": self.epoch, "loss": round(loss, 4), "seconds": round(seconds, 1),
-                     "dev": dev.pop(cfg.dataset)}
-            if dev:  # the valid splits of the train_also datasets: what a run of theirs with this mix would keep
-                entry["dev_also"] = dev
+            entry = self._score_epoch(loss, seconds)
             self.history.append(entry)
-            log.info("epoch %d/%d: loss %.4f, dev P %.2f R %.2f F1 %.2f (%.0fs train)%s", self.epoch, cfg.num_epochs,
-                     loss, entry["dev"]["precision"], entry["dev"]["recall"], entry["dev"]["f1"], seconds,
-                     "".join(f"; {name} dev F1 {d['f1']:.2f}" for name, d in dev.items()))
-            keep = self.epoch == cfg.num_epochs if self.refit else entry["dev"]["f1"] > self.best_f1
-            if keep:
+            if "dev" in entry and (self.refit or entry["dev"]["f1"] > self.best_f1):
                 self.best_f1 = entry["dev"]["f1"]
                 with atomic_dir(self.run_dir / "best") as tmp:
                     save_checkpoint(tmp, self.tagger.model, self.tokenizer, metrics=self.metrics())
@@ -216,6 +208,24 @@ class Trainer:
         # a run killed between saving last/ and metrics.json resumes with no epoch left: write it here too
         atomic_write_text(self.run_dir / "metrics.json", json.dumps(self.metrics(), indent=2) + "\n")
         return self.metrics()
+
+    def _score_epoch(self, loss: float, seconds: float) -> dict[str, Any]:
+        """The epoch's history entry: loss, time, and each valid split's scores (a refit keeps its last epoch, so it
+        scores that one only)."""
+        cfg = self.cfg
+        entry = {"epoch": self.epoch, "loss": round(loss, 4), "seconds": round(seconds, 1)}
+        if self.refit and self.epoch < cfg.num_epochs:
+            log.info("epoch %d/%d: loss %.4f (%.0fs train; a refit scores its last epoch only)", self.epoch,
+                     cfg.num_epochs, loss, seconds)
+            return entry
+        dev = {name: self.score(tweets, name) for name, tweets in self.dev_sets.items()}
+        entry["dev"] = dev.pop(cfg.dataset)
+        if dev:  # the valid splits of the train_also datasets: what a run of theirs with this mix would keep
+            entry["dev_also"] = dev
+        log.info("epoch %d/%d: loss %.4f, dev P %.2f R %.2f F1 %.2f (%.0fs train)%s", self.epoch, cfg.num_epochs,
+                 loss, entry["dev"]["precision"], entry["dev"]["recall"], entry["dev"]["f1"], seconds,
+                 "".join(f"; {name} dev F1 {d['f1']:.2f}" for name, d in dev.items()))
+        return entry
 
     def _train_epoch(self) -> float:
         cfg, model = self.cfg, self.model
@@ -249,7 +259,8 @@ class Trainer:
         return entity_scores([t.labels for t in tweets], [p.labels for p in preds])
 
     def metrics(self) -> dict[str, Any]:
-        best = (self.history[-1] if self.refit else max(self.history, key=lambda h: h["dev"]["f1"])) if self.history else None
+        scored = [h for h in self.history if "dev" in h]  # a refit scores its last epoch only
+        best = (scored[-1] if self.refit else max(scored, key=lambda h: h["dev"]["f1"])) if scored else None
         out = {"best_epoch": best["epoch"] if best else None, "best_dev": best["dev"] if best else None,
                "epochs": self.history, "dataset": self.cfg.dataset, "seed": self.cfg.seed,
                "train_datasets": self.train_datasets, "config": self.cfg.to_dict(),
@@ -257,7 +268,8 @@ class Trainer:
                   if self.refit else {})}
         also = {name for h in self.history for name in h.get("dev_also", {})}
         if also:  # per train_also dataset: the epoch its own valid split would keep
-            out["best_dev_also"] = {name: max(({"epoch": h["epoch"], "dev": h["dev_also"][name]} for h in self.history),
+            out["best_dev_also"] = {name: max(({"epoch": h["epoch"], "dev": h["dev_also"][name]}
+                                               for h in self.history if name in h.get("dev_also", {})),
                                               key=lambda e: e["dev"]["f1"]) for name in sorted(also)}
         return out
 
