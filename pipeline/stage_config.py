@@ -155,6 +155,7 @@ class EvaluateConfig(_Stage):
 
     stage: typing.ClassVar[str] = "evaluate"
     cache_dir: str
+    dataset: str
     allow_missing_images: bool
     batch_size: int
     device: str

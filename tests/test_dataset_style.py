@@ -15,10 +15,12 @@ import torch
 from helpers import tiny_overrides
 
 from pipeline.stage_config import stage_config
+from pipeline.train.evaluate import evaluate_file
 from pipeline.train.trainer import Trainer, train
 from rpihmif.alignment import TweetEncoder
 from rpihmif.checkpoint import load_checkpoint, save_checkpoint
 from rpihmif.config import ModelConfig
+from rpihmif.errors import UsageError
 from rpihmif.model import build_model
 from rpihmif.predictor import Tagger
 
@@ -134,6 +136,17 @@ def test_either_run_of_the_pair_trains_identically_and_keeps_its_own_default(tin
     for run, own in (("a", "twitter2015"), ("b", "twitter2017")):
         text = json.loads((tmp_path / run / "best" / "config.json").read_text())["rpihmif"]["text"]
         assert (text["dataset_dim"], text["datasets"], text["dataset"]) == (4, STYLES, own)
+    # evaluate scores a split in the style of its dataset folder (auto), or the one it is told
+    ckpt, split = tmp_path / "a" / "last", two_datasets / "twitter2017" / "valid.txt"
+    got = {}
+    for style in ("auto", "twitter2017", "twitter2015"):
+        got[style] = evaluate_file(ckpt, split, stage_config("evaluate", overrides=[f"dataset={style}", "device=cpu"]))
+    assert got["auto"]["dataset_style"] == "twitter2017" and got["twitter2015"]["dataset_style"] == "twitter2015"
+    assert got["auto"]["f1"] == got["twitter2017"]["f1"] == mb["epochs"][-1]["dev"]["f1"]
+    other = evaluate_file(ckpt, two_datasets / "other" / "valid.txt", stage_config("evaluate", overrides=["device=cpu"]))
+    assert other["dataset_style"] == "twitter2015"  # a folder the model does not know: its own style
+    with pytest.raises(UsageError, match="dataset 'other': the model knows the annotation styles of"):
+        evaluate_file(ckpt, split, stage_config("evaluate", overrides=["dataset=other"]))
 
 
 def test_train_cli_checks_dataset_dim_and_a_single_dataset_run(tiny_bert_dir, tmp_path):

@@ -52,6 +52,19 @@ def entity_scores(gold: list[list[str]], pred: list[list[str]]) -> dict[str, Any
     }
 
 
+def _style(wanted: str, folder: str, text: Any) -> str:
+    """The annotation style to score in ("" = the model's own): `auto` takes the split's dataset folder when the model
+    was trained on it; a named dataset must be one the model knows."""
+    if not text.dataset_dim:
+        return ""
+    if wanted == "auto":
+        return folder if folder in text.datasets else ""
+    if wanted not in text.datasets:
+        raise UsageError(f"dataset {wanted!r}: the model knows the annotation styles of {text.datasets}; "
+                         "set dataset to one of them or to auto")
+    return wanted
+
+
 def evaluate_file(checkpoint: Path, split_file: Path, cfg: EvaluateConfig, out: Path | None = None,
                   predictions: Path | None = None) -> dict[str, Any]:
     """Score `checkpoint` on `split_file`; write metrics JSON to `out` and CoNLL predictions to `predictions`."""
@@ -87,9 +100,11 @@ def evaluate_file(checkpoint: Path, split_file: Path, cfg: EvaluateConfig, out: 
                          f"cli.py extract-features` for this dataset with the model's encoder into that folder, or "
                          f"point --set cache_dir= / $RPIHMIF_CACHE at the cache the model was trained with, or pass "
                          f"--set allow_missing_images=true to score text-only")
-    preds = tagger.predict([t.words for t in tweets], features.lookup(tweets), batch_size=cfg.batch_size)
+    style = _style(cfg.dataset, dataset.name, tagger.config.text)
+    preds = tagger.predict([t.words for t in tweets], features.lookup(tweets), batch_size=cfg.batch_size, dataset=style)
     metrics = entity_scores([t.labels for t in tweets], [p.labels for p in preds])
     metrics.update({"file": str(split_file), "checkpoint": str(checkpoint), "tweets": len(tweets),
+                    **({"dataset_style": style or tagger.config.text.dataset} if tagger.config.text.dataset_dim else {}),
                     "images_used": features.found, "images_missing": features.missing})
     if features.missing:
         log.warning("%s: %d of %d tweets had no cached image features (scored with the image masked)", split_file,
