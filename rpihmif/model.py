@@ -1,4 +1,4 @@
-"""RPIHMIF: text encoder (+ casing input) -> first-sub-token word features (+ shape, + chars, + BiLSTM) -> HIM -> IFFE
+"""RPIHMIF: text encoder (+ casing input) -> first-sub-token word features (+ shape, chars, dataset style, BiLSTM) -> HIM -> IFFE
 -> emissions -> CRF. Switches: text_only, him.question, iffe.iterations, visual.sources; no image = text path.
 """
 from __future__ import annotations
@@ -80,8 +80,10 @@ class RPIHMIF(PreTrainedModel):
         # zero-initialised: the encoder starts exactly as pretrained and learns what casing adds
         self.case_input = nn.Embedding.from_pretrained(torch.zeros(NUM_SHAPES, encoder_dim), freeze=False,
                                                        padding_idx=0) if tc.case_input else None
-        if tc.dataset_dim and tc.dataset not in tc.datasets:
-            raise ValueError(f"text.dataset {tc.dataset!r} is not one of text.datasets {tc.datasets}")
+        if tc.dataset_dim and (tc.dataset not in tc.datasets or len(set(tc.datasets)) != len(tc.datasets)
+                               or not all(isinstance(n, str) and n for n in tc.datasets)):
+            raise ValueError(f"text.dataset {tc.dataset!r} is not one of text.datasets {tc.datasets} "
+                             "(distinct dataset names)")
         self.dataset_style = nn.Embedding(len(tc.datasets), tc.dataset_dim) if tc.dataset_dim else None
         text_dim = encoder_dim + (tc.shape_dim if tc.word_shape else 0) + tc.char_dim + tc.dataset_dim
         self.context = nn.LSTM(text_dim, tc.lstm_dim, batch_first=True, bidirectional=True) if tc.lstm_dim else None

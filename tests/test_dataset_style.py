@@ -93,9 +93,12 @@ def _batch(tagger, name):
     return text
 
 
-def test_a_default_outside_the_styles_is_refused(tiny_model_config):
-    with pytest.raises(ValueError, match=r"text.dataset 'nope' is not one of text.datasets"):
-        build_model(styled(tiny_model_config, dataset="nope"))
+@pytest.mark.parametrize("datasets, default", [(STYLES, "nope"), (["a", "a"], "a"), ([3, "a"], "a"), ([], "")])
+def test_a_bad_style_list_is_refused(tiny_model_config, datasets, default):
+    config = styled(tiny_model_config, dataset=default)
+    config.text.datasets = datasets
+    with pytest.raises(ValueError, match=r"text.dataset .* is not one of text.datasets .*distinct"):
+        build_model(config)
 
 
 def test_checkpoint_round_trip_keeps_the_styles(tiny_model_config, tmp_path):
