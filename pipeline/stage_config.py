@@ -249,7 +249,8 @@ CHECKS: dict[str, dict[str, Check]] = {
     "train": {
         **VISION, "features": one_of("cached", "online"),
         "max_seq": at_least(10), "window_stride": at_least(0), "shape_dim": COUNT,
-        "char_dim": at_least(0), "char_emb_dim": COUNT, "char_max_bytes": COUNT, "lstm_dim": at_least(0), "dataset_dim": at_least(0),
+        "char_dim": at_least(0), "char_emb_dim": COUNT, "char_max_bytes": COUNT, "lstm_dim": at_least(0),
+        "dataset_dim": at_least(0),
         "train_batch_size": COUNT, "eval_batch_size": COUNT, "num_epochs": COUNT,
         "learning_rate": positive(), "fusion_learning_rate": positive(), "crf_learning_rate": positive(),
         "weight_decay": at_least(0), "warmup_ratio": between(0, 1, hi_open=True), "max_grad_norm": positive(),

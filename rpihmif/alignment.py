@@ -78,7 +78,7 @@ class TextBatch:
     shape_ids: torch.Tensor  # (B, W) long
     labels: torch.Tensor | None = None  # (B, W) long, 0 on padding
     char_ids: torch.Tensor | None = None  # (B, W, C) long: UTF-8 byte ids of the cased words, 0 on padding; None = off
-    dataset_ids: torch.Tensor | None = None  # (B,) long: annotation style of each row (`RPIHMIF.dataset_ids`); None = default
+    dataset_ids: torch.Tensor | None = None  # (B,) long: each row's annotation style (`RPIHMIF.dataset_ids`); None = own
 
     def to(self, device: torch.device | str) -> "TextBatch":
         move = lambda t: None if t is None else t.to(device)  # noqa: E731
