@@ -1,4 +1,4 @@
-"""RPIHMIF: text encoder (+ casing input) -> first-sub-token word features (+ shape, chars, dataset style, BiLSTM)
+"""RPIHMIF: text encoder (+ casing input) -> word features (first sub-token + shape, chars, dataset style; BiLSTM)
 -> HIM -> IFFE -> emissions -> CRF. Switches: text_only, him.question, iffe.iterations, visual.sources; no image = text path.
 """
 from __future__ import annotations
