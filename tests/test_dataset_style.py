@@ -12,7 +12,7 @@ import sys
 
 import pytest
 import torch
-from helpers import tiny_overrides
+from helpers import ROOT, tiny_dataset, tiny_overrides
 
 from pipeline.stage_config import stage_config
 from pipeline.train.evaluate import evaluate_file
@@ -152,16 +152,18 @@ def test_either_run_of_the_pair_trains_identically_and_keeps_its_own_default(tin
         evaluate_file(ckpt, split, stage_config("evaluate", overrides=["dataset=other"]))
 
 
+def _train_cli(tiny_bert_dir, data, run, **sets):
+    args = [a for kv in tiny_overrides(tiny_bert_dir, data, run, **sets) for a in ("--set", kv)]
+    return subprocess.run([sys.executable, "cli.py", "train", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300, check=False)
+
+
 def test_train_cli_checks_dataset_dim_and_a_single_dataset_run(tiny_bert_dir, tmp_path):
-    import helpers
-    data = helpers.tiny_dataset(tmp_path)
-    cmd = [sys.executable, "cli.py", "train"]
-    bad = subprocess.run(cmd + [a for kv in tiny_overrides(tiny_bert_dir, data, tmp_path / "bad", dataset_dim=-1)
-                                for a in ("--set", kv)], capture_output=True, text=True)
-    assert bad.returncode == 2 and "dataset_dim" in bad.stderr
+    data = tiny_dataset(tmp_path)
+    bad = _train_cli(tiny_bert_dir, data, tmp_path / "bad", dataset_dim=-1)
+    assert bad.returncode == 2 and "dataset_dim must be >= 0" in bad.stderr
     run = tmp_path / "one"
-    ok = subprocess.run(cmd + [a for kv in tiny_overrides(tiny_bert_dir, data, run, dataset_dim=3, num_epochs=1)
-                               for a in ("--set", kv)], capture_output=True, text=True)
+    ok = _train_cli(tiny_bert_dir, data, run, dataset_dim=3, num_epochs=1)
     assert ok.returncode == 0, ok.stderr[-2000:]
     text = json.loads((run / "best" / "config.json").read_text())["rpihmif"]["text"]
     assert (text["datasets"], text["dataset"]) == (["tiny"], "tiny")
