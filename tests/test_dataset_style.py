@@ -166,4 +166,4 @@ def test_train_cli_checks_dataset_dim_and_a_single_dataset_run(tiny_bert_dir, tm
     ok = _train_cli(tiny_bert_dir, data, run, dataset_dim=3, num_epochs=1)
     assert ok.returncode == 0, ok.stderr[-2000:]
     text = json.loads((run / "best" / "config.json").read_text())["rpihmif"]["text"]
-    assert (text["datasets"], text["dataset"]) == (["tiny"], "tiny")
+    assert (text["dataset_dim"], text["datasets"], text["dataset"]) == (0, [], "")  # one dataset: no style to learn

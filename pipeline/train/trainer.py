@@ -46,16 +46,17 @@ STATE_FILE = "trainer_state.pt"
 
 def build_model_config(cfg: TrainConfig, visual: VisualConfig | None, datasets: list[str] | None = None) -> ModelConfig:
     """Model hyper-parameters from the train config (DeepKE names), the cache's visual layout and the names of the
-    training mix (the annotation styles of `dataset_dim`; default: the run's own dataset)."""
+    training mix (the annotation styles `dataset_dim` tells apart when there are two or more)."""
     visual = visual or VisualConfig()
     visual.sources = list(cfg.visual.sources)
+    styles = sorted(datasets or []) if len(datasets or []) > 1 else []  # one dataset: no style to tell apart
     return ModelConfig(
         text=TextEncoderConfig(bert_name=cfg.bert_name, max_seq=cfg.max_seq, window_stride=cfg.window_stride,
                                word_shape=cfg.word_shape, shape_dim=cfg.shape_dim, char_dim=cfg.char_dim,
                                char_emb_dim=cfg.char_emb_dim, char_max_bytes=cfg.char_max_bytes,
-                               case_input=cfg.case_input, lstm_dim=cfg.lstm_dim, dataset_dim=cfg.dataset_dim,
-                               datasets=sorted(datasets or [cfg.dataset]) if cfg.dataset_dim else [],
-                               dataset=cfg.dataset if cfg.dataset_dim else "", dropout=cfg.dropout),
+                               case_input=cfg.case_input, lstm_dim=cfg.lstm_dim,
+                               dataset_dim=cfg.dataset_dim if styles else 0, datasets=styles,
+                               dataset=cfg.dataset if styles else "", dropout=cfg.dropout),
         him=dataclasses.replace(cfg.him),
         iffe=dataclasses.replace(cfg.iffe),
         visual=visual,
