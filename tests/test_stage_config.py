@@ -55,8 +55,9 @@ def test_model_knobs_settable_from_train_yaml_and_mirror_model_defaults():
     # before those keys means (False, 0), so old checkpoints load as they were
     assert cfg.him == dataclasses.replace(HIMConfig(), source_attention=True) and cfg.iffe == IFFEConfig()
     defaults = {k: v for k, v in dataclasses.asdict(TextEncoderConfig()).items() if k in text}
-    assert {k: getattr(cfg, k) for k in text} == {**defaults, "lstm_dim": cfg.lstm_dim}
+    assert {k: getattr(cfg, k) for k in text} == {**defaults, "lstm_dim": cfg.lstm_dim, "dataset_dim": cfg.dataset_dim}
     assert cfg.lstm_dim > 0 and TextEncoderConfig().lstm_dim == 0
+    assert cfg.dataset_dim > 0 and TextEncoderConfig().dataset_dim == 0  # a joint-training style embedding (round 3)
     assert cfg.visual.sources == VisualConfig().sources and cfg.text_only is ModelConfig().text_only
 
 
