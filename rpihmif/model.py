@@ -1,5 +1,5 @@
 """RPIHMIF: text encoder (+ casing input) -> word features (first sub-token + shape, chars, dataset style; BiLSTM)
--> HIM -> IFFE -> emissions -> CRF. Switches: text_only, him.question, iffe.iterations, visual.sources; no image = text path.
+-> HIM -> IFFE -> emissions -> CRF. Switches: text_only, him.question, iffe.iterations, visual.sources.
 """
 from __future__ import annotations
 
@@ -198,7 +198,7 @@ class RPIHMIF(PreTrainedModel):
             return None
         unknown = sorted({n for n in names if n and n not in tc.datasets})
         if unknown:
-            raise ValueError(f"dataset {unknown[0]!r}: this model knows the annotation styles of {tc.datasets}")
+            raise ValueError(f"dataset {unknown[0]!r}: the model knows the annotation styles of {tc.datasets}")
         return torch.tensor([tc.datasets.index(n or tc.dataset) for n in names], dtype=torch.long)
 
     def decode(self, output: ModelOutput) -> list[list[int]]:

@@ -93,7 +93,7 @@ class Tagger:
 
         Runs in eval mode and restores the model's train/eval mode afterwards (safe inside a training loop).
         """
-        self.model.dataset_ids([dataset])  # an unknown dataset fails before any work
+        style = self.model.dataset_ids([dataset])  # (1,) or None; an unknown dataset fails before any work
         if features is None:
             features = [None] * len(words)
         if len(features) != len(words):
@@ -106,7 +106,7 @@ class Tagger:
         try:
             for s in range(0, len(order), step):
                 chunk = order[s : s + step]
-                rows = self._run([jobs[j][1] for j in chunk], [features[jobs[j][0]] for j in chunk], dataset)
+                rows = self._run([jobs[j][1] for j in chunk], [features[jobs[j][0]] for j in chunk], style)
                 for j, row in zip(chunk, rows):
                     outputs[j] = row
         finally:
@@ -118,9 +118,10 @@ class Tagger:
                 for i, ws in enumerate(words)]
 
     @torch.inference_mode()
-    def _run(self, windows: list[EncodedWindow], feats: list[dict | None], dataset: str) -> list[list[_WordOut]]:
+    def _run(self, windows: list[EncodedWindow], feats: list[dict | None],
+             style: torch.Tensor | None) -> list[list[_WordOut]]:
         text = self.tweet_encoder.collate(windows)
-        text.dataset_ids = self.model.dataset_ids([dataset] * len(windows))
+        text.dataset_ids = None if style is None else style.expand(len(windows))
         text = text.to(self.device)
         visual = None
         if self.uses_vision and any(f is not None for f in feats):

@@ -68,7 +68,7 @@ def test_each_row_follows_its_own_style_and_blank_is_the_models_own(tiny_model_c
     assert torch.equal(default, emissions(model, tokenizer, ["twitter2017"] * 2))
     mixed = emissions(model, tokenizer, ["twitter2015", "twitter2017"])
     assert not torch.allclose(mixed[0], default[0]) and torch.allclose(mixed[1], default[1])
-    with pytest.raises(ValueError, match=r"dataset 'twitter2099': this model knows .*twitter2015"):
+    with pytest.raises(ValueError, match=r"dataset 'twitter2099': the model knows .*twitter2015"):
         model.dataset_ids(["twitter2099"])
 
 

@@ -52,16 +52,18 @@ def entity_scores(gold: list[list[str]], pred: list[list[str]]) -> dict[str, Any
     }
 
 
-def _style(wanted: str, folder: str, text: Any) -> str:
+def _style(wanted: str, folder: str, model: Any) -> str:
     """The annotation style to score in ("" = the model's own): `auto` takes the split's dataset folder when the model
-    was trained on it; a named dataset must be one the model knows."""
+    was trained on it; a named dataset must be one the model knows (`RPIHMIF.dataset_ids` checks)."""
+    text = model.model_config.text
     if not text.dataset_dim:
         return ""
     if wanted == "auto":
         return folder if folder in text.datasets else ""
-    if wanted not in text.datasets:
-        raise UsageError(f"dataset {wanted!r}: the model knows the annotation styles of {text.datasets}; "
-                         "set dataset to one of them or to auto")
+    try:
+        model.dataset_ids([wanted])
+    except ValueError as exc:
+        raise UsageError(f"{exc}; set dataset to one of them or to auto") from exc
     return wanted
 
 
@@ -100,7 +102,7 @@ def evaluate_file(checkpoint: Path, split_file: Path, cfg: EvaluateConfig, out: 
                          f"cli.py extract-features` for this dataset with the model's encoder into that folder, or "
                          f"point --set cache_dir= / $RPIHMIF_CACHE at the cache the model was trained with, or pass "
                          f"--set allow_missing_images=true to score text-only")
-    style = _style(cfg.dataset, dataset.name, tagger.config.text)
+    style = _style(cfg.dataset, dataset.name, tagger.model)
     preds = tagger.predict([t.words for t in tweets], features.lookup(tweets), batch_size=cfg.batch_size, dataset=style)
     metrics = entity_scores([t.labels for t in tweets], [p.labels for p in preds])
     metrics.update({"file": str(split_file), "checkpoint": str(checkpoint), "tweets": len(tweets),

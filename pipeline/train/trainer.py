@@ -11,7 +11,7 @@ import os
 import random
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -44,12 +44,12 @@ log = logging.getLogger("rpihmif.train")
 STATE_FILE = "trainer_state.pt"
 
 
-def build_model_config(cfg: TrainConfig, visual: VisualConfig | None, datasets: list[str] | None = None) -> ModelConfig:
+def build_model_config(cfg: TrainConfig, visual: VisualConfig | None, datasets: Sequence[str] = ()) -> ModelConfig:
     """Model hyper-parameters from the train config (DeepKE names), the cache's visual layout and the names of the
     training mix (the annotation styles `dataset_dim` tells apart when there are two or more)."""
     visual = visual or VisualConfig()
     visual.sources = list(cfg.visual.sources)
-    styles = sorted(datasets or []) if len(datasets or []) > 1 else []  # one dataset: no style to tell apart
+    styles = sorted(datasets) if len(datasets) > 1 else []  # one dataset: no style to tell apart
     return ModelConfig(
         text=TextEncoderConfig(bert_name=cfg.bert_name, max_seq=cfg.max_seq, window_stride=cfg.window_stride,
                                word_shape=cfg.word_shape, shape_dim=cfg.shape_dim, char_dim=cfg.char_dim,
@@ -124,6 +124,8 @@ class Trainer:
         self.tagger = Tagger(self.ema.module if self.ema else self.model, self.tokenizer, self.model_config,
                              device=self.device, autocast=self.precision.autocast)
         self.encoded = self._encode(self.train_set)
+        # shape: (N,) each training tweet's dataset style, or None (no dataset_dim)
+        self.train_styles = self.model.dataset_ids([t.dataset for t in self.train_set])
         steps = cfg.num_epochs * ((len(self.encoded) + cfg.train_batch_size - 1) // cfg.train_batch_size)
         self.optimizer = torch.optim.AdamW(self.model.param_groups(
             cfg.learning_rate, cfg.fusion_learning_rate, cfg.crf_learning_rate, cfg.weight_decay))
@@ -238,7 +240,7 @@ class Trainer:
             windows = [self.encoded[i][0] for i in idx]
             labels = [self.encoded[i][1] for i in idx]
             text = self.tweet_encoder.collate(windows, labels)
-            text.dataset_ids = model.dataset_ids([self.train_set[i].dataset for i in idx])
+            text.dataset_ids = None if self.train_styles is None else self.train_styles[idx]
             text = text.to(self.device)
             visual = self.features.batch([self.train_set[i] for i in idx], self.model_config, self.device)
             with self.precision.autocast():  # weights, gradients and optimizer state stay fp32
