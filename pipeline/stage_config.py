@@ -119,6 +119,7 @@ class TrainConfig(_Stage):
     char_emb_dim: int
     char_max_bytes: int
     case_input: bool
+    split_camel: bool
     lstm_dim: int
     dataset_dim: int
     train_batch_size: int

@@ -13,7 +13,7 @@ import torch
 
 from rpihmif.chars import pad_char_ids, word_char_ids
 
-__all__ = ["NUM_SHAPES", "word_shape_id", "EncodedWindow", "TextBatch", "TweetEncoder", "merge_windows"]
+__all__ = ["NUM_SHAPES", "word_shape_id", "split_camel_case", "EncodedWindow", "TextBatch", "TweetEncoder", "merge_windows"]
 
 _SHAPES = ("pad", "lower", "Title", "UPPER", "mIxed", "digits", "alnum", "@mention", "#hashtag", "url",
            "punct", "symbol", "other")
@@ -49,6 +49,24 @@ def word_shape_id(word: str) -> int:
     if letters[0].isupper() and all(c.islower() for c in letters[1:]):
         return _SHAPE_ID["Title"]
     return _SHAPE_ID["mIxed"]
+
+
+def split_camel_case(word: str) -> str:
+    """`word` with a space at each camelCase, letter/digit and underscore boundary: `#TheEconomist` -> `#The Economist`,
+    `XMenApocalypse` -> `X Men Apocalypse`, `Robbins1` -> `Robbins 1`; a URL or a word without one comes back unchanged."""
+    if _URL.match(word):
+        return word
+    out: list[str] = []
+    for i, c in enumerate(word):
+        prev, nxt = word[i - 1] if i else "", word[i + 1] if i + 1 < len(word) else ""
+        if c == "_":
+            c = " "
+        elif prev and (prev.islower() and c.isupper()  # camelCase
+                       or prev.isupper() and c.isupper() and nxt.islower()  # ABCWord: a capital run, then a word
+                       or prev.isalpha() and c.isdigit() or prev.isdigit() and c.isalpha()):
+            out.append(" ")
+        out.append(c)
+    return "".join(out)
 
 
 @dataclass
@@ -90,13 +108,16 @@ class TweetEncoder:
 
     max_seq counts every sub-token (question and special tokens included); stride = words shared by two
     prediction windows (0 = a quarter of the window); max_word_pieces caps the sub-tokens of one word;
-    max_chars > 0 adds the char ids of each original word, clipped to max_chars UTF-8 bytes (0 = no char ids).
+    max_chars > 0 adds the char ids of each original word, clipped to max_chars UTF-8 bytes (0 = no char ids);
+    split_camel: a camelCase word (handles, hashtags) is tokenized as its parts (`split_camel_case`) when that takes
+    no more sub-words than the word whole (`#TheEconomist`: `# the economist`, not `# thee ##con ##omi ##st`).
     """
 
     def __init__(self, tokenizer: Any, question: str, max_seq: int, stride: int = 0, max_word_pieces: int = 16,
-                 max_chars: int = 0):
+                 max_chars: int = 0, split_camel: bool = False):
         self.tokenizer = tokenizer
         self.max_chars = max_chars
+        self.split_camel = split_camel
         self.question = question
         self.stride = stride
         self.max_word_pieces = max_word_pieces
@@ -113,16 +134,23 @@ class TweetEncoder:
 
     @classmethod
     def for_model(cls, tokenizer: Any, config: Any) -> "TweetEncoder":
-        """Encoder matching a ModelConfig: him.question, text.max_seq, text.window_stride; char ids if text.char_dim."""
+        """Encoder matching a ModelConfig: him.question, text.max_seq, text.window_stride, text.split_camel; char ids
+        if text.char_dim."""
         text = config.text
         return cls(tokenizer, config.him.question, text.max_seq, text.window_stride,
-                   max_chars=text.char_max_bytes if text.char_dim > 0 else 0)
+                   max_chars=text.char_max_bytes if text.char_dim > 0 else 0, split_camel=text.split_camel)
 
     def _pieces(self, words: Sequence[str]) -> list[list[int]]:
         """Sub-token ids of each word (batched in the Rust tokenizer); a word with none gets [UNK]."""
         if not words:
             return []
         ids = self.tokenizer(list(words), add_special_tokens=False)["input_ids"]
+        if self.split_camel:
+            parts = {i: split for i, w in enumerate(words) if (split := split_camel_case(w)) != w}
+            if parts:
+                split_ids = self.tokenizer(list(parts.values()), add_special_tokens=False)["input_ids"]
+                for i, p in zip(parts, split_ids):
+                    ids[i] = p if len(p) <= len(ids[i]) else ids[i]
         return [p[: self.max_word_pieces] if p else [self.unk_id] for p in ids]
 
     def _fit(self, pieces: list[list[int]], start: int) -> int:

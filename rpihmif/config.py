@@ -31,6 +31,8 @@ class TextEncoderConfig:
     char_max_bytes: int = 20  # UTF-8 bytes kept per word: a longer word keeps its first and last halves (10 + 10)
     case_input: bool = False  # add a learned word-shape embedding to each word's first sub-token input embedding
     # (zero-initialised), so every encoder layer sees the casing the uncased MiniLM drops
+    split_camel: bool = False  # tokenize a camelCase word as its parts when that takes no more sub-words
+    # (`#TheEconomist` -> `# the economist`); the word keeps one label, on its first sub-token
     lstm_dim: int = 0  # BiLSTM (hidden size per direction) over the word features before HIM; 0 = off
     dataset_dim: int = 0  # learned embedding of the dataset whose annotation style a tweet's tags follow, beside
     # every word's features (joint training on datasets annotated apart); 0 = off

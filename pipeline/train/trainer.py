@@ -54,7 +54,7 @@ def build_model_config(cfg: TrainConfig, visual: VisualConfig | None, datasets: 
         text=TextEncoderConfig(bert_name=cfg.bert_name, max_seq=cfg.max_seq, window_stride=cfg.window_stride,
                                word_shape=cfg.word_shape, shape_dim=cfg.shape_dim, char_dim=cfg.char_dim,
                                char_emb_dim=cfg.char_emb_dim, char_max_bytes=cfg.char_max_bytes,
-                               case_input=cfg.case_input, lstm_dim=cfg.lstm_dim,
+                               case_input=cfg.case_input, split_camel=cfg.split_camel, lstm_dim=cfg.lstm_dim,
                                dataset_dim=cfg.dataset_dim if styles else 0, datasets=styles,
                                dataset=cfg.dataset if styles else "", dropout=cfg.dropout),
         him=dataclasses.replace(cfg.him),
