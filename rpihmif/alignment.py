@@ -13,7 +13,8 @@ import torch
 
 from rpihmif.chars import pad_char_ids, word_char_ids
 
-__all__ = ["NUM_SHAPES", "word_shape_id", "split_camel_case", "EncodedWindow", "TextBatch", "TweetEncoder", "merge_windows"]
+__all__ = ["NUM_SHAPES", "word_shape_id", "split_camel_case", "EncodedWindow", "TextBatch", "TweetEncoder",
+           "merge_windows"]
 
 _SHAPES = ("pad", "lower", "Title", "UPPER", "mIxed", "digits", "alnum", "@mention", "#hashtag", "url",
            "punct", "symbol", "other")
@@ -54,8 +55,8 @@ def word_shape_id(word: str) -> int:
 def split_camel_case(word: str) -> str:
     """`word` with a space at each camelCase, letter/digit and underscore boundary: `#TheEconomist` -> `#The Economist`,
     `XMenApocalypse` -> `X Men Apocalypse`, `Robbins1` -> `Robbins 1`; a URL or a word without one comes back unchanged."""
-    if _URL.match(word):
-        return word
+    if word.isalpha() and (word.islower() or word.isupper() or word.istitle()) or _URL.match(word):
+        return word  # most words: nothing to split
     out: list[str] = []
     for i, c in enumerate(word):
         prev, nxt = word[i - 1] if i else "", word[i + 1] if i + 1 < len(word) else ""
