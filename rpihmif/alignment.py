@@ -151,7 +151,7 @@ class TweetEncoder:
             if parts:
                 split_ids = self.tokenizer(list(parts.values()), add_special_tokens=False)["input_ids"]
                 for i, p in zip(parts, split_ids):
-                    ids[i] = p if len(p) <= len(ids[i]) else ids[i]
+                    ids[i] = p if 0 < len(p) <= len(ids[i]) else ids[i]  # `_` alone stays `_`, not nothing
         return [p[: self.max_word_pieces] if p else [self.unk_id] for p in ids]
 
     def _fit(self, pieces: list[list[int]], start: int) -> int:

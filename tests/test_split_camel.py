@@ -44,7 +44,7 @@ def test_split_camel_case(word, parts):
 @pytest.fixture(scope="module")
 def tokenizer(tmp_path_factory):
     """Lower-case character pieces plus a few whole words: `youtube` is one piece, `you` and `tube` are not."""
-    chars = [*"abcdefghijklmnopqrstuvwxyz0123456789#@"]
+    chars = [*"abcdefghijklmnopqrstuvwxyz0123456789#@_"]
     words = ["game", "of", "thrones", "the", "economist", "youtube", "new", "york"]
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *chars, *("##" + c for c in chars), *words]
     return BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)}, do_lower_case=True)
@@ -57,11 +57,12 @@ def pieces(tok, window):
 
 
 def test_a_camel_word_is_tokenized_as_its_parts_only_when_that_is_no_longer(tokenizer):
-    words = ["#GameOfThrones", "YouTube", "TheEconomist", "NewYork", "love"]
+    words = ["#GameOfThrones", "YouTube", "TheEconomist", "NewYork", "love", "_", "a__"]
     whole = TweetEncoder(tokenizer, "", 64).encode_train(words)[0]
     split = TweetEncoder(tokenizer, "", 64, split_camel=True).encode_train(words)[0]
     assert pieces(tokenizer, split) == [["#", "game", "of", "thrones"], ["youtube"], ["the", "economist"],
-                                        ["new", "york"], ["l", "##o", "##v", "##e"]]
+                                        ["new", "york"], ["l", "##o", "##v", "##e"], ["_"], ["a"]]
+    assert pieces(tokenizer, whole)[5:] == [["_"], ["a", "_", "_"]]  # a bare `_` is kept, never emptied
     assert pieces(tokenizer, whole)[1:3] == [["youtube"], ["the", *("##" + c for c in "economist")]]
     # one entry per word either way: the word's label sits on its first sub-token, shapes come from the cased word
     assert (split.n_words, split.shape_ids, split.word_start) == (whole.n_words, whole.shape_ids, 0)
