@@ -1,19 +1,23 @@
-"""camelCase words into the uncased encoder as their parts (text.split_camel): `#TheEconomist` -> `# the economist`.
+"""camelCase words into the uncased encoder as their parts (text.split_camel): `TheEconomist` -> `the economist`.
 
-Only the sub-words change: each word keeps one label on its first sub-token, windows still cover every word, and a
-split that takes more sub-words than the word whole (`YouTube`: `youtube` is one word piece) is not taken.
+Only the sub-words change: each word keeps one label on its first sub-token, windows still cover every word, a whole
+`@mention`/`#hashtag` stays one word, and a split that takes more sub-words than the word whole (`YouTube`: `youtube`
+is one word piece) is not taken.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 
+import pandas as pd
 import pytest
 import torch
-from helpers import tiny_dataset, tiny_overrides
+from helpers import tag_config, tiny_dataset, tiny_model_config, tiny_overrides, train_tiny_checkpoint, write_dump
 from transformers import BertTokenizerFast
 
 from pipeline.stage_config import stage_config
+from pipeline.tag.manifest import data_folder
+from pipeline.tag.stage import run_tag
 from pipeline.train.trainer import Trainer
 from rpihmif.alignment import TweetEncoder, merge_windows, split_camel_case
 from rpihmif.checkpoint import load_checkpoint, save_checkpoint
@@ -43,7 +47,7 @@ def test_split_camel_case(word, parts):
 
 
 @pytest.fixture(scope="module")
-def tokenizer(tmp_path_factory):
+def tokenizer():
     """Lower-case character pieces plus a few whole words: `youtube` is one piece, `you` and `tube` are not."""
     chars = [*"abcdefghijklmnopqrstuvwxyz0123456789#@_"]
     words = ["game", "of", "thrones", "the", "economist", "youtube", "new", "york"]
@@ -121,12 +125,6 @@ def test_train_config_reaches_the_model_and_is_checked(tiny_bert_dir, tmp_path):
 
 def test_tag_corpus_tags_with_a_split_camel_and_style_model_as_the_tagger_does(tiny_bert_dir, tmp_path):
     """tag-corpus runs the checkpoint's own text settings: its rows are what `Tagger.predict` gives for the tokens."""
-    import pandas as pd
-    from helpers import tag_config, tiny_model_config, train_tiny_checkpoint, write_dump
-
-    from pipeline.tag.manifest import data_folder
-    from pipeline.tag.stage import run_tag
-
     base = tiny_model_config(tiny_bert_dir)
     config = dataclasses.replace(base, text_only=True, text=dataclasses.replace(
         base.text, split_camel=True, lstm_dim=8, dataset_dim=4, datasets=["twitter2015", "twitter2017"],
