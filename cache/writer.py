@@ -73,7 +73,7 @@ class CacheWriter:
                                  "delete the folder or use another cache_dir")
         else:
             atomic_write_text(fp_path, json.dumps(fingerprint, indent=2, sort_keys=True) + "\n")
-        remove_stale_temps(self.folder, "shard-")  # left by a killed run; never visible to readers
+        remove_stale_temps(self.folder)  # shards, fingerprint.json, index.h5 ... of a killed run; never read
         self._seq = 0
         self._file: h5py.File | None = None
         self._tmp: Path | None = None

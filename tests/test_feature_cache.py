@@ -14,6 +14,7 @@ import pytest
 from helpers import fake_fingerprint, fake_rows
 
 from cache.reader import CacheWriter, open_cache
+from cache.writer import OWN_FILES
 from rpihmif.errors import LockHeldError, UsageError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -135,8 +136,14 @@ def test_killed_writer_leaves_no_visible_half_shard(tmp_path):
     assert sorted(cache.keys()) == ["a" * 64, "b" * 64, "c" * 64]
     with h5py.File(next(folder.glob("shard-*.h5")), "r") as f:
         assert f.attrs["rows"] == 3
-    CacheWriter(tmp_path, fake_fingerprint()).close()  # the next writer removes the stale temp file
-    assert not list(folder.glob(".shard-*.tmp-*"))
+    # a run killed while writing any of its own files (fingerprint.json, index.h5, ...) leaves such a temp too
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    planted = [folder / f".{name}.tmp-{gone.pid}-x" for name in OWN_FILES]
+    for path in planted:
+        path.write_text("half")
+    CacheWriter(tmp_path, fake_fingerprint()).close()  # the next writer removes the stale temp files
+    assert not list(folder.glob(".*.tmp-*")) and not any(p.exists() for p in planted)
 
 
 def test_reader_is_fork_and_pickle_safe(tmp_path):
