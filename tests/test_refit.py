@@ -37,12 +37,14 @@ def test_refit_trains_on_train_and_valid_for_the_chosen_epochs(tiny_bert_dir, tw
     refit = json.loads((run / "refit" / "metrics.json").read_text())
     chosen = main["best_epoch"]
     assert result["refit"] == {"epochs": chosen, "checkpoint": str(run / "refit" / "best")}
+    assert result["model"] == str(run / "refit" / "best")
     assert len(main["epochs"]) == 3 and "refit" not in main
     assert len(refit["epochs"]) == chosen == refit["best_epoch"] and refit["config"]["num_epochs"] == chosen
     assert "not held out" in refit["refit"]
     assert ["dev" in e for e in refit["epochs"]] == [False] * (chosen - 1) + [True]  # only the kept epoch is scored
     log = (run / "train.log").read_text()
     assert f"refit: {16 + 20 + 8 + 8} tweets (train + valid) for {chosen} epoch(s)" in log
+    assert f"the model to tag and test with: {run / 'refit' / 'best'}" in log
     kept, refitted = (load_file(run / d / "best" / "model.safetensors") for d in (".", "refit"))
     assert kept.keys() == refitted.keys()
     assert any(not kept[k].equal(refitted[k]) for k in kept)
@@ -66,6 +68,7 @@ def test_a_refit_scores_only_its_last_epoch(tiny_bert_dir, two_datasets, tmp_pat
 def test_refit_off_writes_no_refit_folder(tiny_bert_dir, two_datasets, tmp_path):
     result = train(_cfg(tiny_bert_dir, two_datasets, tmp_path / "run", train_also="", num_epochs=1))
     assert "refit" not in result and not (tmp_path / "run" / "refit").exists()
+    assert result["model"] == str(tmp_path / "run" / "best")
 
 
 def test_a_finished_run_refits_on_resume_and_keeps_its_best(tiny_bert_dir, two_datasets, tmp_path):

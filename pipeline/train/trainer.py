@@ -318,7 +318,8 @@ def _refit(cfg: TrainConfig, run_dir: Path, epochs: int) -> dict[str, Any]:
 
 
 def train(cfg: TrainConfig) -> dict[str, Any]:
-    """Run the train stage from a checked `pipeline/conf/train.yaml` config; return the final metrics."""
+    """Run the train stage from a checked `pipeline/conf/train.yaml` config; return the final metrics, with `model`:
+    the checkpoint to tag and test with (RUN/best, or RUN/refit/best after a refit)."""
     run_dir = ensure_dir(cfg.save_path, "save_path")
     if cfg.offline:  # hub ids (bert_name, vision.vit_name) only from the Hugging Face cache
         os.environ["HF_HUB_OFFLINE"] = "1"
@@ -333,7 +334,11 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     metrics = trainer.fit()
     log.info("best dev F1 %.2f at epoch %s; checkpoint %s", metrics["best_dev"]["f1"] if metrics["best_dev"] else 0,
              metrics["best_epoch"], run_dir / "best")
-    result = {"run": str(run_dir), "best_epoch": metrics["best_epoch"], "best_dev": metrics["best_dev"]}
+    result = {"run": str(run_dir), "best_epoch": metrics["best_epoch"], "best_dev": metrics["best_dev"],
+              "model": str(run_dir / "best")}
     if cfg.refit and metrics["best_epoch"]:
         result["refit"] = _refit(cfg, run_dir, metrics["best_epoch"])
+        result["model"] = result["refit"]["checkpoint"]
+        log.info("the model to tag and test with: %s (train + valid, %d epoch(s)); %s keeps the held-out dev choice",
+                 result["model"], metrics["best_epoch"], run_dir / "best")
     return result
