@@ -5,9 +5,10 @@
     python benchmarks/dev_recipes.py --runs runs/recipes --bio-decoding today    # rescore checkpoints, BIO-constrained
     python benchmarks/dev_recipes.py --runs runs/recipes --errors today          # dev errors per gold type
 
-Each run is `python cli.py train` with the recipe's --set overrides (runs/recipes/<recipe>_<dataset>_s<seed>, skipped
-when its metrics.json shows every epoch). A `train_also` recipe trains one run per seed and reads both datasets' best
-epochs from it: the mix is concatenated in a fixed order, so the twitter2017 run of that seed would train identically.
+Each run is `python cli.py train` (no refit: dev is what it measures) with the recipe's --set overrides
+(runs/recipes/<recipe>_<dataset>_s<seed>, skipped when its metrics.json shows every epoch). A `train_also` recipe
+trains one run per seed and reads both datasets' best epochs from it: the mix is concatenated in a fixed order, so the
+twitter2017 run of that seed would train identically.
 Not run by CI (one Twitter-2015 epoch is minutes on 2 CPU cores).
 """
 from __future__ import annotations
@@ -71,7 +72,7 @@ def train(args: argparse.Namespace, recipe: str, dataset: str, seed: int) -> Non
         return
     cmd = [sys.executable, str(ROOT / "cli.py"), "train", "--set", f"data_dir={args.data_dir}", "--set",
            f"dataset={dataset}", "--set", f"seed={seed}", "--set", f"num_epochs={args.epochs}", "--set",
-           f"save_path={folder}", *(x for o in RECIPES[recipe] for x in ("--set", o))]
+           f"save_path={folder}", "--set", "refit=false", *(x for o in RECIPES[recipe] for x in ("--set", o))]
     if (folder / "last").is_dir():
         cmd += ["--set", f"load_path={folder}"]
     print(" ".join(cmd), file=sys.stderr, flush=True)

@@ -2,6 +2,7 @@
 for that many epochs lands in save_path/refit; links are refused, a finished run refits on resume, nothing else moves."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -10,6 +11,7 @@ import pytest
 from helpers import ROOT, tiny_overrides
 from safetensors.torch import load_file
 
+from pipeline.io.conll import read_conll
 from pipeline.stage_config import stage_config
 from pipeline.train.corpus import load_corpus
 from pipeline.train.trainer import Trainer, train
@@ -100,3 +102,37 @@ def test_refit_key_is_checked_and_explained(tiny_bert_dir, two_datasets, tmp_pat
     shown = subprocess.run([sys.executable, "cli.py", "config", "train"], cwd=ROOT, capture_output=True, text=True,
                            timeout=300)
     assert shown.returncode == 0 and "refit: false" in shown.stdout and "train + valid" in shown.stdout
+
+
+def _refit_holdout():
+    spec = importlib.util.spec_from_file_location("refit_holdout", ROOT / "benchmarks" / "refit_holdout.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_refit_holdout_halves_valid_into_a_selection_half_and_a_held_out_half(two_datasets, tmp_path):
+    (two_datasets / "twitter2015_images").mkdir()
+    out = _refit_holdout().split_data(two_datasets, tmp_path / "split")
+    for name in ("twitter2015", "twitter2017", "other"):
+        valid = read_conll(two_datasets / name / "valid.txt")
+        half_a, half_b = (read_conll(out / name / f) for f in ("valid.txt", "heldout.txt"))
+        assert [t.words for t in half_a] == [t.words for t in valid[0::2]]  # tweets alternate, none lost
+        assert [(t.words, t.labels) for t in half_b] == [(t.words, t.labels) for t in valid[1::2]]
+        assert (out / name / "train.txt").read_bytes() == (two_datasets / name / "train.txt").read_bytes()
+    assert (out / "twitter2015_images").resolve() == (two_datasets / "twitter2015_images").resolve()
+
+
+def test_refit_holdout_summary_pairs_each_seed(tmp_path):
+    for seed, (best, refit) in enumerate([(80.0, 81.0), (82.0, 82.5), (79.0, 80.5)], start=1):
+        run = tmp_path / f"twitter2017_s{seed}"
+        run.mkdir()
+        metrics = {"dataset": "twitter2017", "seed": seed, "best_epoch": 3 + seed % 2}
+        (run / "metrics.json").write_text(json.dumps(metrics))
+        for name, f1 in (("best", best), ("refit", refit)):
+            (run / f"heldout-{name}.json").write_text(json.dumps({"f1": f1}))
+    (tmp_path / "twitter2015_s1").mkdir()  # still training: no held-out scores yet, left out
+    [row] = _refit_holdout().summary(tmp_path)
+    assert row["dataset"] == "twitter2017" and row["seeds"] == [1, 2, 3] and row["refit_epochs"] == [4, 3, 4]
+    assert row["best"] == {"mean": 80.33, "std": 1.53, "f1": [80.0, 82.0, 79.0]}
+    assert row["refit"]["mean"] == 81.33 and row["refit_minus_best"] == {"mean": 1.0, "std": 0.5}
