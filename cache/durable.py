@@ -61,8 +61,9 @@ def ensure_dir(path: str | os.PathLike, what: str = "output folder") -> Path:
 
 
 def fsync_path(path: str | os.PathLike, directory: bool = False) -> None:
-    """fsync a file, or (directory=True) a folder so that renames inside it survive a crash."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | (os.O_DIRECTORY if directory else 0))
+    """fsync a file (never through a link), or (directory=True) a folder so that renames inside it survive a crash;
+    a folder the user reached through a link is followed (an fsync writes nothing)."""
+    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else os.O_NOFOLLOW))
     try:
         os.fsync(fd)
     finally:

@@ -208,3 +208,22 @@ def test_a_file_where_a_folder_belongs_is_exit_2(world, tmp_path):
         assert blocker.read_text() == "mine"
         assert sorted(p.name for p in tmp_path.iterdir()) == before, f"{what} left files behind"
 
+
+
+def test_a_folder_the_user_reached_through_a_link_takes_the_output(world, tmp_path):
+    """A link the user gave as the output folder itself (runs -> another disk) is followed: the file lands in its
+    target whole and the command succeeds (it used to write the file, then fail on the folder fsync: exit 1)."""
+    from cache.durable import atomic_dir, atomic_write_text
+
+    real, linked = tmp_path / "disk" / "results", tmp_path / "results"
+    real.mkdir(parents=True)
+    linked.symlink_to(real, target_is_directory=True)
+    atomic_write_text(linked / "note.txt", "kept")
+    with atomic_dir(linked / "best") as tmp:
+        (tmp / "weights.bin").write_bytes(b"w")
+    assert (real / "note.txt").read_text() == "kept" and (real / "best" / "weights.bin").read_bytes() == b"w"
+    res = cli("evaluate", world["ckpt"], world["root"] / "data/twitter2015/test.txt", "--out", linked / "metrics.json",
+              *sets(cache_dir=world["root"] / "cache", device="cpu"))
+    assert res.exit_code == 0, res.stderr
+    assert json.loads((real / "metrics.json").read_text())["f1"] >= 0
+    assert sorted(p.name for p in real.iterdir()) == ["best", "metrics.json", "note.txt"]  # no temp left
