@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import statistics
 import subprocess
@@ -25,6 +24,10 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from pipeline.io.conll import read_conll, write_conll  # noqa: E402
+
 CHECKPOINTS = {"best": "best", "refit": "refit/best"}  # train only, epoch chosen on half A | train + half A, as many
 
 
@@ -36,10 +39,9 @@ def split_data(data_dir: Path, out: Path) -> Path:
         if (entry / "valid.txt").is_file():
             target.mkdir(exist_ok=True)
             shutil.copyfile(entry / "train.txt", target / "train.txt")
-            text = (entry / "valid.txt").read_text(encoding="utf-8")
-            tweets = [t for t in re.split(r"\n[ \t]*\n", text) if t.strip()]
-            for name, half in (("valid.txt", tweets[0::2]), ("heldout.txt", tweets[1::2])):
-                (target / name).write_text("\n\n".join(t.strip("\n") for t in half) + "\n\n", encoding="utf-8")
+            tweets = read_conll(entry / "valid.txt", fix_bio=True)  # as train and evaluate read it
+            write_conll(target / "valid.txt", tweets[0::2])
+            write_conll(target / "heldout.txt", tweets[1::2])
         elif not target.exists():
             target.symlink_to(entry.resolve(), target_is_directory=entry.is_dir())
     return out

@@ -104,16 +104,18 @@ def test_refit_key_is_checked_and_explained(tiny_bert_dir, two_datasets, tmp_pat
     assert shown.returncode == 0 and "refit: false" in shown.stdout and "train + valid" in shown.stdout
 
 
-def _refit_holdout():
+@pytest.fixture(scope="module")
+def refit_holdout():
+    """benchmarks/refit_holdout.py as a module (benchmarks are scripts, not a package)."""
     spec = importlib.util.spec_from_file_location("refit_holdout", ROOT / "benchmarks" / "refit_holdout.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-def test_refit_holdout_halves_valid_into_a_selection_half_and_a_held_out_half(two_datasets, tmp_path):
+def test_refit_holdout_halves_valid_into_a_selection_half_and_a_held_out_half(refit_holdout, two_datasets, tmp_path):
     (two_datasets / "twitter2015_images").mkdir()
-    out = _refit_holdout().split_data(two_datasets, tmp_path / "split")
+    out = refit_holdout.split_data(two_datasets, tmp_path / "split")
     for name in ("twitter2015", "twitter2017", "other"):
         valid = read_conll(two_datasets / name / "valid.txt")
         half_a, half_b = (read_conll(out / name / f) for f in ("valid.txt", "heldout.txt"))
@@ -123,7 +125,7 @@ def test_refit_holdout_halves_valid_into_a_selection_half_and_a_held_out_half(tw
     assert (out / "twitter2015_images").resolve() == (two_datasets / "twitter2015_images").resolve()
 
 
-def test_refit_holdout_summary_pairs_each_seed(tmp_path):
+def test_refit_holdout_summary_pairs_each_seed(refit_holdout, tmp_path):
     for seed, (best, refit) in enumerate([(80.0, 81.0), (82.0, 82.5), (79.0, 80.5)], start=1):
         run = tmp_path / f"twitter2017_s{seed}"
         run.mkdir()
@@ -132,7 +134,7 @@ def test_refit_holdout_summary_pairs_each_seed(tmp_path):
         for name, f1 in (("best", best), ("refit", refit)):
             (run / f"heldout-{name}.json").write_text(json.dumps({"f1": f1}))
     (tmp_path / "twitter2015_s1").mkdir()  # still training: no held-out scores yet, left out
-    [row] = _refit_holdout().summary(tmp_path)
+    [row] = refit_holdout.summary(tmp_path)
     assert row["dataset"] == "twitter2017" and row["seeds"] == [1, 2, 3] and row["refit_epochs"] == [4, 3, 4]
     assert row["best"] == {"mean": 80.33, "std": 1.53, "f1": [80.0, 82.0, 79.0]}
     assert row["refit"]["mean"] == 81.33 and row["refit_minus_best"] == {"mean": 1.0, "std": 0.5}

@@ -209,7 +209,6 @@ def test_a_file_where_a_folder_belongs_is_exit_2(world, tmp_path):
         assert sorted(p.name for p in tmp_path.iterdir()) == before, f"{what} left files behind"
 
 
-
 def test_a_folder_the_user_reached_through_a_link_takes_the_output(world, tmp_path):
     """A link the user gave as the output folder itself (runs -> another disk) is followed: the file lands in its
     target whole and the command succeeds (it used to write the file, then fail on the folder fsync: exit 1)."""
