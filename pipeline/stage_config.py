@@ -134,6 +134,7 @@ class TrainConfig(_Stage):
     dropout: float
     constrain_bio: bool
     ema_decay: float
+    adversarial_eps: float
     refit: bool
     seed: int
     device: str
@@ -255,7 +256,8 @@ CHECKS: dict[str, dict[str, Check]] = {
         "train_batch_size": COUNT, "eval_batch_size": COUNT, "num_epochs": COUNT,
         "learning_rate": positive(), "fusion_learning_rate": positive(), "crf_learning_rate": positive(),
         "weight_decay": at_least(0), "warmup_ratio": between(0, 1, hi_open=True), "max_grad_norm": positive(),
-        "dropout": between(0, 1, hi_open=True), "ema_decay": between(0, 1, hi_open=True), "seed": SEED, "device": DEVICE, "precision": PRECISION,
+        "dropout": between(0, 1, hi_open=True), "ema_decay": between(0, 1, hi_open=True),
+        "adversarial_eps": at_least(0), "seed": SEED, "device": DEVICE, "precision": PRECISION,
         "save_path": matches(r".+", "a folder"),
         "him.num_capsules": COUNT, "him.hidden": COUNT, "him.heads": COUNT, "iffe.iterations": at_least(0),
         "visual.sources": subset_of("orig", "grounding", "rcnn"),

@@ -25,6 +25,7 @@ from pipeline.runtime.device import resolve_device, seed_everything
 from pipeline.runtime.precision import resolve_precision
 from pipeline.runtime.progress import progress, setup_logging
 from pipeline.stage_config import TrainConfig
+from pipeline.train.adversarial import perturbed
 from pipeline.train.cached_features import TweetFeatures
 from pipeline.train.corpus import load_corpus
 from pipeline.train.evaluate import entity_scores
@@ -247,6 +248,11 @@ class Trainer:
                 out = model(text, visual)
             self.optimizer.zero_grad(set_to_none=True)
             out.loss.backward()
+            if cfg.adversarial_eps:  # FGM: the loss again with the used word embeddings pushed up their gradient
+                with perturbed(model.encoder.get_input_embeddings(), cfg.adversarial_eps) as moved:
+                    if moved:
+                        with self.precision.autocast():
+                            model(text, visual).loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
             self.optimizer.step()
             self.scheduler.step()

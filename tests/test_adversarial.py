@@ -1,0 +1,78 @@
+"""FGM adversarial training (`adversarial_eps`): the perturbation itself, and a tiny joint run that uses it.
+
+Two tiny datasets named like the Twitter benchmarks are written by the test; nothing here needs ../shared/data.
+"""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from helpers import tiny_overrides
+
+from pipeline.stage_config import stage_config
+from pipeline.train.adversarial import perturbed
+from pipeline.train.trainer import Trainer, train
+from rpihmif.errors import UsageError
+
+
+def _embedding_with_grad(rows: list[int]) -> torch.nn.Embedding:
+    torch.manual_seed(0)
+    embedding = torch.nn.Embedding(10, 4)
+    embedding(torch.tensor(rows)).pow(2).sum().backward()
+    return embedding
+
+
+def test_only_the_rows_a_batch_used_move_by_epsilon_along_the_gradient_and_come_back_exactly():
+    embedding = _embedding_with_grad([1, 3, 3])
+    before, grad = embedding.weight.detach().clone(), embedding.weight.grad.clone()
+    with perturbed(embedding, 0.5) as moved:
+        assert moved
+        delta = embedding.weight.detach() - before
+        assert torch.equal(delta.abs().sum(1) > 0, torch.tensor([i in (1, 3) for i in range(10)]))
+        assert delta.norm().item() == pytest.approx(0.5, rel=1e-5)  # L2 over the used rows together
+        assert torch.allclose(delta[[1, 3]], 0.5 * grad[[1, 3]] / grad[[1, 3]].norm())
+    assert torch.equal(embedding.weight.detach(), before)  # restored bit for bit, not by subtracting
+
+
+def test_restored_even_when_the_adversarial_pass_raises():
+    embedding = _embedding_with_grad([2])
+    before = embedding.weight.detach().clone()
+    with pytest.raises(RuntimeError, match="boom"):
+        with perturbed(embedding, 1.0):
+            raise RuntimeError("boom")
+    assert torch.equal(embedding.weight.detach(), before)
+
+
+@pytest.mark.parametrize("grad", [None, "zero", "nan"])
+def test_no_usable_gradient_moves_nothing(grad):
+    embedding = torch.nn.Embedding(5, 3)
+    if grad is not None:
+        embedding.weight.grad = torch.zeros(5, 3) if grad == "zero" else torch.full((5, 3), float("nan"))
+    before = embedding.weight.detach().clone()
+    with perturbed(embedding, 1.0) as moved:
+        assert not moved and torch.equal(embedding.weight.detach(), before)
+
+
+def _cfg(tiny_bert_dir, data, run, **extra):
+    return stage_config("train", overrides=tiny_overrides(tiny_bert_dir, data / "twitter2015", run,
+                                                          **{"num_epochs": 2, "train_also": "auto", **extra}))
+
+
+def test_a_run_with_fgm_trains_differently_and_saves_a_normal_checkpoint(tiny_bert_dir, two_datasets, tmp_path):
+    plain = train(_cfg(tiny_bert_dir, two_datasets, tmp_path / "plain"))
+    fgm = train(_cfg(tiny_bert_dir, two_datasets, tmp_path / "fgm", adversarial_eps=1.0))
+    metrics = {r: json.loads((tmp_path / r / "metrics.json").read_text()) for r in ("plain", "fgm")}
+    # the second loss changes every update after the first step, so both epochs' mean losses move
+    assert all(a["loss"] != b["loss"] for a, b in zip(metrics["plain"]["epochs"], metrics["fgm"]["epochs"]))
+    assert metrics["fgm"]["config"]["adversarial_eps"] == 1.0 and metrics["plain"]["config"]["adversarial_eps"] == 0
+    assert fgm["model"] == str(tmp_path / "fgm" / "best") and plain["model"] == str(tmp_path / "plain" / "best")
+    # FGM keeps no state of its own: the run resumes from its last/ like any other
+    trainer = Trainer(_cfg(tiny_bert_dir, two_datasets, tmp_path / "again", adversarial_eps=1.0))
+    trainer.resume(str(tmp_path / "fgm"))
+    assert trainer.epoch == 2 and trainer.history == metrics["fgm"]["epochs"]
+
+
+def test_a_negative_epsilon_is_refused_with_its_range(tiny_bert_dir, two_datasets, tmp_path):
+    with pytest.raises(UsageError, match=r"adversarial_eps.*>= 0"):
+        _cfg(tiny_bert_dir, two_datasets, tmp_path / "x", adversarial_eps=-1)
