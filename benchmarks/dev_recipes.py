@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 DATASETS = ("twitter2015", "twitter2017")
 OFF = ["constrain_bio=false", "train_also=", "ema_decay=0", "char_dim=0",  # the recipe before issue 15
-       "case_input=false", "lstm_dim=0", "dataset_dim=0", "split_camel=false"]
+       "case_input=false", "lstm_dim=0", "dataset_dim=0", "split_camel=false", "adversarial_eps=0"]
 JOINT = ["constrain_bio=true", "train_also=auto"]
 RECIPES: dict[str, list[str]] = {  # name -> train overrides on top of conf/train.yaml
     "today": OFF,
@@ -42,6 +42,7 @@ RECIPES: dict[str, list[str]] = {  # name -> train overrides on top of conf/trai
     "joint_lstm_lr1e4": OFF + JOINT + ["lstm_dim=256", "learning_rate=1.0e-4"],
     "joint_lstm_style": OFF + JOINT + ["lstm_dim=256", "dataset_dim=16"],
     "joint_lstm_style_camel": OFF + JOINT + ["lstm_dim=256", "dataset_dim=16", "split_camel=true"],
+    "joint_lstm_style_fgm": OFF + JOINT + ["lstm_dim=256", "dataset_dim=16", "adversarial_eps=1.0"],
     "default": [],  # whatever conf/train.yaml says now
 }
 

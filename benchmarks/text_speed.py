@@ -2,6 +2,7 @@
 without it, same run; JSON.
 
     python benchmarks/text_speed.py --candidate lstm_dim=256 [--candidate case_input=true]
+    python benchmarks/text_speed.py --candidate adversarial_eps=1.0     # a training option: same model, FGM steps
 
 Text-only RPI-HMIF over the packaged MiniLM-L6 on Twitter-2015 train tweets (../shared/data, else fixed samples);
 the variants alternate batch by batch (ABBA) so machine load hits both alike; wall and process CPU seconds, ratios
@@ -54,14 +55,21 @@ def variant(text: dict, autocast):
     return model, opt, TweetEncoder.for_model(tokenizer, config), Tagger(model, tokenizer, config, autocast=autocast)
 
 
-def train_step(model, opt, enc, autocast, words, labels) -> None:
-    """Encode + collate + forward (under the precision's autocast) + backward + AdamW step of one batch, as the
-    trainer does per step."""
+def train_step(model, opt, enc, autocast, words, labels, adversarial_eps: float = 0.0) -> None:
+    """Encode + collate + forward (under the precision's autocast) + backward (+ the FGM pass) + AdamW step of one
+    batch, as the trainer does per step."""
+    from pipeline.train.adversarial import adversarial_backward
+
     text = enc.collate([enc.encode_train(w)[0] for w in words], labels)
-    with autocast():
-        loss = model(text).loss
+
+    def loss():
+        with autocast():
+            return model(text).loss
+
     opt.zero_grad()
-    loss.backward()
+    loss().backward()
+    if adversarial_eps:
+        adversarial_backward(model.encoder.get_input_embeddings(), adversarial_eps, loss)
     opt.step()
 
 
@@ -88,7 +96,8 @@ def summary(pairs: list[dict[str, tuple[float, float]]], n: int, threads: int) -
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--candidate", action="append", metavar="KEY=VALUE",
-                    help="text config field of the candidate (repeatable; default char_dim=50)")
+                    help="text config field of the candidate, or adversarial_eps (FGM training steps on the same model); "
+                    "repeatable; default char_dim=50")
     ap.add_argument("--train-n", type=int, default=256, help="training tweets (batches of 16)")
     ap.add_argument("--predict-n", type=int, default=1024, help="tweets to tag (Tagger.predict calls of 64)")
     ap.add_argument("--split", type=Path, default=SHARED, help="CoNLL split to read tweets from")
@@ -106,19 +115,21 @@ def main() -> None:
 
     candidate = dict(kv.split("=", 1) for kv in args.candidate or ["char_dim=50"])
     candidate = {k: yaml.safe_load(v) for k, v in candidate.items()}  # 256 -> int, true -> bool
+    eps = {"plain": 0.0, "candidate": float(candidate.get("adversarial_eps", 0.0))}  # training only: not in the model
     words, labels, source = tweets(max(args.train_n, args.predict_n), args.split)
-    variants = {"plain": variant({}, precision.autocast), "candidate": variant(candidate, precision.autocast)}
+    model_fields = {k: v for k, v in candidate.items() if k != "adversarial_eps"}
+    variants = {"plain": variant({}, precision.autocast), "candidate": variant(model_fields, precision.autocast)}
     train_threads, predict_threads = args.train_threads or torch.get_num_threads(), args.predict_threads
-    for model, opt, enc, tagger in variants.values():  # warm-up: allocations, AdamW state, lazy imports
+    for name, (model, opt, enc, tagger) in variants.items():  # warm-up: allocations, AdamW state, lazy imports
         model.train()
-        train_step(model, opt, enc, precision.autocast, words[:16], labels[:16])
+        train_step(model, opt, enc, precision.autocast, words[:16], labels[:16], eps[name])
         tagger.predict(words[:64], batch_size=64)
     train, predict = [], []
     for b, s in enumerate(range(0, args.train_n, 16)):  # the variants alternate batch by batch, ABBA order
         torch.set_num_threads(train_threads)
         order = ["plain", "candidate"] if b % 2 == 0 else ["candidate", "plain"]
-        train.append({k: timed(train_step, *variants[k][:3], precision.autocast, words[s : s + 16], labels[s : s + 16])
-                      for k in order})
+        train.append({k: timed(train_step, *variants[k][:3], precision.autocast, words[s : s + 16], labels[s : s + 16],
+                               eps[k]) for k in order})
     for b, s in enumerate(range(0, args.predict_n, 64)):
         torch.set_num_threads(predict_threads)
         order = ["plain", "candidate"] if b % 2 == 0 else ["candidate", "plain"]

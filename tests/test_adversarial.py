@@ -11,7 +11,7 @@ import torch
 from helpers import tiny_overrides
 
 from pipeline.stage_config import stage_config
-from pipeline.train.adversarial import perturbed
+from pipeline.train.adversarial import adversarial_backward, perturbed
 from pipeline.train.trainer import Trainer, train
 from rpihmif.errors import UsageError
 
@@ -38,9 +38,8 @@ def test_only_the_rows_a_batch_used_move_by_epsilon_along_the_gradient_and_come_
 def test_restored_even_when_the_adversarial_pass_raises():
     embedding = _embedding_with_grad([2])
     before = embedding.weight.detach().clone()
-    with pytest.raises(RuntimeError, match="boom"):
-        with perturbed(embedding, 1.0):
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError, match="boom"), perturbed(embedding, 1.0):
+        raise RuntimeError("boom")
     assert torch.equal(embedding.weight.detach(), before)
 
 
@@ -52,6 +51,21 @@ def test_no_usable_gradient_moves_nothing(grad):
     before = embedding.weight.detach().clone()
     with perturbed(embedding, 1.0) as moved:
         assert not moved and torch.equal(embedding.weight.detach(), before)
+
+
+def test_adversarial_backward_adds_the_gradient_at_the_moved_point():
+    ids = torch.tensor([0, 2, 2])
+    embedding = _embedding_with_grad(ids.tolist())  # clean loss: sum of squares of the looked-up rows
+    clean, before = embedding.weight.grad.clone(), embedding.weight.detach().clone()
+    moved = before.clone()
+    moved[[0, 2]] += 0.3 * clean[[0, 2]] / clean[[0, 2]].norm()
+    assert adversarial_backward(embedding, 0.3, lambda: embedding(ids).pow(2).sum())
+    moved_grad = torch.zeros_like(clean).index_add_(0, ids, 2 * moved[ids])  # d/dw of sum(w[ids]^2) at the moved w
+    assert torch.allclose(embedding.weight.grad, clean + moved_grad)
+    assert torch.equal(embedding.weight.detach(), before)
+    calls = []
+    assert not adversarial_backward(torch.nn.Embedding(3, 2), 0.3, lambda: calls.append(1))  # no gradient yet
+    assert calls == []
 
 
 def _cfg(tiny_bert_dir, data, run, **extra):

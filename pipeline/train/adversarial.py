@@ -1,15 +1,15 @@
 """Adversarial training (FGM, Miyato et al. 2017): a second loss on word embeddings pushed along their gradient.
 
-`perturbed` moves the rows a batch used by epsilon · g / ‖g‖ for one forward/backward, then puts them back exactly.
+`adversarial_backward` adds the gradient of the loss with the rows a batch used moved by epsilon · g / ‖g‖.
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import torch
 
-__all__ = ["perturbed"]
+__all__ = ["adversarial_backward", "perturbed"]
 
 
 @contextmanager
@@ -36,3 +36,12 @@ def perturbed(embedding: torch.nn.Embedding, epsilon: float) -> Iterator[bool]:
     finally:
         with torch.no_grad():
             weight[rows] = saved
+
+
+def adversarial_backward(embedding: torch.nn.Embedding, epsilon: float, loss: Callable[[], torch.Tensor]) -> bool:
+    """After the clean loss's backward: back-propagate `loss()` once more with the embedding perturbed, so the step
+    sums both gradients. Returns whether it ran (False: no usable gradient on the embedding)."""
+    with perturbed(embedding, epsilon) as moved:
+        if moved:
+            loss().backward()
+    return moved

@@ -5,6 +5,7 @@ Writes a run folder (best/ checkpoint, last/ resume state, metrics.json, train.l
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -25,12 +26,12 @@ from pipeline.runtime.device import resolve_device, seed_everything
 from pipeline.runtime.precision import resolve_precision
 from pipeline.runtime.progress import progress, setup_logging
 from pipeline.stage_config import TrainConfig
-from pipeline.train.adversarial import perturbed
+from pipeline.train.adversarial import adversarial_backward
 from pipeline.train.cached_features import TweetFeatures
 from pipeline.train.corpus import load_corpus
 from pipeline.train.evaluate import entity_scores
 from pipeline.train.online_features import OnlineFeatures
-from rpihmif.alignment import TweetEncoder
+from rpihmif.alignment import TextBatch, TweetEncoder
 from rpihmif.checkpoint import load_checkpoint, save_checkpoint
 from rpihmif.config import ModelConfig, TextEncoderConfig, VisualConfig
 from rpihmif.errors import UsageError
@@ -38,6 +39,7 @@ from rpihmif.labels import LABEL2ID
 from rpihmif.model import RPIHMIF
 from rpihmif.predictor import Tagger
 from rpihmif.text_encoder import load_text_encoder
+from rpihmif.visual import VisualBatch
 
 __all__ = ["train", "build_model_config"]
 
@@ -244,22 +246,24 @@ class Trainer:
             text.dataset_ids = None if self.train_styles is None else self.train_styles[idx]
             text = text.to(self.device)
             visual = self.features.batch([self.train_set[i] for i in idx], self.model_config, self.device)
-            with self.precision.autocast():  # weights, gradients and optimizer state stay fp32
-                out = model(text, visual)
+            loss = self._loss(text, visual)
             self.optimizer.zero_grad(set_to_none=True)
-            out.loss.backward()
+            loss.backward()
             if cfg.adversarial_eps:  # FGM: the loss again with the used word embeddings pushed up their gradient
-                with perturbed(model.encoder.get_input_embeddings(), cfg.adversarial_eps) as moved:
-                    if moved:
-                        with self.precision.autocast():
-                            model(text, visual).loss.backward()
+                adversarial_backward(model.encoder.get_input_embeddings(), cfg.adversarial_eps,
+                                     functools.partial(self._loss, text, visual))
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
             self.optimizer.step()
             self.scheduler.step()
             if self.ema is not None:
                 self.ema.update_parameters(model)
-            total, count = total + out.loss.item(), count + 1
+            total, count = total + loss.item(), count + 1
         return total / max(count, 1)
+
+    def _loss(self, text: TextBatch, visual: VisualBatch | None) -> torch.Tensor:
+        """The batch's CRF loss, forward under the run's precision."""
+        with self.precision.autocast():  # weights, gradients and optimizer state stay fp32
+            return self.model(text, visual).loss
 
     def score(self, tweets: list[Tweet], dataset: str = "") -> dict[str, Any]:
         """Entity-level P/R/F1 of the current model on `tweets` of `dataset` (every word predicted, windows merged)."""
