@@ -74,7 +74,7 @@ def _cfg(tiny_bert_dir, data, run, **extra):
 
 
 def test_a_run_with_fgm_trains_differently_and_saves_a_normal_checkpoint(tiny_bert_dir, two_datasets, tmp_path):
-    plain = train(_cfg(tiny_bert_dir, two_datasets, tmp_path / "plain"))
+    plain = train(_cfg(tiny_bert_dir, two_datasets, tmp_path / "plain", adversarial_eps=0))
     fgm = train(_cfg(tiny_bert_dir, two_datasets, tmp_path / "fgm", adversarial_eps=1.0))
     metrics = {r: json.loads((tmp_path / r / "metrics.json").read_text()) for r in ("plain", "fgm")}
     # the second loss changes every update after the first step, so both epochs' mean losses move
