@@ -68,8 +68,8 @@ def test_adversarial_backward_adds_the_gradient_at_the_moved_point():
     assert calls == []
 
 
-def _cfg(tiny_bert_dir, data, run, **extra):
-    return stage_config("train", overrides=tiny_overrides(tiny_bert_dir, data / "twitter2015", run,
+def _cfg(tiny_bert_dir, data, run, dataset="twitter2015", **extra):
+    return stage_config("train", overrides=tiny_overrides(tiny_bert_dir, data / dataset, run,
                                                           **{"num_epochs": 2, "train_also": "auto", **extra}))
 
 
@@ -81,6 +81,11 @@ def test_a_run_with_fgm_trains_differently_and_saves_a_normal_checkpoint(tiny_be
     assert all(a["loss"] != b["loss"] for a, b in zip(metrics["plain"]["epochs"], metrics["fgm"]["epochs"]))
     assert metrics["fgm"]["config"]["adversarial_eps"] == 1.0 and metrics["plain"]["config"]["adversarial_eps"] == 0
     assert fgm["model"] == str(tmp_path / "fgm" / "best") and plain["model"] == str(tmp_path / "plain" / "best")
+    # the pair's other run trains identically with FGM too, so either command reproduces both datasets' scores
+    train(_cfg(tiny_bert_dir, two_datasets, tmp_path / "fgm17", "twitter2017", adversarial_eps=1.0))
+    other = json.loads((tmp_path / "fgm17" / "metrics.json").read_text())["epochs"]
+    assert [e["loss"] for e in other] == [e["loss"] for e in metrics["fgm"]["epochs"]]
+    assert [e["dev"] for e in other] == [e["dev_also"]["twitter2017"] for e in metrics["fgm"]["epochs"]]
     # FGM keeps no state of its own: the run resumes from its last/ like any other
     trainer = Trainer(_cfg(tiny_bert_dir, two_datasets, tmp_path / "again", adversarial_eps=1.0))
     trainer.resume(str(tmp_path / "fgm"))
