@@ -69,7 +69,7 @@ def train_step(model, opt, enc, autocast, words, labels, adversarial_eps: float 
     opt.zero_grad()
     loss().backward()
     if adversarial_eps:
-        adversarial_backward(model.encoder.get_input_embeddings(), adversarial_eps, loss)
+        adversarial_backward(model.encoder.get_input_embeddings(), adversarial_eps, text.input_ids, loss)
     opt.step()
 
 

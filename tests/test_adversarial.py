@@ -18,15 +18,16 @@ from rpihmif.errors import UsageError
 
 def _embedding_with_grad(rows: list[int]) -> torch.nn.Embedding:
     torch.manual_seed(0)
-    embedding = torch.nn.Embedding(10, 4)
+    embedding = torch.nn.Embedding(10, 4, padding_idx=0)  # as BERT's word embeddings: [PAD] gets no gradient
     embedding(torch.tensor(rows)).pow(2).sum().backward()
     return embedding
 
 
 def test_only_the_rows_a_batch_used_move_by_epsilon_along_the_gradient_and_come_back_exactly():
-    embedding = _embedding_with_grad([1, 3, 3])
+    ids = torch.tensor([[1, 3, 3, 0, 0]])  # a padded batch, shaped (B, T) as the trainer passes it
+    embedding = _embedding_with_grad(ids.flatten().tolist())
     before, grad = embedding.weight.detach().clone(), embedding.weight.grad.clone()
-    with perturbed(embedding, 0.5) as moved:
+    with perturbed(embedding, 0.5, ids) as moved:
         assert moved
         delta = embedding.weight.detach() - before
         assert torch.equal(delta.abs().sum(1) > 0, torch.tensor([i in (1, 3) for i in range(10)]))
@@ -38,7 +39,7 @@ def test_only_the_rows_a_batch_used_move_by_epsilon_along_the_gradient_and_come_
 def test_restored_even_when_the_adversarial_pass_raises():
     embedding = _embedding_with_grad([2])
     before = embedding.weight.detach().clone()
-    with pytest.raises(RuntimeError, match="boom"), perturbed(embedding, 1.0):
+    with pytest.raises(RuntimeError, match="boom"), perturbed(embedding, 1.0, torch.tensor([2])):
         raise RuntimeError("boom")
     assert torch.equal(embedding.weight.detach(), before)
 
@@ -49,7 +50,7 @@ def test_no_usable_gradient_moves_nothing(grad):
     if grad is not None:
         embedding.weight.grad = torch.zeros(5, 3) if grad == "zero" else torch.full((5, 3), float("nan"))
     before = embedding.weight.detach().clone()
-    with perturbed(embedding, 1.0) as moved:
+    with perturbed(embedding, 1.0, torch.tensor([[0, 1, 4]])) as moved:
         assert not moved and torch.equal(embedding.weight.detach(), before)
 
 
@@ -59,12 +60,12 @@ def test_adversarial_backward_adds_the_gradient_at_the_moved_point():
     clean, before = embedding.weight.grad.clone(), embedding.weight.detach().clone()
     moved = before.clone()
     moved[[0, 2]] += 0.3 * clean[[0, 2]] / clean[[0, 2]].norm()
-    assert adversarial_backward(embedding, 0.3, lambda: embedding(ids).pow(2).sum())
+    assert adversarial_backward(embedding, 0.3, ids, lambda: embedding(ids).pow(2).sum())
     moved_grad = torch.zeros_like(clean).index_add_(0, ids, 2 * moved[ids])  # d/dw of sum(w[ids]^2) at the moved w
     assert torch.allclose(embedding.weight.grad, clean + moved_grad)
     assert torch.equal(embedding.weight.detach(), before)
     calls = []
-    assert not adversarial_backward(torch.nn.Embedding(3, 2), 0.3, lambda: calls.append(1))  # no gradient yet
+    assert not adversarial_backward(torch.nn.Embedding(3, 2), 0.3, ids, lambda: calls.append(1))  # no gradient yet
     assert calls == []
 
 

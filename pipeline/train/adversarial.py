@@ -13,24 +13,25 @@ __all__ = ["adversarial_backward", "perturbed"]
 
 
 @contextmanager
-def perturbed(embedding: torch.nn.Embedding, epsilon: float) -> Iterator[bool]:
-    """Inside: the embedding rows with a gradient are moved by epsilon along it (L2-normalised over those rows);
-    on exit they hold their exact old values. Yields False (and moves nothing) when there is no usable gradient."""
-    weight = embedding.weight
-    grad = weight.grad
+def perturbed(embedding: torch.nn.Embedding, epsilon: float, token_ids: torch.Tensor) -> Iterator[bool]:
+    """Inside: the embedding rows of `token_ids` (the batch's inputs) are moved by epsilon along their gradient,
+    L2-normalised over those rows; on exit they hold their exact old values. Yields False (and moves nothing) when
+    they have no usable gradient."""
+    weight, grad = embedding.weight, embedding.weight.grad
     if grad is None:
         yield False
         return
-    # shape: (R,) the vocabulary rows this batch touched
-    rows = grad.abs().sum(dim=1).nonzero().squeeze(1)
-    norm = grad[rows].norm()
-    if rows.numel() == 0 or not torch.isfinite(norm) or norm == 0:
+    # shape: (R,) the vocabulary rows this batch looked up (only they have a gradient: no scan of the whole table)
+    rows = torch.unique(token_ids.to(weight.device))
+    # shape: (R, H)
+    step = grad[rows]
+    norm = step.norm()
+    if not torch.isfinite(norm) or norm == 0:
         yield False
         return
     with torch.no_grad():
-        # shape: (R, H)
         saved = weight[rows].clone()
-        weight[rows] += epsilon * grad[rows] / norm
+        weight[rows] += epsilon * step / norm
     try:
         yield True
     finally:
@@ -38,10 +39,11 @@ def perturbed(embedding: torch.nn.Embedding, epsilon: float) -> Iterator[bool]:
             weight[rows] = saved
 
 
-def adversarial_backward(embedding: torch.nn.Embedding, epsilon: float, loss: Callable[[], torch.Tensor]) -> bool:
-    """After the clean loss's backward: back-propagate `loss()` once more with the embedding perturbed, so the step
-    sums both gradients. Returns whether it ran (False: no usable gradient on the embedding)."""
-    with perturbed(embedding, epsilon) as moved:
+def adversarial_backward(embedding: torch.nn.Embedding, epsilon: float, token_ids: torch.Tensor,
+                         loss: Callable[[], torch.Tensor]) -> bool:
+    """After the clean loss's backward: back-propagate `loss()` once more with the rows of `token_ids` perturbed, so
+    the step sums both gradients. Returns whether it ran (False: no usable gradient on those rows)."""
+    with perturbed(embedding, epsilon, token_ids) as moved:
         if moved:
             loss().backward()
     return moved

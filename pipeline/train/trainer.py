@@ -250,7 +250,7 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.adversarial_eps:  # FGM: the loss again with the used word embeddings pushed up their gradient
-                adversarial_backward(model.encoder.get_input_embeddings(), cfg.adversarial_eps,
+                adversarial_backward(model.encoder.get_input_embeddings(), cfg.adversarial_eps, text.input_ids,
                                      functools.partial(self._loss, text, visual))
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
             self.optimizer.step()
