@@ -71,13 +71,24 @@ def train(args: argparse.Namespace, recipe: str, dataset: str, seed: int) -> Non
     metrics = folder / "metrics.json"
     if metrics.is_file() and len(json.loads(metrics.read_text())["epochs"]) >= args.epochs:
         return
-    cmd = [sys.executable, str(ROOT / "cli.py"), "train", "--set", f"data_dir={args.data_dir}", "--set",
-           f"dataset={dataset}", "--set", f"seed={seed}", "--set", f"num_epochs={args.epochs}", "--set",
-           f"save_path={folder}", "--set", "refit=false", *(x for o in RECIPES[recipe] for x in ("--set", o))]
+    sets = [f"data_dir={args.data_dir}", f"dataset={dataset}", f"seed={seed}", f"num_epochs={args.epochs}",
+            f"save_path={folder}", "refit=false", *RECIPES[recipe]]
     if (folder / "last").is_dir():
-        cmd += ["--set", f"load_path={folder}"]
-    print(" ".join(cmd), file=sys.stderr, flush=True)
-    subprocess.run(cmd, check=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        sets.append(f"load_path={folder}")
+    cli("train", *(x for s in sets for x in ("--set", s)))
+
+
+def cli(*args: str) -> None:
+    """`python cli.py ARGS` in a subprocess, echoed to stderr; its stdout is dropped (ours is the JSON table)."""
+    print("python cli.py " + " ".join(args), file=sys.stderr, flush=True)
+    subprocess.run([sys.executable, str(ROOT / "cli.py"), *args], check=True, stdout=subprocess.DEVNULL,
+                   env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+def mean_std(values: list[float]) -> dict[str, float | None]:
+    """Mean and sample std over seeds, 2 decimals (std None for one seed)."""
+    return {"mean": round(statistics.mean(values), 2),
+            "std": round(statistics.stdev(values), 2) if len(values) > 1 else None}
 
 
 def best_of(metrics: dict[str, Any], dataset: str) -> dict[str, Any] | None:
@@ -110,8 +121,7 @@ def summary(runs: Path) -> list[dict[str, Any]]:
         f1 = [r["f1"] for r in runs_]
         types = sorted({t for r in runs_ for t in r["per_type"]})
         rows.append({"recipe": recipe, "dataset": dataset, "seeds": sorted(r["seed"] for r in runs_),
-                     "dev_f1_mean": round(statistics.mean(f1), 2),
-                     "dev_f1_std": round(statistics.stdev(f1), 2) if len(f1) > 1 else None,
+                     **{f"dev_f1_{k}": v for k, v in mean_std(f1).items()},
                      "dev_f1": [r["f1"] for r in sorted(runs_, key=lambda r: r["seed"])],
                      "per_type_mean": {t: round(statistics.mean(r["per_type"].get(t, 0.0) for r in runs_), 2)
                                        for t in types},

@@ -15,16 +15,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import statistics
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from dev_recipes import cli, mean_std  # noqa: E402
 
 from pipeline.io.conll import read_conll, write_conll  # noqa: E402
 
@@ -45,12 +45,6 @@ def split_data(data_dir: Path, out: Path) -> Path:
         elif not target.exists():
             target.symlink_to(entry.resolve(), target_is_directory=entry.is_dir())
     return out
-
-
-def cli(*args: str) -> None:
-    print("python cli.py " + " ".join(args), file=sys.stderr, flush=True)
-    subprocess.run([sys.executable, str(ROOT / "cli.py"), *args], check=True, stdout=subprocess.DEVNULL,
-                   env={**os.environ, "PYTHONPATH": str(ROOT)})
 
 
 def run(args: argparse.Namespace, data: Path, dataset: str, seed: int) -> None:
@@ -85,15 +79,10 @@ def summary(runs: Path) -> list[dict[str, Any]]:
         row: dict[str, Any] = {"dataset": dataset, "seeds": [r["seed"] for r in seeds],
                                "refit_epochs": [r["epochs"] for r in seeds]}
         for key in ("best", "refit"):
-            row[key] = _mean_std([r[key] for r in seeds]) | {"f1": [r[key] for r in seeds]}
-        row["refit_minus_best"] = _mean_std([r["refit"] - r["best"] for r in seeds])
+            row[key] = mean_std([r[key] for r in seeds]) | {"f1": [r[key] for r in seeds]}
+        row["refit_minus_best"] = mean_std([r["refit"] - r["best"] for r in seeds])
         rows.append(row)
     return rows
-
-
-def _mean_std(values: list[float]) -> dict[str, float | None]:
-    return {"mean": round(statistics.mean(values), 2),
-            "std": round(statistics.stdev(values), 2) if len(values) > 1 else None}
 
 
 def main() -> None:
