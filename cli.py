@@ -1,6 +1,6 @@
 """Command line of the RPI-HMIF pipeline: make-sample, data-stats, extract-features, train, evaluate, tag-corpus, report, config.
 
-Thin glue: each command parses options, loads `pipeline/conf/<stage>.yaml` plus `--set key=value`, and calls one stage.
+Thin glue: each command parses options, loads `conf/<stage>.yaml` plus `--set key=value`, and calls one stage.
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 Arg, Opt = typer.Argument, typer.Option
 log = logging.getLogger("rpihmif.cli")
 
-CONFIG_HELP = "Stage yaml; defaults to pipeline/conf/<stage>.yaml. Any key it holds overrides the default."
+CONFIG_HELP = "Stage yaml; defaults to conf/<stage>.yaml. Any key it holds overrides the default."
 SET_HELP = "Override a config key, repeatable: --set num_epochs=3 --set iffe.iterations=0. Unknown keys exit 2."
 
 
@@ -70,7 +70,7 @@ def _yaml(stage: str) -> dict:
 def default(stage: str, key: str) -> str:
     """`--help` text of an option whose default is the stage yaml's value."""
     value = _yaml(stage)[key]
-    return f"{value if value != '' else chr(34) * 2} (pipeline/conf/{stage}.yaml {key})"
+    return f"{value if value != '' else chr(34) * 2} (conf/{stage}.yaml {key})"
 
 
 def _version(value: bool) -> None:
@@ -117,7 +117,7 @@ def data_stats_cmd(
 
 @app.command("extract-features")
 def extract_features_cmd(
-    config: Optional[Path] = Opt(None, "--config", help=CONFIG_HELP, show_default="pipeline/conf/<stage>.yaml"),
+    config: Optional[Path] = Opt(None, "--config", help=CONFIG_HELP, show_default="conf/<stage>.yaml"),
     set_: List[str] = Opt([], "--set", help=SET_HELP, show_default="none"),
     dump: List[Path] = Opt([], "--dump", help="A tweet dump (JSONL or JSONL.gz) whose images to encode too; repeatable."),
     workers: Optional[int] = Opt(None, "--workers", help="Ray actors running the frozen CLIP encoder.", show_default=default("extract", "workers")),
@@ -133,7 +133,7 @@ def extract_features_cmd(
 
 @app.command("train")
 def train_cmd(
-    config: Optional[Path] = Opt(None, "--config", help=CONFIG_HELP, show_default="pipeline/conf/<stage>.yaml"),
+    config: Optional[Path] = Opt(None, "--config", help=CONFIG_HELP, show_default="conf/<stage>.yaml"),
     set_: List[str] = Opt([], "--set", help=SET_HELP, show_default="none"),
     lenient: Optional[bool] = Opt(None, "--lenient/--strict", help="Repair malformed BIO with a warning, or fail.", show_default=default("train", "lenient")),
 ) -> None:
@@ -148,7 +148,7 @@ def train_cmd(
 def evaluate_cmd(
     checkpoint: Path = Arg(..., help="A checkpoint folder (a run's best/)."),
     split_file: Path = Arg(..., help="A CoNLL split file; its images are found through the dataset folder it sits in."),
-    config: Optional[Path] = Opt(None, "--config", help=CONFIG_HELP, show_default="pipeline/conf/<stage>.yaml"),
+    config: Optional[Path] = Opt(None, "--config", help=CONFIG_HELP, show_default="conf/<stage>.yaml"),
     set_: List[str] = Opt([], "--set", help=SET_HELP, show_default="none"),
     out: Optional[Path] = Opt(None, "--out", help="Write the metrics JSON here.", show_default="not written"),
     predictions: Optional[Path] = Opt(None, "--predictions", help="Write predictions here in the same CoNLL form.", show_default="not written"),
@@ -167,7 +167,7 @@ def tag_corpus_cmd(
     inputs: List[Path] = Arg(..., help="JSONL / JSONL.gz tweet dumps, or folders of them."),
     model: Optional[Path] = Opt(None, "--model", help="Checkpoint folder.", show_default=default("tag", "load_path")),
     out: Optional[Path] = Opt(None, "--out", help="Output folder: data/ (Parquet parts only: read it with any Parquet reader), _manifest.json, _rejects.jsonl.", show_default=default("tag", "out")),
-    config: Optional[Path] = Opt(None, "--config", help=CONFIG_HELP, show_default="pipeline/conf/<stage>.yaml"),
+    config: Optional[Path] = Opt(None, "--config", help=CONFIG_HELP, show_default="conf/<stage>.yaml"),
     set_: List[str] = Opt([], "--set", help=SET_HELP, show_default="none"),
     workers: Optional[int] = Opt(None, "--workers", help="Ray workers; 1 runs in-process.", show_default=default("tag", "workers")),
     ray_address: Optional[str] = Opt(None, "--ray-address", help="Existing Ray cluster host:port; \"\" starts Ray embedded.", show_default=default("tag", "ray_address")),
@@ -203,7 +203,7 @@ def report_cmd(
 @app.command("config")
 def config_cmd(
     stage: str = Arg(..., help=f"Stage whose config to print: {', '.join(STAGES)}."),
-    config: Optional[Path] = Opt(None, "--config", help=CONFIG_HELP, show_default="pipeline/conf/<stage>.yaml"),
+    config: Optional[Path] = Opt(None, "--config", help=CONFIG_HELP, show_default="conf/<stage>.yaml"),
     set_: List[str] = Opt([], "--set", help=SET_HELP, show_default="none"),
 ) -> None:
     """Print the effective config of STAGE (yaml with each key's comment) after --config and --set; exit 2 if invalid."""

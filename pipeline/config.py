@@ -16,7 +16,7 @@ from rpihmif.errors import UsageError
 
 __all__ = ["load_config", "parse_override", "apply_overrides"]
 
-CONF_DIR = Path(str(resources.files("pipeline") / "conf"))  # the default yamls, shipped as package data
+CONF_DIR = Path(str(resources.files("conf")))  # the default yamls, shipped as package data (top-level `conf/`)
 _MAX_DEPTH = 8  # the stage yamls are 2 levels deep
 
 
@@ -130,7 +130,7 @@ def apply_overrides(config: dict[str, Any], overrides: dict[str, Any], source: s
 
 def load_config(stage: str, path: str | Path | None = None, overrides: list[str] | None = None,
                 named: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Load `pipeline/conf/<stage>.yaml` (or `path`), then named CLI options (None = unset), then `--set` overrides.
+    """Load `conf/<stage>.yaml` (or `path`), then named CLI options (None = unset), then `--set` overrides.
 
     A user yaml may hold a subset of the keys; every key it holds must exist in the stage's default yaml.
     """

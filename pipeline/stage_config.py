@@ -1,4 +1,4 @@
-"""Typed stage configs: one dataclass per stage built from `pipeline/conf/<stage>.yaml` + `--set`, every range check in CHECKS.
+"""Typed stage configs: one dataclass per stage built from `conf/<stage>.yaml` + `--set`, every range check in CHECKS.
 
 The yaml is the single source of defaults (fields have none); adding a knob is one field here plus one yaml line.
 """
@@ -34,7 +34,7 @@ class _Stage:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# the stages; keys, meanings and defaults: pipeline/conf/<stage>.yaml
+# the stages; keys, meanings and defaults: conf/<stage>.yaml
 # ---------------------------------------------------------------------------------------------------------------
 @dataclass
 class DumpFieldNames:
@@ -72,7 +72,7 @@ class VisionSection:
 
 @dataclass
 class ExtractConfig(_Stage):
-    """pipeline/conf/extract.yaml: `python cli.py extract-features`."""
+    """conf/extract.yaml: `python cli.py extract-features`."""
 
     stage: typing.ClassVar[str] = "extract"
     data_dir: str
@@ -101,7 +101,7 @@ class VisualSection:
 
 @dataclass
 class TrainConfig(_Stage):
-    """pipeline/conf/train.yaml: `python cli.py train`; `him`/`iffe` are the model's own config classes."""
+    """conf/train.yaml: `python cli.py train`; `him`/`iffe` are the model's own config classes."""
 
     stage: typing.ClassVar[str] = "train"
     data_dir: str
@@ -153,7 +153,7 @@ class TrainConfig(_Stage):
 
 @dataclass
 class EvaluateConfig(_Stage):
-    """pipeline/conf/evaluate.yaml: `python cli.py evaluate CHECKPOINT SPLIT_FILE`."""
+    """conf/evaluate.yaml: `python cli.py evaluate CHECKPOINT SPLIT_FILE`."""
 
     stage: typing.ClassVar[str] = "evaluate"
     cache_dir: str
@@ -168,7 +168,7 @@ class EvaluateConfig(_Stage):
 
 @dataclass
 class TagConfig(_Stage, DumpFieldNames):
-    """pipeline/conf/tag.yaml: `python cli.py tag-corpus` (the dump field names come first in the class, not the yaml)."""
+    """conf/tag.yaml: `python cli.py tag-corpus` (the dump field names come first in the class, not the yaml)."""
 
     stage: typing.ClassVar[str] = "tag"
     load_path: str
@@ -285,7 +285,7 @@ def _cross_checks(stage: str, cfg: Any) -> list[str]:
 # ---------------------------------------------------------------------------------------------------------------
 def stage_config(stage: str, path: str | Path | None = None, overrides: list[str] | None = None,
                  named: dict[str, Any] | None = None) -> Any:
-    """The checked, typed config of `stage`: pipeline/conf/<stage>.yaml, then `path`, named CLI options and `--set`."""
+    """The checked, typed config of `stage`: conf/<stage>.yaml, then `path`, named CLI options and `--set`."""
     if stage not in STAGES:
         raise UsageError(f"unknown stage {stage!r}; use one of {', '.join(STAGES)}")
     return from_dict(stage, load_config(stage, path, overrides, named))
@@ -303,7 +303,7 @@ def from_dict(stage: str, data: dict[str, Any]) -> Any:
             problems.append(f"{dotted} must be {check.rule}, got {value!r}")
     problems += _cross_checks(stage, cfg)
     if problems:
-        raise UsageError(f"{stage} config: {'; '.join(problems)} (fix pipeline/conf/{stage}.yaml, --config or --set)")
+        raise UsageError(f"{stage} config: {'; '.join(problems)} (fix conf/{stage}.yaml, --config or --set)")
     return cfg
 
 
@@ -318,7 +318,7 @@ def _build(cls: type, data: Any, stage: str, prefix: str) -> Any:
                          f"known: {', '.join(names)}")
     if missing:
         raise UsageError(f"{stage} config: missing key(s) {', '.join(prefix + k for k in missing)}; every key "
-                         f"needs a line in pipeline/conf/{stage}.yaml")
+                         f"needs a line in conf/{stage}.yaml")
     kwargs = {}
     for name in names:
         hint, value = hints[name], data[name]

@@ -1,6 +1,6 @@
 """Configuration dataclasses of the RPI-HMIF model, one per component, and `RPIHMIFConfig`, the checkpoint's config.json.
 
-Defaults live here and are mirrored, with a comment each, in `pipeline/conf/train.yaml`.
+Defaults live here and are mirrored, with a comment each, in `conf/train.yaml`.
 """
 from __future__ import annotations
 

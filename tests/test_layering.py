@@ -7,7 +7,9 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+import helpers
+
+ROOT = helpers.ROOT
 PACKAGES = ("rpihmif", "cache", "pipeline")
 # a room may import only rooms of a lower rank (same rank: only itself)
 RANK = {"rpihmif": 0, "cache": 1, "pipeline": 2, "pipeline.runtime": 2, "pipeline.io": 2, "pipeline.config": 2,

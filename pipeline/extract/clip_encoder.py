@@ -30,7 +30,7 @@ FINGERPRINT_VERSION = 2  # bump when the meaning of stored features changes (2: 
 
 @dataclass
 class VisionSettings:
-    """What decides the features: encoder source, input sizes and stored dtype (mirrors pipeline/conf/extract.yaml).
+    """What decides the features: encoder source, input sizes and stored dtype (mirrors conf/extract.yaml).
 
     Built from a checked stage config; the ranges are checked in pipeline/stage_config.py.
     """

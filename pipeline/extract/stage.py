@@ -68,7 +68,7 @@ class ExtractSummary:
 def run_extract(config: ExtractConfig, dumps: list[Path] | None = None) -> ExtractSummary:
     """Encode every distinct image of the dataset splits and dumps not yet in the cache; return the summary.
 
-    config: the checked pipeline/conf/extract.yaml. dumps: JSONL(.gz) files (added to config.dump.files).
+    config: the checked conf/extract.yaml. dumps: JSONL(.gz) files (added to config.dump.files).
     `offline: true` sets HF_HUB_OFFLINE for this process and its Ray workers.
     """
     if config.offline:

@@ -328,7 +328,7 @@ def _refit(cfg: TrainConfig, run_dir: Path, epochs: int) -> dict[str, Any]:
 
 
 def train(cfg: TrainConfig) -> dict[str, Any]:
-    """Run the train stage from a checked `pipeline/conf/train.yaml` config; return the final metrics, with `model`:
+    """Run the train stage from a checked `conf/train.yaml` config; return the final metrics, with `model`:
     the checkpoint to tag and test with (RUN/best, or RUN/refit/best after a refit)."""
     run_dir = ensure_dir(cfg.save_path, "save_path")
     if cfg.offline:  # hub ids (bert_name, vision.vit_name) only from the Hugging Face cache

@@ -10,6 +10,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import helpers
 import numpy as np
 import pytest
 import torch
@@ -19,7 +20,7 @@ from cache.reader import open_cache
 from pipeline.stage_config import stage_config
 from pipeline.extract.stage import ClipFeaturizer, featurize_images, run_extract
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = helpers.ROOT
 BAD = {"b_empty": b"", "b_text": b"not an image at all", "b_trunc": None}
 
 

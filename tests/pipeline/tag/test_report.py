@@ -12,6 +12,7 @@ from collections import Counter
 from html.parser import HTMLParser
 from pathlib import Path
 
+import helpers
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -25,7 +26,7 @@ from pipeline.tag.report_data import fetch_rows, find_parts
 from pipeline.tag.report_stats import aggregate
 from rpihmif.errors import UsageError
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = helpers.ROOT
 XSS = '<script>alert(1)</script>"><img src=x onerror=alert(2)>'
 TYPES = ["PER", "LOC", "ORG", "MISC"]
 

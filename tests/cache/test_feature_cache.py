@@ -8,6 +8,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import helpers
 import h5py
 import numpy as np
 import pytest
@@ -17,7 +18,7 @@ from cache.reader import CacheWriter, open_cache
 from cache.writer import OWN_FILES
 from rpihmif.errors import LockHeldError, UsageError
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = helpers.ROOT
 
 
 def _keys(n, prefix="a"):

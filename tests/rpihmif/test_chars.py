@@ -25,7 +25,7 @@ from rpihmif.model import build_model
 from rpihmif.predictor import Tagger
 from rpihmif.visual import collate_visual
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = helpers.ROOT
 CASED = [["John", "Smith", "in", "London"], ["RT", "@Obama", "at", "the", "#NBA", "game"]]
 LOWER = [[w.lower() for w in ws] for ws in CASED]
 TAGS = [["B-PER", "I-PER", "O", "B-LOC"], ["O", "B-PER", "O", "O", "B-ORG", "O"]]

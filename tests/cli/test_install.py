@@ -15,7 +15,7 @@ from pathlib import Path
 import helpers
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = helpers.ROOT
 SKIP = shutil.ignore_patterns(".git", ".venv", "__pycache__", "*.egg-info", "build", "runs", "demo", ".pytest_cache")
 
 

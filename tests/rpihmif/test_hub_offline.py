@@ -8,12 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import helpers
 import pytest
 
 from rpihmif.errors import UsageError
 from rpihmif.text_encoder import default_bert_path, load_text_encoder
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = helpers.ROOT
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
 

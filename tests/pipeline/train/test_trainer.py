@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import helpers
 import pytest
 from helpers import tiny_overrides, write_split
 
@@ -20,7 +21,7 @@ from pipeline.io.conll import read_conll
 from pipeline.stage_config import stage_config
 from pipeline.train.trainer import train
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = helpers.ROOT
 UMASK = os.umask(0o022)
 os.umask(UMASK)
 

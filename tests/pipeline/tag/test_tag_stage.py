@@ -24,7 +24,7 @@ from pipeline.tag.report import write_report
 from pipeline.tag.stage import run_tag
 from rpihmif.errors import LockHeldError, UsageError
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = helpers.ROOT
 def test_end_to_end_rows_rejects_and_schema(tag_env, tmp_path):
     dump = tag_dump(tag_env, "e2e.jsonl.gz", 40, TAG_BAD_LINES)
     summary = run_tag([dump], tag_config(tag_env, tmp_path / "out"))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import helpers
 import pytest
 
 from pipeline.io.conll import Tweet, read_conll, read_conll_report, write_conll
@@ -111,7 +112,7 @@ def test_write_read_round_trip(tmp_path):
     assert not (tmp_path / "x.txt").exists() and not list(tmp_path.glob(".x.txt.*"))
 
 
-REAL = Path(__file__).resolve().parents[2] / "shared" / "data"
+REAL = helpers.ROOT.parent / "shared" / "data"
 
 
 @pytest.mark.realdata
