@@ -22,7 +22,7 @@ if not sys.stderr.isatty():  # before transformers is imported: no progress bars
 from pipeline.config import load_config  # noqa: E402
 from pipeline.runtime.progress import log_error_to_files, setup_logging  # noqa: E402
 from pipeline.config_render import render_yaml  # noqa: E402
-from pipeline.stage_config import STAGES, stage_config  # noqa: E402
+from pipeline.stage_config import COMMANDS, STAGES, stage_config  # noqa: E402
 from rpihmif.errors import PipelineError  # noqa: E402
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -202,7 +202,7 @@ def report_cmd(
 
 @app.command("config")
 def config_cmd(
-    stage: str = Arg(..., help=f"Stage whose config to print: {', '.join(STAGES)}."),
+    stage: str = Arg(..., help=f"Stage whose config to print: {', '.join(STAGES)} (or {', '.join(COMMANDS)})."),
     config: Optional[Path] = Opt(None, "--config", help=CONFIG_HELP, show_default="conf/<stage>.yaml"),
     set_: List[str] = Opt([], "--set", help=SET_HELP, show_default="none"),
 ) -> None:

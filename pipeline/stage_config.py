@@ -16,7 +16,7 @@ from rpihmif.config import HIMConfig, IFFEConfig
 from rpihmif.errors import UsageError
 
 __all__ = ["DumpFieldNames", "DumpSection", "VisionSection", "ExtractConfig", "VisualSection", "TrainConfig",
-           "EvaluateConfig", "TagConfig", "StageConfig", "STAGES", "CHECKS", "stage_config", "from_dict"]
+           "EvaluateConfig", "TagConfig", "StageConfig", "STAGES", "COMMANDS", "CHECKS", "stage_config", "from_dict"]
 
 
 class _Stage:
@@ -195,6 +195,7 @@ class TagConfig(_Stage, DumpFieldNames):
 
 StageConfig = Union[ExtractConfig, TrainConfig, EvaluateConfig, TagConfig]
 STAGES: dict[str, type] = {"extract": ExtractConfig, "train": TrainConfig, "evaluate": EvaluateConfig, "tag": TagConfig}
+COMMANDS: dict[str, str] = {"extract-features": "extract", "tag-corpus": "tag"}  # command name -> its stage (yaml)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -285,9 +286,12 @@ def _cross_checks(stage: str, cfg: Any) -> list[str]:
 # ---------------------------------------------------------------------------------------------------------------
 def stage_config(stage: str, path: str | Path | None = None, overrides: list[str] | None = None,
                  named: dict[str, Any] | None = None) -> Any:
-    """The checked, typed config of `stage`: conf/<stage>.yaml, then `path`, named CLI options and `--set`."""
+    """The checked, typed config of `stage` (or its command's name): conf/<stage>.yaml, then `path`, named CLI
+    options and `--set`."""
+    stage = COMMANDS.get(stage, stage)
     if stage not in STAGES:
-        raise UsageError(f"unknown stage {stage!r}; use one of {', '.join(STAGES)}")
+        raise UsageError(f"unknown stage {stage!r}; use one of {', '.join(STAGES)} (or the command names "
+                         f"{', '.join(COMMANDS)})")
     return from_dict(stage, load_config(stage, path, overrides, named))
 
 

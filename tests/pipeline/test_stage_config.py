@@ -139,3 +139,15 @@ def test_config_command_prints_overrides_and_exits_2_on_bad_values():
     assert res.exit_code == 2 and "workers must be >= 1, got 0" in res.output
     res = runner.invoke(cli.app, ["config", "nonesuch"])
     assert res.exit_code == 2 and "unknown stage 'nonesuch'" in res.output
+
+
+@pytest.mark.parametrize("command, stage", [("tag-corpus", "tag"), ("extract-features", "extract")])
+def test_config_accepts_the_command_name_of_a_stage(command, stage):
+    runner = CliRunner()
+    by_command = runner.invoke(cli.app, ["config", command, "--set", "seed=7"])
+    by_stage = runner.invoke(cli.app, ["config", stage, "--set", "seed=7"])
+    assert by_command.exit_code == 0, by_command.output
+    assert by_command.output == by_stage.output and f"# effective {stage} config" in by_command.output
+    assert stage_config(command) == stage_config(stage)
+    res = runner.invoke(cli.app, ["config", "tag_corpus"])
+    assert res.exit_code == 2 and "tag-corpus" in res.output  # the error lists the command names too
