@@ -4,6 +4,7 @@ Thin glue: each command parses options, loads `conf/<stage>.yaml` plus `--set ke
 """
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import logging
@@ -19,6 +20,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 if not sys.stderr.isatty():  # before transformers is imported: no progress bars in cron logs (Ray workers inherit it)
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
+from pipeline import preflight  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
 from pipeline.runtime.progress import log_error_to_files, setup_logging  # noqa: E402
 from pipeline.config_render import render_yaml  # noqa: E402
@@ -46,10 +48,25 @@ def exit_codes() -> Iterator[None]:
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         raise typer.Exit(130)
-    except (OSError, ValueError, RuntimeError) as exc:
+    except (FileNotFoundError, PermissionError, NotADirectoryError, IsADirectoryError) as exc:
+        log.debug("failure", exc_info=True)  # a path the user gave or must fix: bad input (exit 2)
+        _fail(f"error: {_os_error(exc)}; check the path and its permissions")
+        raise typer.Exit(2)
+    except OSError as exc:
         log.debug("failure", exc_info=True)
-        _fail(f"error: {type(exc).__name__}: {exc}")
+        fix = "; free space on that disk and rerun" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else ""
+        _fail(f"error: {_os_error(exc)}{fix}")
         raise typer.Exit(1)
+    except (ValueError, RuntimeError) as exc:
+        log.debug("failure", exc_info=True)
+        _fail(f"error: {type(exc).__name__}: {str(exc)[:500]}")
+        raise typer.Exit(1)
+
+
+def _os_error(exc: OSError) -> str:
+    """`path: reason` of an OSError (the reason alone when it names no file)."""
+    reason = exc.strerror or str(exc)
+    return f"{exc.filename}: {reason}" if exc.filename else f"{type(exc).__name__}: {reason}"
 
 
 def _fail(line: str) -> None:
@@ -100,6 +117,7 @@ def make_sample_cmd(
     from pipeline.io.sample import make_sample
     setup_logging()
     with exit_codes():
+        preflight.check_make_sample(out)
         _print_json(make_sample(out, seed=seed))
 
 
@@ -112,6 +130,7 @@ def data_stats_cmd(
     from pipeline.data_stats import data_stats
     setup_logging()
     with exit_codes():
+        preflight.check_data_stats(dataset_dir)
         _print_json(data_stats(dataset_dir, lenient=lenient))
 
 
@@ -128,6 +147,7 @@ def extract_features_cmd(
     setup_logging()
     with exit_codes():
         cfg = stage_config("extract", config, set_, {"workers": workers, "ray_address": ray_address})
+        preflight.check_extract(cfg, list(dump))
         _print_json(run_extract(cfg, dumps=list(dump)).to_dict())
 
 
@@ -141,6 +161,7 @@ def train_cmd(
     from pipeline.train.trainer import train
     with exit_codes():
         cfg = stage_config("train", config, set_, {"lenient": lenient})
+        preflight.check_train(cfg)
         _print_json(train(cfg))
 
 
@@ -159,6 +180,7 @@ def evaluate_cmd(
     setup_logging()
     with exit_codes():
         cfg = stage_config("evaluate", config, set_, {"lenient": lenient})
+        preflight.check_evaluate(checkpoint, split_file, out, predictions)
         _print_json(evaluate_file(checkpoint, split_file, cfg, out=out, predictions=predictions))
 
 
@@ -182,7 +204,9 @@ def tag_corpus_cmd(
         named = {"load_path": str(model) if model else None, "out": str(out) if out else None,
                  "workers": workers, "ray_address": ray_address, "require_images": require_images,
                  "allow_missing_images": allow_missing_images, "force": force}
-        _print_json(run_tag(list(inputs), stage_config("tag", config, set_, named)))
+        cfg = stage_config("tag", config, set_, named)
+        preflight.check_tag(list(inputs), cfg)
+        _print_json(run_tag(list(inputs), cfg))
 
 
 @app.command("report")
@@ -196,6 +220,7 @@ def report_cmd(
     from pipeline.tag.report import write_report
     setup_logging()
     with exit_codes():
+        preflight.check_report(out_dir, image_root)
         typer.echo(str(write_report(out_dir, seed=seed, sample_size=sample, least=max(1, sample // 2) if sample else 0,
                                     image_sample=min(sample, 12), image_root=str(image_root) if image_root else None)))
 

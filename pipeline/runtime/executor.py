@@ -6,12 +6,13 @@ Results come back in completion order; each result must name its task (the calle
 from __future__ import annotations
 
 import logging
+import os
 from contextlib import ExitStack
 from typing import Any, Callable, Iterable, Iterator
 
 from rpihmif.errors import PipelineError
 
-__all__ = ["Executor", "ray_failure"]
+__all__ = ["Executor", "ray_failure", "capped_workers", "available_cpus"]
 
 log = logging.getLogger("rpihmif.executor")
 
@@ -24,6 +25,27 @@ def ray_failure(exc: BaseException, what: str) -> PipelineError:
     first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
     return PipelineError(f"Ray worker {what} failed ({type(exc).__name__}: {first}); rerun the command: the work "
                          "already committed is kept and only the rest is redone")
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, as taskset or a container's cpuset narrow it)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def capped_workers(requested: int, available: float, per_worker: float, where: str, kind: str = "CPU") -> int:
+    """`requested` workers, at most as many as `available` units of `kind` hold at `per_worker` each (at least one);
+    a cut is logged as one warning."""
+    if per_worker <= 0:
+        return requested
+    cap = max(1, int(available / per_worker + 1e-9))
+    if requested <= cap:
+        return requested
+    log.warning("workers %d capped to %d: %s has %g %s(s), %g per worker", requested, cap, where, available, kind,
+                per_worker)
+    return cap
 
 
 class Executor:
@@ -48,13 +70,22 @@ class Executor:
         import ray
         from ray.util import ActorPool
 
-        from pipeline.runtime.ray_cluster import init_ray
+        from pipeline.runtime.ray_cluster import check_address, init_ray
 
         self._ray = ray
         self._what = getattr(worker_cls, "__name__", "actor")
         self.workers = max(1, workers)
+        joined = ray.is_initialized()
+        address = address if joined else check_address(address)  # RAY_ADDRESS and `auto` resolved, probed
+        if not address and not joined:  # embedded Ray gets at most this machine's CPUs, whatever --workers says
+            self.workers = capped_workers(self.workers, available_cpus(), cpus_per_worker, "this machine")
         self._stack.enter_context(init_ray(address, max(1, math.ceil(self.workers * cpus_per_worker))))
         try:
+            resources = ray.cluster_resources()
+            where = f"the Ray cluster at {address}" if address else "embedded Ray"
+            self.workers = capped_workers(self.workers, resources.get("CPU", 0.0), cpus_per_worker, where)
+            if gpus_per_worker > 0:  # an actor asking for a GPU the cluster lacks would wait forever
+                self.workers = capped_workers(self.workers, resources.get("GPU", 0.0), gpus_per_worker, where, "GPU")
             remote = ray.remote(worker_cls).options(
                 num_cpus=cpus_per_worker, num_gpus=gpus_per_worker, max_restarts=max_restarts,
                 max_task_retries=max_restarts, scheduling_strategy="SPREAD")
