@@ -46,7 +46,7 @@ def exit_codes() -> Iterator[None]:
         _fail(f"error: {exc}")
         raise typer.Exit(exc.exit_code)
     except KeyboardInterrupt:
-        typer.echo("interrupted", err=True)
+        _fail("interrupted")  # on stderr and in train.log
         raise typer.Exit(130)
     except (FileNotFoundError, PermissionError, NotADirectoryError, IsADirectoryError) as exc:
         log.debug("failure", exc_info=True)  # a path the user gave or must fix: bad input (exit 2)

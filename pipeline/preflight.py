@@ -12,46 +12,61 @@ from typing import Iterable
 
 from rpihmif.errors import UsageError
 
-__all__ = ["input_file", "input_dir", "output_dir", "model_dir", "input_paths", "ray_address",
+__all__ = ["problem", "input_file", "input_dir", "checkpoint_dir", "output_dir", "model_dir", "input_paths", "ray_address",
            "check_data_stats", "check_make_sample", "check_extract", "check_train", "check_evaluate", "check_tag",
            "check_report"]
 
 
-def _stat(path: Path, what: str, fix: str) -> os.stat_result:
+def problem(path: Path, folder: bool) -> str | None:
+    """Why `path` is not a readable regular file (`folder=False`) or a listable folder, or None when it is one. A file
+    is opened and closed, never read (a FIFO does not block)."""
     try:
-        return path.stat()
+        st = path.stat()
     except FileNotFoundError:
-        raise UsageError(f"{path}: {what} not found; {fix}") from None
+        return "not found"
     except OSError as exc:  # ENOTDIR (a file on the way), EACCES on a parent, ELOOP
-        raise UsageError(f"{path}: {what} cannot be reached ({exc.strerror}); {fix}") from None
+        return f"cannot be reached ({exc.strerror})"
+    if folder != stat.S_ISDIR(st.st_mode) or not (folder or stat.S_ISREG(st.st_mode)):
+        return "is a file, not a folder" if folder else "is a folder" if stat.S_ISDIR(st.st_mode) else \
+            "is not a regular file"
+    try:
+        if folder:
+            with os.scandir(path) as entries:
+                next(entries, None)
+        else:
+            os.close(os.open(path, os.O_RDONLY | os.O_NONBLOCK))
+    except OSError as exc:
+        return f"is unreadable ({exc.strerror}; check its permissions)"
+    return None
 
 
 def input_file(path: str | os.PathLike, what: str, fix: str) -> Path:
-    """`path` is a regular file this process can open for reading (opened and closed, never read: a FIFO won't block)."""
+    """`path` is a regular file this process can open for reading, else UsageError `path: what <why>; fix`."""
     path = Path(path)
-    st = _stat(path, what, fix)
-    if not stat.S_ISREG(st.st_mode):
-        kind = "a folder" if stat.S_ISDIR(st.st_mode) else "not a regular file"
-        raise UsageError(f"{path}: {what} is {kind}; {fix}")
-    try:
-        os.close(os.open(path, os.O_RDONLY | os.O_NONBLOCK))
-    except OSError as exc:
-        raise UsageError(f"{path}: {what} is unreadable ({exc.strerror}); check its permissions, or {fix}") from None
+    why = problem(path, folder=False)
+    if why:
+        raise UsageError(f"{path}: {what} {why}; {fix}")
     return path
 
 
 def input_dir(path: str | os.PathLike, what: str, fix: str) -> Path:
-    """`path` is a folder this process can list."""
+    """`path` is a folder this process can list, else UsageError `path: what <why>; fix`."""
     path = Path(path)
-    st = _stat(path, what, fix)
-    if not stat.S_ISDIR(st.st_mode):
-        raise UsageError(f"{path}: {what} is a file, not a folder; {fix}")
-    try:
-        with os.scandir(path) as entries:
-            next(entries, None)
-    except OSError as exc:
-        raise UsageError(f"{path}: {what} is unreadable ({exc.strerror}); check its permissions, or {fix}") from None
+    why = problem(path, folder=True)
+    if why:
+        raise UsageError(f"{path}: {what} {why}; {fix}")
     return path
+
+
+def checkpoint_dir(folder: str | os.PathLike) -> None:
+    """A checkpoint folder: listable, with a readable config.json (its contents are the checkpoint opener's job)."""
+    folder = Path(folder)
+    why = problem(folder, folder=True)
+    if why is None:
+        inner = problem(folder / "config.json", folder=False)
+        why = f"config.json {inner}" if inner else None
+    if why:
+        raise UsageError(f"{folder}: not a checkpoint folder ({why}); {CHECKPOINT_FIX}")
 
 
 def output_dir(path: str | os.PathLike, what: str) -> Path:
@@ -131,8 +146,6 @@ def check_extract(cfg, dumps: list[Path]) -> None:
 def check_train(cfg) -> None:
     fix = "set data_dir to the folder holding the dataset folder, with train.txt and valid.txt (DeepKE layout)"
     input_dir(Path(cfg.data_dir) / cfg.dataset, "dataset folder (data_dir/dataset)", fix)
-    for name in filter(None, (n.strip() for n in str(cfg.train_also or "").split(","))):
-        input_dir(Path(cfg.data_dir) / name, "train_also dataset folder", fix)
     model_dir(cfg.bert_name, "bert_name")
     if cfg.features == "online" and not cfg.text_only:
         model_dir(cfg.vision.vit_name, "vision.vit_name")
@@ -144,8 +157,7 @@ def check_train(cfg) -> None:
 
 
 def check_evaluate(checkpoint: Path, split_file: Path, out: Path | None, predictions: Path | None) -> None:
-    input_dir(checkpoint, "checkpoint folder", CHECKPOINT_FIX)
-    input_file(Path(checkpoint) / "config.json", "checkpoint config.json", CHECKPOINT_FIX)
+    checkpoint_dir(checkpoint)
     input_file(split_file, "split file", "give a CoNLL .txt file inside a dataset folder")
     for target, what in ((out, "--out"), (predictions, "--predictions")):
         if target is not None:
@@ -158,8 +170,7 @@ def check_tag(inputs: list[Path], cfg) -> None:
         raise UsageError("no model: pass --model CHECKPOINT (or --set load_path=CHECKPOINT)")
     model = Path(cfg.load_path)
     folder = model.parent if model.is_file() else model  # a file inside the checkpoint folder names it too
-    input_dir(folder, "model checkpoint folder (--model)", CHECKPOINT_FIX)
-    input_file(folder / "config.json", "model checkpoint config.json", CHECKPOINT_FIX)
+    checkpoint_dir(folder)
     if cfg.out:
         output_dir(cfg.out, "--out")
     ray_address(cfg.ray_address, bool(cfg.ray_address) or cfg.workers > 1 or cfg.use_ray)

@@ -143,6 +143,7 @@ class TrainConfig(_Stage):
     save_path: str
     load_path: str
     log_dir: str
+    log_every_s: float
     lenient: bool
     fix_bio: bool
     vision: VisionSection
@@ -259,7 +260,7 @@ CHECKS: dict[str, dict[str, Check]] = {
         "weight_decay": at_least(0), "warmup_ratio": between(0, 1, hi_open=True), "max_grad_norm": positive(),
         "dropout": between(0, 1, hi_open=True), "ema_decay": between(0, 1, hi_open=True),
         "adversarial_eps": at_least(0), "seed": SEED, "device": DEVICE, "precision": PRECISION,
-        "save_path": matches(r".+", "a folder"),
+        "save_path": matches(r".+", "a folder"), "log_every_s": positive(),
         "him.num_capsules": COUNT, "him.hidden": COUNT, "him.heads": COUNT, "iffe.iterations": at_least(0),
         "visual.sources": subset_of("orig", "grounding", "rcnn"),
     },

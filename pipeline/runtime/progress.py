@@ -27,7 +27,8 @@ def is_terminal() -> bool:
 
 
 class Progress:
-    """A count advanced by `update(n)`: a tqdm bar with rate on a terminal, a log line every `every_s` seconds otherwise.
+    """A count advanced by `update(n)`: a tqdm bar with rate and ETA on a terminal, a log line every `every_s` seconds
+    otherwise (count of total, rate, seconds per unit, ETA, and the latest `stats`).
 
     For loops that finish several units per step (images per batch); `close()` when done.
     """
@@ -38,21 +39,39 @@ class Progress:
         self.start = self.last = time.monotonic()
         self.bar = tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True) if is_terminal() else None
 
-    def update(self, n: int = 1) -> None:
+    def update(self, n: int = 1, **stats: object) -> None:
+        """Count `n` more units; `stats` (e.g. `loss="0.4210"`) show in the bar's postfix and in the log lines."""
         self.done += n
         if self.bar is not None:
+            if stats:
+                self.bar.set_postfix(stats, refresh=False)
             self.bar.update(n)
             return
         now = time.monotonic()
         if now - self.last >= self.every_s:
             self.last = now
-            of = f"/{self.total}" if self.total else ""
-            log.info("%s: %d%s %s (%.1f %s/s)", self.desc, self.done, of, self.unit,
-                     self.done / max(now - self.start, 1e-9), self.unit)
+            log.info("%s", self.line(now, stats))
+
+    def line(self, now: float, stats: dict[str, object] | None = None) -> str:
+        """`desc: done/total unit (rate unit/s, s/unit, ETA; stats)`, the plain line logged off a terminal."""
+        elapsed = max(now - self.start, 1e-9)
+        of = f"/{self.total}" if self.total else ""
+        parts = [f"{self.done / elapsed:.1f} {self.unit}/s", f"{elapsed / max(self.done, 1):.2f} s/{self.unit}"]
+        if self.total and 0 < self.done < self.total:
+            parts.append(f"ETA {_clock(elapsed * (self.total - self.done) / self.done)}")
+        parts += [f"{k} {v}" for k, v in (stats or {}).items()]
+        return f"{self.desc}: {self.done}{of} {self.unit} ({', '.join(parts)})"
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+def _clock(seconds: float) -> str:
+    """`75` -> `1:15`, `3725` -> `1:02:05` (tqdm's style)."""
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
 def progress(items: Iterable[T], total: int | None = None, desc: str = "", unit: str = "it",

@@ -12,7 +12,7 @@ import os
 import random
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -24,7 +24,8 @@ from pipeline.io.conll import Tweet
 from pipeline.io.dataset import BenchmarkDataset
 from pipeline.runtime.device import resolve_device, seed_everything
 from pipeline.runtime.precision import resolve_precision
-from pipeline.runtime.progress import progress, setup_logging
+from pipeline.runtime.interrupts import StopFlag, Terminated, stop_on_sigterm, write_guard
+from pipeline.runtime.progress import Progress, setup_logging
 from pipeline.stage_config import TrainConfig
 from pipeline.train.adversarial import adversarial_backward
 from pipeline.train.cached_features import TweetFeatures
@@ -134,6 +135,7 @@ class Trainer:
             cfg.learning_rate, cfg.fusion_learning_rate, cfg.crf_learning_rate, cfg.weight_decay))
         self.scheduler = get_linear_schedule_with_warmup(self.optimizer, int(cfg.warmup_ratio * steps), steps)
         self.epoch, self.best_f1, self.history = 0, -1.0, []
+        self.stop = StopFlag()  # set by SIGTERM while train() runs
 
     def _encode(self, tweets: list[Tweet]) -> list[tuple[Any, list[int]]]:
         """Encode every training tweet once; training may truncate, and says how many words it cut."""
@@ -207,13 +209,22 @@ class Trainer:
             self.history.append(entry)
             if "dev" in entry and (self.refit or entry["dev"]["f1"] > self.best_f1):
                 self.best_f1 = entry["dev"]["f1"]
-                with atomic_dir(self.run_dir / "best") as tmp:
+                with write_guard(self.run_dir / "best", self._resume_hint()), atomic_dir(self.run_dir / "best") as tmp:
                     save_checkpoint(tmp, self.tagger.model, self.tokenizer, metrics=self.metrics())
             self._save_last()
-            atomic_write_text(self.run_dir / "metrics.json", json.dumps(self.metrics(), indent=2) + "\n")
+            self._save_metrics()
         # a run killed between saving last/ and metrics.json resumes with no epoch left: write it here too
-        atomic_write_text(self.run_dir / "metrics.json", json.dumps(self.metrics(), indent=2) + "\n")
+        self._save_metrics()
         return self.metrics()
+
+    def _resume_hint(self) -> str:
+        last = self.run_dir / "last"
+        return (f"rerun with --set load_path={last} to resume after the last saved epoch"
+                if (last / STATE_FILE).is_file() else "no epoch was saved yet: rerun to start again")
+
+    def _save_metrics(self) -> None:
+        with write_guard(self.run_dir / "metrics.json", self._resume_hint()):
+            atomic_write_text(self.run_dir / "metrics.json", json.dumps(self.metrics(), indent=2) + "\n")
 
     def _score_epoch(self, loss: float, seconds: float) -> dict[str, Any]:
         """The epoch's history entry: loss, time, and each valid split's scores (a refit keeps its last epoch, so it
@@ -239,7 +250,8 @@ class Trainer:
         generator = torch.Generator().manual_seed(cfg.seed * 1000 + self.epoch)
         batches = _batches(len(self.encoded), cfg.train_batch_size, generator)
         total, count = 0.0, 0
-        for idx in progress(batches, total=len(batches), desc=f"epoch {self.epoch + 1}", unit="batch"):
+        bar = Progress(len(batches), desc=f"epoch {self.epoch + 1}", unit="batch", every_s=cfg.log_every_s)
+        for idx in self._until_stopped(batches, bar):
             windows = [self.encoded[i][0] for i in idx]
             labels = [self.encoded[i][1] for i in idx]
             text = self.tweet_encoder.collate(windows, labels)
@@ -258,7 +270,19 @@ class Trainer:
             if self.ema is not None:
                 self.ema.update_parameters(model)
             total, count = total + loss.item(), count + 1
+            bar.update(1, loss=f"{total / count:.4f}")
+        bar.close()
         return total / max(count, 1)
+
+    def _until_stopped(self, batches: list[list[int]], bar: Progress) -> Iterator[list[int]]:
+        """The epoch's batches until SIGTERM, which stops the run at this batch boundary (Terminated, exit 143): last/
+        keeps the last finished epoch, so a resume replays this one exactly."""
+        for i, idx in enumerate(batches):
+            if self.stop.signum is not None:
+                bar.close()
+                raise Terminated(f"train stopped by SIGTERM at batch {i}/{len(batches)} of epoch {self.epoch + 1} "
+                                 f"({self.run_dir}); {self._resume_hint()}")
+            yield idx
 
     def _loss(self, text: TextBatch, visual: VisualBatch | None) -> torch.Tensor:
         """The batch's CRF loss, forward under the run's precision."""
@@ -287,7 +311,7 @@ class Trainer:
         return out
 
     def _save_last(self) -> None:
-        with atomic_dir(self.run_dir / "last") as tmp:
+        with write_guard(self.run_dir / "last", self._resume_hint()), atomic_dir(self.run_dir / "last") as tmp:
             save_checkpoint(tmp, self.model, self.tokenizer)
             torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                         "rng": _rng_state(), "epoch": self.epoch, "best_f1": self.best_f1,
@@ -311,7 +335,7 @@ def _recover_run_dir(run_dir: Path) -> None:
         recover_dir(run_dir / name)
 
 
-def _refit(cfg: TrainConfig, run_dir: Path, epochs: int) -> dict[str, Any]:
+def _refit(cfg: TrainConfig, run_dir: Path, epochs: int, stop: StopFlag) -> dict[str, Any]:
     """Train again from scratch, same seed, on train + valid for the `epochs` chosen on valid, into run_dir/refit
     (resumed if a killed refit left its last/); its best/ is the final epoch."""
     folder = ensure_dir(run_dir / "refit", "refit folder")
@@ -319,6 +343,7 @@ def _refit(cfg: TrainConfig, run_dir: Path, epochs: int) -> dict[str, Any]:
     _recover_run_dir(folder)
     refit_cfg = dataclasses.replace(cfg, num_epochs=epochs, save_path=str(folder), load_path="", refit=False)
     trainer = Trainer(refit_cfg, refit=True)
+    trainer.stop = stop
     log.info("refit: %d tweets (train + valid) for %d epoch(s), the count chosen on valid, into %s",
              len(trainer.encoded), epochs, folder)
     if (folder / "last").is_dir():
@@ -338,7 +363,13 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     if cfg.log_dir:
         setup_logging(Path(cfg.log_dir) / "train.log")
     _recover_run_dir(run_dir)
+    with stop_on_sigterm(StopFlag()) as stop:  # SIGTERM from here on: stop at the next batch boundary
+        return _train(cfg, run_dir, stop)
+
+
+def _train(cfg: TrainConfig, run_dir: Path, stop: StopFlag) -> dict[str, Any]:
     trainer = Trainer(cfg)
+    trainer.stop = stop
     if cfg.load_path:
         trainer.resume(cfg.load_path)
     metrics = trainer.fit()
@@ -347,7 +378,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     result = {"run": str(run_dir), "best_epoch": metrics["best_epoch"], "best_dev": metrics["best_dev"],
               "model": str(run_dir / "best")}
     if cfg.refit and metrics["best_epoch"]:
-        result["refit"] = _refit(cfg, run_dir, metrics["best_epoch"])
+        result["refit"] = _refit(cfg, run_dir, metrics["best_epoch"], stop)
         result["model"] = result["refit"]["checkpoint"]
         log.info("the model to tag and test with: %s (train + valid, %d epoch(s)); %s keeps the held-out dev choice",
                  result["model"], metrics["best_epoch"], run_dir / "best")
