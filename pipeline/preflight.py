@@ -84,7 +84,7 @@ def output_dir(path: str | os.PathLike, what: str) -> Path:
     return path
 
 
-def model_dir(name: str, what: str) -> None:
+def model_dir(name: str, what: str, fix: str = "") -> None:
     """A model given as a local folder exists with a readable config.json; a Hugging Face Hub id (org/name, no
     such folder here) is left to the loader, which knows the cache and offline mode."""
     if not name:
@@ -92,7 +92,7 @@ def model_dir(name: str, what: str) -> None:
     path = Path(name).expanduser()
     if not (name.startswith(("/", "./", "../", "~")) or os.path.lexists(path)):
         return
-    fix = f"give {what} a model folder saved with save_pretrained (or a Hugging Face Hub id)"
+    fix = f"give {what} a model folder saved with save_pretrained (or a Hugging Face Hub id){fix}"
     input_dir(path, f"{what} folder", fix)
     input_file(path / "config.json", f"{what} config.json", fix)
 
@@ -131,13 +131,13 @@ def check_make_sample(out: Path) -> None:
 
 
 def check_extract(cfg, dumps: list[Path]) -> None:
+    model_dir(cfg.vision.vit_name, "vision.vit_name", ", or leave vit_name empty for the random-init encoder")
     if cfg.dataset:
         input_dir(Path(cfg.data_dir) / cfg.dataset, "dataset folder (data_dir/dataset)",
                   "set data_dir to the folder holding it, or dataset to \"\" to encode only --dump files")
     input_paths([*dumps, *cfg.dump.files], "dump", "pass existing JSONL(.gz) files with --dump")
     if cfg.dump.image_root:
         input_dir(cfg.dump.image_root, "dump.image_root", "set it to the folder the dumps' image paths are under")
-    model_dir(cfg.vision.vit_name, "vision.vit_name")
     if cfg.cache_dir:
         output_dir(cfg.cache_dir, "cache_dir")
     ray_address(cfg.ray_address, cfg.workers > 0)

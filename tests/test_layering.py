@@ -13,7 +13,7 @@ ROOT = helpers.ROOT
 PACKAGES = ("rpihmif", "cache", "pipeline")
 # a room may import only rooms of a lower rank (same rank: only itself)
 RANK = {"rpihmif": 0, "cache": 1, "pipeline": 2, "pipeline.runtime": 2, "pipeline.io": 2, "pipeline.config": 2,
-        "pipeline.stage_config": 3, "pipeline.config_render": 3, "pipeline.data_stats": 4, "pipeline.extract": 4, "pipeline.train": 5,
+        "pipeline.stage_config": 3, "pipeline.preflight": 3, "pipeline.config_render": 3, "pipeline.data_stats": 4, "pipeline.extract": 4, "pipeline.train": 5,
         "pipeline.tag": 5, "cli": 9}
 
 

@@ -33,7 +33,7 @@ def test_unknown_yaml_key_and_wrong_types(tmp_path):
 def test_missing_model_folders(tmp_path, tag_world):
     missing = tmp_path / "no-such-model"
     _exit2(cli("extract-features", "--set", f"vit_name={missing}", "--set", f"cache_dir={tmp_path / 'c'}",
-               "--set", f"data_dir={tmp_path}", "--set", "dataset=x"), "cannot load a CLIP vision encoder",
+               "--set", f"data_dir={tmp_path}", "--set", "dataset=x"), "vision.vit_name folder not found",
            "leave vit_name empty")
     dump = helpers.write_dump(tmp_path / "d.jsonl", helpers.tweets(2))
     _exit2(cli("tag-corpus", dump, "--model", missing, "--out", tmp_path / "o"), "not a checkpoint folder",
@@ -43,7 +43,7 @@ def test_missing_model_folders(tmp_path, tag_world):
     (data / "train.txt").write_text("IMGID:1\nparis\tB-LOC\n\n")
     (data / "valid.txt").write_text("IMGID:2\nparis\tB-LOC\n\n")
     _exit2(cli("train", *sets(data_dir=data.parent, dataset="tiny", bert_name=missing, save_path=tmp_path / "r",
-                              cache_dir=tmp_path / "nc")), "cannot load a text encoder", str(missing))
+                              cache_dir=tmp_path / "nc")), "bert_name folder not found", str(missing))
 
 
 def test_checkpoint_of_another_label_set(tag_world, tmp_path):
