@@ -40,22 +40,22 @@ def problem(path: Path, folder: bool) -> str | None:
     return None
 
 
-def input_file(path: str | os.PathLike, what: str, fix: str) -> Path:
-    """`path` is a regular file this process can open for reading, else UsageError `path: what <why>; fix`."""
+def _require(path: str | os.PathLike, what: str, fix: str, folder: bool) -> Path:
     path = Path(path)
-    why = problem(path, folder=False)
+    why = problem(path, folder=folder)
     if why:
         raise UsageError(f"{path}: {what} {why}; {fix}")
     return path
+
+
+def input_file(path: str | os.PathLike, what: str, fix: str) -> Path:
+    """`path` is a regular file this process can open for reading, else UsageError `path: what <why>; fix`."""
+    return _require(path, what, fix, folder=False)
 
 
 def input_dir(path: str | os.PathLike, what: str, fix: str) -> Path:
     """`path` is a folder this process can list, else UsageError `path: what <why>; fix`."""
-    path = Path(path)
-    why = problem(path, folder=True)
-    if why:
-        raise UsageError(f"{path}: {what} {why}; {fix}")
-    return path
+    return _require(path, what, fix, folder=True)
 
 
 def checkpoint_dir(folder: str | os.PathLike) -> None:
