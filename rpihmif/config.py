@@ -65,6 +65,8 @@ class VisualConfig:
     rcnn_tokens: int = 5  # CLS + patches of one RCNN crop at rcnn_size
     max_crops: int = 3  # crops of each kind
     fingerprint: str = ""  # encoder fingerprint id of the feature cache the model was trained on
+    encoder: dict = field(default_factory=dict)  # the vision encoder and sizes behind the features, never a machine
+    # path (rpihmif.vision_encoder.vision_record); {} = not recorded (read through the checkpoint's legacy fallback)
 
     def spec(self) -> VisualSpec:
         return VisualSpec(self.dim, self.orig_tokens, self.grounding_tokens, self.rcnn_tokens, self.max_crops)

@@ -66,12 +66,14 @@ class InputPlan:
 
 
 def resolve_model_path(config: TagConfig) -> Path:
-    """The checkpoint folder of `load_path` (DeepKE name; --model); a file inside it is accepted too."""
+    """The checkpoint folder of `load_path` (DeepKE name; --model): a checkpoint folder, a file inside it, a run
+    folder (its best/) or a Hugging Face Hub id (`rpihmif.checkpoint.resolve_checkpoint`)."""
+    from rpihmif.checkpoint import resolve_checkpoint
+
     raw = config.load_path
     if not raw:
         raise UsageError("no model: pass --model CHECKPOINT (or --set load_path=CHECKPOINT)")
-    path = Path(raw)
-    return path.parent if path.is_file() else path  # checkpoint_info() validates the folder
+    return resolve_checkpoint(raw)  # checkpoint_info() validates the folder
 
 
 def model_spec(config: TagConfig) -> ModelSpec:

@@ -12,12 +12,11 @@ from typing import Any
 from seqeval.metrics import classification_report
 
 from cache.durable import atomic_write_text, ensure_dir, refuse_link
-from pipeline.io.checkpoint_folder import checkpoint_info, load_error
 from pipeline.runtime.device import resolve_device
 from pipeline.runtime.precision import resolve_precision
 from pipeline.stage_config import EvaluateConfig
-from rpihmif.errors import PipelineError, UsageError
-from rpihmif.labels import ENTITY_TYPES
+from rpihmif.errors import UsageError
+from rpihmif.labels import ENTITY_TYPES, LABELS
 
 __all__ = ["entity_scores", "evaluate_file"]
 
@@ -79,17 +78,11 @@ def evaluate_file(checkpoint: Path, split_file: Path, cfg: EvaluateConfig, out: 
         if target is not None:
             ensure_dir(Path(target).parent)
             refuse_link(Path(target))
-    checkpoint_info(checkpoint)
     if not Path(split_file).is_file():
         raise UsageError(f"split file {split_file} not found")
     device = resolve_device(cfg.device)
-    try:
-        tagger = Tagger.from_pretrained(checkpoint, device=device,
-                                        autocast=resolve_precision(cfg.precision, device).autocast)
-    except PipelineError:
-        raise
-    except Exception as exc:  # noqa: BLE001 -- SafetensorError and friends: one line naming the folder
-        raise load_error(checkpoint, exc) from exc
+    tagger = Tagger.from_pretrained(checkpoint, device=device, expected_labels=list(LABELS),
+                                    autocast=resolve_precision(cfg.precision, device).autocast)
     dataset = BenchmarkDataset.from_split_file(split_file)
     tweets = read_conll(split_file, lenient=cfg.lenient, fix_bio=cfg.fix_bio)
     features = TweetFeatures.for_model(cfg.cache_dir, dataset, tagger.config)
