@@ -130,11 +130,13 @@ def check_image_cache(spec: ModelSpec, cache: Any, plans: list[InputPlan], confi
     with_images = [p.source for p in plans if not p.skip and _has_images(p.path, config.image_field)]
     if not with_images:
         return
+    from pipeline.extract.from_checkpoint import extract_hint
+
     msg = (f"the model uses images (encoder {spec.fingerprint}) but the feature cache {config.cache_dir} has no "
-           f"features of that encoder, and {with_images[0]} has image fields. Run `python cli.py extract-features "
-           f"--dump {with_images[0]} --set cache_dir={config.cache_dir}` (same encoder as the model), or point "
+           f"features of that encoder, and {with_images[0]} has image fields. Run: "
+           f"{extract_hint(spec.load_path, with_images, config.cache_dir, config)} -- then rerun this command; or point "
            f"--set cache_dir= / $RPIHMIF_CACHE at the cache the model was trained with, or pass "
            f"--allow-missing-images to tag text-only")
     if not config.allow_missing_images:
         raise UsageError(msg)
-    log.warning("--allow-missing-images: %s", msg.split(". Run")[0] + "; every image is masked")
+    log.warning("--allow-missing-images: %s", msg.split(". Run:")[0] + "; every image is masked")
