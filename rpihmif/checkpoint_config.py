@@ -37,15 +37,23 @@ def read_checkpoint_config(folder: str | Path) -> tuple[ModelConfig, dict]:
     if not isinstance(model, dict) or not isinstance(encoder, dict) or not isinstance(encoder.get("model_type"), str):
         raise UsageError(f"{path}: the model or encoder section is missing or has no model_type")
     try:
-        return ModelConfig.from_dict(model), encoder
+        config = ModelConfig.from_dict(model)
     except CHECK_FAILURES as exc:
         raise UsageError(f"{path}: bad model config ({bounded(exc)})") from exc
+    if config.visual.encoder:
+        from rpihmif.vision_encoder import settings_from_record
+
+        try:
+            settings_from_record(config.visual.encoder)
+        except CHECK_FAILURES as exc:
+            raise UsageError(f"{path}: bad vision encoder record ({bounded(exc)})") from exc
+    return config, encoder
 
 
 def vision_record_of(folder: str | Path, config: ModelConfig) -> dict[str, Any]:
     """The checkpoint's vision encoder record (`visual.encoder`), else the legacy one from metrics.json
     `config.vision` ({} when neither exists: a text-only model, or a checkpoint that never said)."""
-    from rpihmif.vision_encoder import VisionSettings, vision_record
+    from rpihmif.vision_encoder import VisionSettings, settings_from_record, vision_record
 
     if config.visual.encoder:
         return dict(config.visual.encoder)
@@ -58,9 +66,11 @@ def vision_record_of(folder: str | Path, config: ModelConfig) -> dict[str, Any]:
     if not isinstance(section, dict):
         return {}
     try:
-        return vision_record(VisionSettings(**section))
+        record = vision_record(VisionSettings(**section))
+        settings_from_record(record)
     except CHECK_FAILURES as exc:
         raise refuse(path, f"config.vision is not a vision section ({bounded(exc)})") from exc
+    return record
 
 
 def config_text(folder: Path) -> str:

@@ -120,7 +120,9 @@ def _check_types(part: str, obj: Any) -> None:
               isinstance(value, int) and not isinstance(value, bool) if isinstance(default, int) else
               isinstance(value, type(default)))
         if not ok:
-            raise ValueError(f"{part}.{f.name} must be {type(default).__name__}, got {value!r}")
+            raise ValueError(f"{part}.{f.name} must be {type(default).__name__}, got {str(value)[:60]!r}")
+        if isinstance(value, list) and not all(isinstance(v, str) for v in value):
+            raise ValueError(f"{part}.{f.name} must be a list of strings, got {str(value)[:60]}")
         if isinstance(default, int) and not isinstance(default, bool) and default > 0 and value < 0:
             raise ValueError(f"{part}.{f.name} must be >= 0, got {value!r}")
 
