@@ -64,12 +64,12 @@ def resolve_checkpoint(name: str | Path, offline: bool = False) -> Path:
         for sub in RUN_CHECKPOINTS:
             if (path / sub / CONFIG).is_file():
                 return path / sub
-        raise UsageError(f"{bounded(str(path), 400)}: neither a checkpoint folder (no {CONFIG}) nor a run folder (no "
+        raise UsageError(f"{bounded(str(path), 400)}: not a checkpoint folder (no {CONFIG}) nor a run folder (no "
                          "best/); pass the best/ folder of a train run, the run folder, or a Hugging Face Hub id")
     if _looks_like_path(str(name)) or not str(name).strip():
-        raise UsageError(f"model {bounded(str(name), 400)!r}: no such folder (no config.json to read); pass the "
-                         "best/ folder of a train run, "
-                         "the run folder, or a Hugging Face Hub id")
+        raise UsageError(f"model {bounded(str(name), 400)!r}: no such folder, so not a checkpoint folder (no "
+                         "config.json to read); pass the best/ folder of a train run, the run folder, or a Hugging "
+                         "Face Hub id")
     from huggingface_hub import snapshot_download
 
     offline = is_offline(offline)

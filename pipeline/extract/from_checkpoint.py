@@ -84,7 +84,11 @@ def extract_hint(model: str | Path, dumps: list[str], cache_dir: str | Path, fie
     from pipeline.config import load_config
 
     folder = resolve_checkpoint(model)
-    args = ["--model", str(Path(folder).resolve())]
+    try:
+        record = _record(folder)
+    except UsageError:  # a checkpoint from before the record: the user must give the vision section
+        record = {}
+    args = ["--model", str(Path(folder).resolve())] if record else []
     for dump in dumps:
         args += ["--dump", str(Path(dump).resolve())]
     args += ["--set", f"cache_dir={Path(cache_dir).resolve()}"]
@@ -93,7 +97,6 @@ def extract_hint(model: str | Path, dumps: list[str], cache_dir: str | Path, fie
         args += ["--set", f"data_dir={data.parent}", "--set", f"dataset={data.name}"]
     else:
         args += ["--set", "dataset="]
-    record = _record(folder)
     if record.get("source") == "folder" and not local_vit_folder(folder, record):
         args += ["--set", f"vision.vit_name=FOLDER_OF_{record.get('vit_name')}"]
     defaults = load_config("extract")["dump"]
@@ -101,4 +104,6 @@ def extract_hint(model: str | Path, dumps: list[str], cache_dir: str | Path, fie
         value = getattr(fields, name, None) if fields is not None else None
         if name != "files" and value is not None and value != default:
             args += ["--set", f"dump.{name}={Path(value).resolve() if name == 'image_root' else value}"]
-    return command_line("extract-features", *args)
+    line = command_line("extract-features", *args)
+    return line if record else f"{line} --set vision.vit_name=... (the encoder and sizes the model was trained with: " \
+                               "its checkpoint does not record them)"

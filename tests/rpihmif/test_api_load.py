@@ -98,5 +98,5 @@ def test_predict_refuses_a_string_for_words(tag_env):
 def test_missing_model_is_usage_error(tmp_path):
     with pytest.raises(UsageError, match="no such folder"):
         rpihmif.load(tmp_path / "nowhere")
-    with pytest.raises(UsageError, match="neither a checkpoint folder"):
+    with pytest.raises(UsageError, match="not a checkpoint folder"):
         rpihmif.load(tmp_path)
