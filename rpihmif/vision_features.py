@@ -23,9 +23,21 @@ from rpihmif.vision_encoder import (
     visual_spec,
 )
 
-__all__ = ["ImageFeaturizer", "ImageInput"]
+__all__ = ["ImageFeaturizer", "ImageInput", "read_bytes"]
 
 ImageInput = Any  # None | str | os.PathLike | PIL.Image.Image | bytes
+
+
+def read_bytes(path: str | Path) -> tuple[bytes | None, str | None]:
+    """(the file's bytes, None) or (None, reason: missing | not_a_file | unreadable)."""
+    try:
+        return Path(path).read_bytes(), None
+    except FileNotFoundError:
+        return None, "missing"
+    except IsADirectoryError:
+        return None, "not_a_file"
+    except OSError:
+        return None, "unreadable"
 
 
 class ImageFeaturizer:
@@ -55,12 +67,9 @@ class ImageFeaturizer:
             rgb = image if image.mode == "RGB" else image.convert("RGB")
             return self.preprocess(rgb, size), None
         if isinstance(image, (str, Path)):
-            try:
-                image = Path(image).read_bytes()
-            except FileNotFoundError:
-                return None, "missing"
-            except OSError:
-                return None, "unreadable"
+            image, reason = read_bytes(image)
+            if image is None:
+                return None, reason
         decoded, reason = decode_image(image, self.max_image_pixels, draft_size=size)
         if decoded is None:
             return None, reason

@@ -20,7 +20,7 @@ from pipeline.runtime.precision import resolve_precision
 from rpihmif.errors import InputError, UsageError
 from rpihmif.hub import local_folder
 from rpihmif.vision_encoder import Preprocessor, VisionSettings, encoder_fingerprint, load_vision_encoder
-from rpihmif.vision_features import ImageFeaturizer
+from rpihmif.vision_features import ImageFeaturizer, read_bytes
 
 __all__ = ["ClipFeaturizer", "featurize_images", "resolve_fingerprint", "pad_crops"]
 
@@ -67,14 +67,9 @@ class ClipFeaturizer:
 
     def _load(self, path: str, key: str, size: int) -> tuple[torch.Tensor | None, str | None]:
         """Read, verify the content key (when given), decode, preprocess -> (3, size, size) or (None, reason)."""
-        try:
-            data = Path(path).read_bytes()
-        except FileNotFoundError:
-            return None, "missing"
-        except IsADirectoryError:
-            return None, "not_a_file"
-        except OSError:
-            return None, "unreadable"
+        data, reason = read_bytes(path)
+        if data is None:
+            return None, reason
         if key and sha256_bytes(data) != key:
             return None, "changed"
         return self.core.pixels(data, size)
