@@ -69,7 +69,7 @@ class RPIHMIF(PreTrainedModel):
         super().__init__(config)
         self.model_config = mc = config.model_config()
         if encoder is None:  # from_pretrained: rebuild the encoder from its saved config, weights come after
-            encoder = AutoModel.from_config(encoder_config(config.encoder))
+            encoder = AutoModel.from_config(encoder_config(config.encoder), trust_remote_code=False)
         self.encoder = encoder
         if getattr(encoder, "pooler", None) is not None:
             encoder.pooler = None  # unused: word features come from last_hidden_state
