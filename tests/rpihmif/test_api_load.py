@@ -100,3 +100,10 @@ def test_missing_model_is_usage_error(tmp_path):
         rpihmif.load(tmp_path / "nowhere")
     with pytest.raises(UsageError, match="not a checkpoint folder"):
         rpihmif.load(tmp_path)
+
+
+def test_hub_id_offline_not_cached_is_usage_error(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    with pytest.raises(UsageError, match="offline mode is on"):
+        rpihmif.load("nobody/no-such-rpihmif-model", device="cpu")
