@@ -141,13 +141,19 @@ def extract_features_cmd(
     dump: List[Path] = Opt([], "--dump", help="A tweet dump (JSONL or JSONL.gz) whose images to encode too; repeatable."),
     workers: Optional[int] = Opt(None, "--workers", help="Ray actors running the frozen CLIP encoder.", show_default=default("extract", "workers")),
     ray_address: Optional[str] = Opt(None, "--ray-address", help="Existing Ray cluster host:port; \"\" starts Ray embedded.", show_default=default("extract", "ray_address")),
+    model: Optional[str] = Opt(None, "--model", help="Take the vision section from this checkpoint (folder, run folder or hub id): the encoder and sizes it was trained on.", show_default="the yaml's vision:"),
 ) -> None:
     """Run the frozen CLIP vision encoder over images and crops once; store features in the HDF5 cache."""
     from pipeline.extract.stage import run_extract
     setup_logging()
     with exit_codes():
+        if model:
+            from pipeline.extract.from_checkpoint import check_encoder, vision_overrides
+            set_ = vision_overrides(model) + list(set_)
         cfg = stage_config("extract", config, set_, {"workers": workers, "ray_address": ray_address})
         preflight.check_extract(cfg, list(dump))
+        if model:
+            check_encoder(cfg, model)
         _print_json(run_extract(cfg, dumps=list(dump)).to_dict())
 
 
@@ -167,12 +173,12 @@ def train_cmd(
 
 @app.command("evaluate")
 def evaluate_cmd(
-    checkpoint: Path = Arg(..., help="A checkpoint folder (a run's best/)."),
+    checkpoint: str = Arg(..., help="A checkpoint folder (a run's best/), a run folder, or a Hugging Face Hub id."),
     split_file: Path = Arg(..., help="A CoNLL split file; its images are found through the dataset folder it sits in."),
     config: Optional[Path] = Opt(None, "--config", help=CONFIG_HELP, show_default="conf/<stage>.yaml"),
     set_: List[str] = Opt([], "--set", help=SET_HELP, show_default="none"),
     out: Optional[Path] = Opt(None, "--out", help="Write the metrics JSON here.", show_default="not written"),
-    predictions: Optional[Path] = Opt(None, "--predictions", help="Write predictions here in the same CoNLL form.", show_default="not written"),
+    predictions: Optional[Path] = Opt(None, "--predictions", help="Write predictions here in conlleval form: token, gold, predicted per line, a blank line between tweets.", show_default="not written"),
     lenient: Optional[bool] = Opt(None, "--lenient/--strict", help="Repair malformed BIO with a warning, or fail.", show_default=default("evaluate", "lenient")),
 ) -> None:
     """Entity-level micro P/R/F1 (seqeval) and per type over every gold entity of SPLIT_FILE."""
@@ -187,7 +193,7 @@ def evaluate_cmd(
 @app.command("tag-corpus")
 def tag_corpus_cmd(
     inputs: List[Path] = Arg(..., help="JSONL / JSONL.gz tweet dumps, or folders of them."),
-    model: Optional[Path] = Opt(None, "--model", help="Checkpoint folder.", show_default=default("tag", "load_path")),
+    model: Optional[str] = Opt(None, "--model", help="Checkpoint folder, a run folder (its best/) or a Hugging Face Hub id.", show_default=default("tag", "load_path")),
     out: Optional[Path] = Opt(None, "--out", help="Output folder: data/ (Parquet parts only: read it with any Parquet reader), _manifest.json, _rejects.jsonl.", show_default=default("tag", "out")),
     config: Optional[Path] = Opt(None, "--config", help=CONFIG_HELP, show_default="conf/<stage>.yaml"),
     set_: List[str] = Opt([], "--set", help=SET_HELP, show_default="none"),

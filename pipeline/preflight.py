@@ -6,10 +6,12 @@ cannot be created, is one exit-2 line (UsageError) naming the path and the fix: 
 from __future__ import annotations
 
 import os
+import re
 import stat
 from pathlib import Path
 from typing import Iterable
 
+from rpihmif.checkpoint import RUN_CHECKPOINTS
 from rpihmif.errors import UsageError
 
 __all__ = ["problem", "input_file", "input_dir", "checkpoint_dir", "output_dir", "model_dir", "input_paths", "ray_address",
@@ -59,8 +61,13 @@ def input_dir(path: str | os.PathLike, what: str, fix: str) -> Path:
 
 
 def checkpoint_dir(folder: str | os.PathLike) -> None:
-    """A checkpoint folder: listable, with a readable config.json (its contents are the checkpoint opener's job)."""
+    """A checkpoint folder (or a run folder holding one): listable, with a readable config.json (its contents are the
+    checkpoint opener's job). A Hugging Face Hub id (`org/name`, no such path here) is left to the opener."""
     folder = Path(folder)
+    if not os.path.lexists(folder) and re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", str(folder)):
+        return
+    if folder.is_dir() and not (folder / "config.json").exists():
+        folder = next((folder / sub for sub in RUN_CHECKPOINTS if (folder / sub / "config.json").is_file()), folder)
     why = problem(folder, folder=True)
     if why is None:
         inner = problem(folder / "config.json", folder=False)
@@ -119,7 +126,7 @@ def ray_address(address: str, uses_ray: bool) -> None:
 # per stage
 # ---------------------------------------------------------------------------------------------------------------
 DATASET_FIX = "point to a dataset folder in the DeepKE layout ({train,valid,test}.txt)"
-CHECKPOINT_FIX = "pass the best/ folder of a train run"
+CHECKPOINT_FIX = "pass the best/ folder of a train run, the run folder, or a Hugging Face Hub id (org/name)"
 
 
 def check_data_stats(dataset_dir: Path) -> None:

@@ -1,7 +1,7 @@
 """RPI-HMIF: reading-preference-inspired multimodal NER (HIM + IFFE + CRF) as a pure PyTorch library.
 
-No file I/O beyond checkpoints, no Ray: the batch stages live in `pipeline/`. Importing it registers the
-checkpoint format ("rpihmif") with transformers' AutoConfig and AutoModel.
+`rpihmif.load(model)(text)` tags a tweet. No Ray, no file I/O beyond checkpoints and the images given to a tagger: the
+batch stages live in `pipeline/`. Importing it registers the checkpoint format ("rpihmif") with transformers' Auto*.
 """
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from transformers import AutoConfig, AutoModel
 
+from rpihmif.api import TweetTagger, load
 from rpihmif.config import RPIHMIFConfig
 from rpihmif.model import RPIHMIF
 
@@ -20,4 +21,4 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree th
 AutoConfig.register(RPIHMIFConfig.model_type, RPIHMIFConfig, exist_ok=True)
 AutoModel.register(RPIHMIFConfig, RPIHMIF, exist_ok=True)
 
-__all__ = ["RPIHMIF", "RPIHMIFConfig", "__version__"]
+__all__ = ["load", "TweetTagger", "RPIHMIF", "RPIHMIFConfig", "__version__"]

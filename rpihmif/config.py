@@ -65,6 +65,8 @@ class VisualConfig:
     rcnn_tokens: int = 5  # CLS + patches of one RCNN crop at rcnn_size
     max_crops: int = 3  # crops of each kind
     fingerprint: str = ""  # encoder fingerprint id of the feature cache the model was trained on
+    encoder: dict = field(default_factory=dict)  # the vision encoder and sizes behind the features, never a machine
+    # path (rpihmif.vision_encoder.vision_record); {} = not recorded (read through the checkpoint's legacy fallback)
 
     def spec(self) -> VisualSpec:
         return VisualSpec(self.dim, self.orig_tokens, self.grounding_tokens, self.rcnn_tokens, self.max_crops)
@@ -118,7 +120,9 @@ def _check_types(part: str, obj: Any) -> None:
               isinstance(value, int) and not isinstance(value, bool) if isinstance(default, int) else
               isinstance(value, type(default)))
         if not ok:
-            raise ValueError(f"{part}.{f.name} must be {type(default).__name__}, got {value!r}")
+            raise ValueError(f"{part}.{f.name} must be {type(default).__name__}, got {str(value)[:60]!r}")
+        if isinstance(value, list) and not all(isinstance(v, str) for v in value):
+            raise ValueError(f"{part}.{f.name} must be a list of strings, got {str(value)[:60]}")
         if isinstance(default, int) and not isinstance(default, bool) and default > 0 and value < 0:
             raise ValueError(f"{part}.{f.name} must be >= 0, got {value!r}")
 

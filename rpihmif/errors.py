@@ -4,7 +4,15 @@ Any other exception is a failed run (exit 1); the CLI prints the message, never 
 """
 from __future__ import annotations
 
-__all__ = ["PipelineError", "UsageError", "LockHeldError", "InputError", "DamagedCacheError"]
+__all__ = ["PipelineError", "UsageError", "LockHeldError", "InputError", "DamagedCacheError", "bounded"]
+
+MESSAGE_PART = 200  # characters of file content (a value, a path, a library error) one message quotes at most
+
+
+def bounded(value: object, limit: int = MESSAGE_PART) -> str:
+    """`str(value)` cut to `limit` characters (with the length it had), for messages built from file content."""
+    text = value if isinstance(value, str) else str(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 class PipelineError(Exception):

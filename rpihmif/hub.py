@@ -7,11 +7,25 @@ import os
 from pathlib import Path
 from typing import Any
 
-from rpihmif.errors import UsageError
+from rpihmif.errors import UsageError, bounded
 
 __all__ = ["is_offline", "local_folder", "load_pretrained"]
 
 _TRUE = ("1", "true", "yes", "on")
+_SAFE = {"trust_remote_code": False}  # code shipped with a model (auto_map + .py) never runs, and nothing asks on stdin
+
+
+def _safe(loader: Any) -> dict[str, bool]:
+    """Loader kwargs: no remote code; for weights, safetensors only (a pickle is never unpickled)."""
+    return {**_SAFE, **({"use_safetensors": True} if _is_model_loader(loader) else {})}
+
+
+def _is_model_loader(loader: Any) -> bool:
+    """Whether `loader` loads weights (a model class or AutoModel), as opposed to a tokenizer or image processor."""
+    import torch
+
+    return (isinstance(loader, type) and issubclass(loader, torch.nn.Module)) or getattr(loader, "__name__", "") \
+        .startswith("AutoModel")
 
 
 def is_offline(flag: bool = False) -> bool:
@@ -46,15 +60,23 @@ def load_pretrained(loader: Any, name: str, what: str, offline: bool = False, **
     path = Path(name).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
-            raise UsageError(f"{what} {str(path)!r} has no config.json; is it a transformers model folder saved "
-                             f"with save_pretrained?")
-        return loader.from_pretrained(str(path), local_files_only=True, **kwargs)
+            raise UsageError(f"{what} {bounded(str(path))!r} has no config.json; is it a transformers model folder "
+                             f"saved with save_pretrained?")
+        if _is_model_loader(loader) and not any(path.glob("*.safetensors")):
+            raise UsageError(f"{what} {bounded(str(path))!r} has no .safetensors weights (pickled weights such as "
+                             "pytorch_model.bin are never loaded); save the model again with save_pretrained "
+                             "(safetensors is its default)")
+        try:
+            return loader.from_pretrained(str(path), local_files_only=True, **_safe(loader), **kwargs)
+        except (OSError, ValueError, TypeError, KeyError) as exc:
+            raise UsageError(f"{what} {bounded(str(path))!r}: cannot load it ({type(exc).__name__}: "
+                             f"{bounded(exc)})") from exc
     if _looks_like_path(name):
         raise UsageError(f"{what} {name!r}: folder does not exist; give a model folder saved with save_pretrained "
                          f"or a Hugging Face Hub id")
     offline = is_offline(offline)
     try:
-        return loader.from_pretrained(name, local_files_only=offline, **kwargs)
+        return loader.from_pretrained(name, local_files_only=offline, **_safe(loader), **kwargs)
     except OSError as exc:
         if offline:
             from huggingface_hub.constants import HF_HUB_CACHE
@@ -62,5 +84,5 @@ def load_pretrained(loader: Any, name: str, what: str, offline: bool = False, **
             raise UsageError(f"{what} {name!r} is not in the Hugging Face cache ({HF_HUB_CACHE}) and offline mode is "
                              f"on (HF_HUB_OFFLINE / --offline); fetch it once with `huggingface-cli download {name}` "
                              f"(or run once online), or give a local folder") from exc
-        raise UsageError(f"{what} {name!r}: cannot load it from the Hugging Face Hub ({str(exc)[:300]}); check the "
+        raise UsageError(f"{what} {name!r}: cannot load it from the Hugging Face Hub ({bounded(exc)}); check the "
                          f"id and the network, or give a local folder") from exc

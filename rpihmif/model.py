@@ -12,15 +12,23 @@ from transformers import AutoConfig, AutoModel, PreTrainedModel
 
 from rpihmif.alignment import NUM_SHAPES, TextBatch
 from rpihmif.chars import CharCNN
+from rpihmif.checkpoint_check import (
+    TOKENIZER_FILES,
+    build_failure,
+    check_shapes,
+    check_weights_header,
+    refuse,
+)
+from rpihmif.checkpoint_config import CONFIG, WEIGHTS, read_checkpoint_config
 from rpihmif.config import ModelConfig, RPIHMIFConfig
 from rpihmif.crf_head import CRFHead
-from rpihmif.errors import UsageError
+from rpihmif.errors import UsageError, bounded
 from rpihmif.fusion import IFFE
 from rpihmif.him import HIM
 from rpihmif.text_encoder import load_text_encoder
 from rpihmif.visual import VisualBatch
 
-__all__ = ["ModelOutput", "RPIHMIF", "build_model", "encoder_config"]
+__all__ = ["ModelOutput", "RPIHMIF", "build_model", "encoder_config", "checked_config", "load_model_folder"]
 
 
 def encoder_config(data: dict):
@@ -61,7 +69,7 @@ class RPIHMIF(PreTrainedModel):
         super().__init__(config)
         self.model_config = mc = config.model_config()
         if encoder is None:  # from_pretrained: rebuild the encoder from its saved config, weights come after
-            encoder = AutoModel.from_config(encoder_config(config.encoder))
+            encoder = AutoModel.from_config(encoder_config(config.encoder), trust_remote_code=False)
         self.encoder = encoder
         if getattr(encoder, "pooler", None) is not None:
             encoder.pooler = None  # unused: word features come from last_hidden_state
@@ -112,28 +120,8 @@ class RPIHMIF(PreTrainedModel):
 
     @classmethod
     def _load_folder(cls, folder: Path) -> "RPIHMIF":
-        """From a local checkpoint folder (both formats), strict: every weight present with its shape."""
-        from safetensors import SafetensorError
-        from safetensors.torch import load_model
-
-        from rpihmif.checkpoint_config import CONFIG, WEIGHTS, read_checkpoint_config
-
-        model_config, encoder = read_checkpoint_config(folder)
-        weights = folder / WEIGHTS
-        if not weights.is_file():
-            raise UsageError(f"{weights}: missing model weights; the checkpoint folder is incomplete")
-        try:
-            model = cls(RPIHMIFConfig.from_parts(model_config, encoder))
-        except (TypeError, ValueError, KeyError) as exc:
-            raise UsageError(f"{folder / CONFIG}: cannot build the model from it ({exc})") from exc
-        try:  # safetensors directly: strict, and the same for both formats
-            load_model(model, str(weights), strict=True)
-        except (SafetensorError, OSError) as exc:
-            raise UsageError(f"{weights}: unreadable weights ({exc}); the file is truncated or damaged") from exc
-        except RuntimeError as exc:
-            raise UsageError(f"{weights}: weights do not match {folder / CONFIG} ({len(model_config.labels)} labels); "
-                             f"the checkpoint folder was altered or mixed: {str(exc)[:300]}") from exc
-        return model.eval()
+        """From a local checkpoint folder (both formats), strict and checked (`load_model_folder`)."""
+        return load_model_folder(folder)
 
     def forward(self, text: TextBatch, visual: VisualBatch | None = None) -> ModelOutput:
         """text: TextBatch (B, T)/(B, W); visual: VisualBatch of the same B or None (= text path)."""
@@ -238,3 +226,45 @@ def build_model(config: ModelConfig):
     """
     encoder, tokenizer = load_text_encoder(config.text.bert_name)
     return RPIHMIF(config, encoder), tokenizer
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the checked folder loader (rpihmif.checkpoint.open_checkpoint adds the tokenizer)
+# ---------------------------------------------------------------------------------------------------------------
+def checked_config(folder: Path, expected_labels: list[str] | None = None) -> tuple[ModelConfig, dict]:
+    """The configs of a checkpoint folder whose weights header and tokenizer files fit them (nothing loaded)."""
+    config, encoder = read_checkpoint_config(folder)
+    if expected_labels is not None and list(expected_labels) != list(config.labels):
+        raise UsageError(f"{folder}: checkpoint labels {bounded(config.labels)} are not the expected label set "
+                         f"{list(expected_labels)}; retrain it with this pipeline's labels")
+    tensors = check_weights_header(folder / WEIGHTS)
+    check_shapes(folder, _build_model(folder, config, encoder, meta=True), tensors)
+    missing = [n for n in TOKENIZER_FILES if not (folder / n).is_file()]
+    if missing:
+        raise refuse(folder, f"tokenizer files missing ({', '.join(missing)})")
+    return config, encoder
+
+
+def _build_model(folder: Path, config: ModelConfig, encoder: dict, meta: bool = False) -> "RPIHMIF":
+    """The RPIHMIF the config describes (on the meta device: shapes only, no memory); UsageError naming config.json."""
+    try:
+        if meta:
+            with torch.device("meta"):
+                return RPIHMIF(RPIHMIFConfig.from_parts(config, encoder))
+        return RPIHMIF(RPIHMIFConfig.from_parts(config, encoder))
+    except Exception as exc:  # noqa: BLE001 -- whatever a hostile config makes transformers or torch raise
+        raise build_failure(folder / CONFIG, exc) from exc
+
+
+def load_model_folder(folder: str | Path, expected_labels: list[str] | None = None) -> "RPIHMIF":
+    """The checked RPIHMIF of a checkpoint folder, weights loaded strictly, in eval mode on the CPU."""
+    from safetensors.torch import load_model
+
+    folder = Path(folder)
+    config, encoder = checked_config(folder, expected_labels)
+    model = _build_model(folder, config, encoder)
+    try:  # safetensors directly: strict, and the same for both formats
+        load_model(model, str(folder / WEIGHTS), strict=True)
+    except Exception as exc:  # noqa: BLE001 -- SafetensorError, a file changed since the header check
+        raise refuse(folder / WEIGHTS, f"unreadable weights ({type(exc).__name__}: {bounded(exc)})") from exc
+    return model.eval()

@@ -12,8 +12,7 @@ from typing import Any, Callable, ContextManager, Sequence
 import torch
 
 from rpihmif.alignment import EncodedWindow, TweetEncoder, merge_windows
-from rpihmif.checkpoint import load_checkpoint
-from rpihmif.checkpoint import model_id as checkpoint_model_id
+from rpihmif.checkpoint import open_checkpoint
 from rpihmif.config import ModelConfig
 from rpihmif.labels import bio_spans, repair_bio
 from rpihmif.model import RPIHMIF
@@ -67,9 +66,10 @@ class Tagger:
     @classmethod
     def from_pretrained(cls, folder: str | Path, device: str | torch.device = "cpu",
                         expected_labels: list[str] | None = None, autocast: AutocastFactory | None = None) -> "Tagger":
-        """Load a checkpoint folder with `RPIHMIF.from_pretrained` (via rpihmif.checkpoint) and its tokenizer."""
-        model, tokenizer, config = load_checkpoint(folder, device=str(device), expected_labels=expected_labels)
-        return cls(model, tokenizer, config, device, model_id=checkpoint_model_id(folder), autocast=autocast)
+        """Open a checkpoint (folder, run folder or hub id) with `rpihmif.checkpoint.open_checkpoint`: every failure
+        is a UsageError naming the file."""
+        ckpt = open_checkpoint(folder, device=str(device), expected_labels=expected_labels)
+        return cls(ckpt.model, ckpt.tokenizer, ckpt.config, device, model_id=ckpt.model_id, autocast=autocast)
 
     @property
     def visual_spec(self) -> VisualSpec:
@@ -93,6 +93,13 @@ class Tagger:
 
         Runs in eval mode and restores the model's train/eval mode afterwards (safe inside a training loop).
         """
+        if isinstance(words, str):
+            raise TypeError("Tagger.predict takes a list of tweets, each a list of words (e.g. [['Donald', 'Trump']]),"
+                            " got a string; for raw text use rpihmif.load(model)(text), which tokenizes it")
+        bad = next((i for i, w in enumerate(words) if isinstance(w, str) or not isinstance(w, Sequence)), None)
+        if bad is not None:
+            raise TypeError(f"Tagger.predict: tweet {bad} is a {type(words[bad]).__name__}, expected a list of words; "
+                            "split it into words first, or use rpihmif.load(model)(texts) for raw text")
         style = self.model.dataset_ids([dataset])  # (1,) or None; an unknown dataset fails before any work
         if features is None:
             features = [None] * len(words)

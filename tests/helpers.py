@@ -237,7 +237,8 @@ def _tweet(rng: random.Random) -> tuple[list[str], list[str]]:
     return words, labels
 
 
-def train_tiny_checkpoint(model_config, folder: Path, steps: int = 150, seed: int = 0) -> Path:
+def train_tiny_checkpoint(model_config, folder: Path, steps: int = 150, seed: int = 0,
+                          fingerprint_id: str = FINGERPRINT_ID) -> Path:
     """Train the tiny model on templated tweets for `steps` AdamW steps and save it with a cache fingerprint."""
     import torch
 
@@ -247,7 +248,7 @@ def train_tiny_checkpoint(model_config, folder: Path, steps: int = 150, seed: in
     from rpihmif.model import build_model
 
     cfg = dataclasses.replace(model_config, visual=dataclasses.replace(model_config.visual,
-                                                                         fingerprint=FINGERPRINT_ID))
+                                                                         fingerprint=fingerprint_id))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny matrices: one thread is fastest, and the 2 cores are shared
     torch.manual_seed(seed)
@@ -422,3 +423,29 @@ def ray_head(num_cpus: int = 2, timeout: float = 120) -> Iterator[str]:
             head.wait()
         out.close()
         shutil.rmtree(temp, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# a multimodal checkpoint whose config.json records a real (tiny, random-init) vision encoder
+# ---------------------------------------------------------------------------------------------------------------
+TINY_VISION = dict(vit_name="", random_vit_layers=1, random_vit_hidden=8, seed=3, image_size=64, aux_size=32,
+                   rcnn_size=32, max_crops=2, dtype="float16")  # spec: Dv 8, Lo 5, Lg 2, Lr 2, K 2
+
+
+def vision_checkpoint(folder: Path, bert_dir: str, steps: int = 40) -> Path:
+    """A tiny trained checkpoint over the TINY_VISION random-init encoder: its fingerprint id and `visual.encoder`
+    record are the real ones, so extract-features with that vision section writes the cache it reads."""
+    from rpihmif.config import VisualConfig
+    from rpihmif.vision_encoder import VisionSettings, vision_record
+    from rpihmif.vision_features import ImageFeaturizer
+
+    settings = VisionSettings(**TINY_VISION)
+    fp = ImageFeaturizer(settings).fingerprint
+    spec = fp["info"]["spec"]
+    cfg = tiny_model_config(bert_dir)
+    cfg = dataclasses.replace(cfg, visual=VisualConfig(dim=spec["dim"], orig_tokens=spec["orig_tokens"],
+                                                       grounding_tokens=spec["grounding_tokens"],
+                                                       rcnn_tokens=spec["rcnn_tokens"], max_crops=spec["max_crops"],
+                                                       encoder=vision_record(settings)))
+    train_tiny_checkpoint(cfg, folder, steps=steps, fingerprint_id=fp["id"])
+    return folder

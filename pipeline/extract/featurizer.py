@@ -13,20 +13,14 @@ import torch
 
 from cache.durable import ensure_dir
 from cache.format import FEATURE_NAMES, feature_shapes
-from pipeline.extract.clip_encoder import (
-    Preprocessor,
-    VisionSettings,
-    encode,
-    encoder_fingerprint,
-    load_vision_encoder,
-    visual_spec,
-)
 from pipeline.extract.memo import PlanMemo
-from pipeline.io.images import DEFAULT_MAX_PIXELS, decode_image, sha256_bytes
+from pipeline.io.images import DEFAULT_MAX_PIXELS, sha256_bytes
 from pipeline.io.safe_paths import safe_resolve
 from pipeline.runtime.precision import resolve_precision
 from rpihmif.errors import InputError, UsageError
 from rpihmif.hub import local_folder
+from rpihmif.vision_encoder import Preprocessor, VisionSettings, encoder_fingerprint, load_vision_encoder
+from rpihmif.vision_features import ImageFeaturizer, read_bytes
 
 __all__ = ["ClipFeaturizer", "featurize_images", "resolve_fingerprint", "pad_crops"]
 
@@ -50,14 +44,12 @@ class ClipFeaturizer:
             torch.set_num_threads(threads)
         self.max_image_pixels = max_image_pixels
         self.device = torch.device(device)
-        self.model = load_vision_encoder(self.settings).to(self.device)
         # bf16 autocast of the forward only: stored features are rounded to settings.dtype as before, and the
         # fingerprint ignores precision (it names the encoder, sizes and stored dtype)
         self.precision = resolve_precision(precision, self.device)
-        self.preprocess = Preprocessor.for_encoder(self.settings.vit_name)
-        self.spec = visual_spec(self.model.config, self.settings)
-        self.np_dtype = np.dtype(self.settings.dtype)
-        self.forwards = 0  # images (originals + crops) run through the encoder, for tests and benchmarks
+        self.core = ImageFeaturizer(self.settings, self.device, self.precision.autocast, max_image_pixels)
+        self.model, self.preprocess, self.spec = self.core.model, self.core.preprocess, self.core.spec
+        self.np_dtype = self.core.np_dtype
         if expected_fingerprint is not None:
             fp = encoder_fingerprint(self.model, self.settings, self.preprocess)
             if fp["id"] != expected_fingerprint:
@@ -65,35 +57,25 @@ class ClipFeaturizer:
                                    "encoder differs between machines (vit_name folder or torch version); fix that first")
 
     @property
+    def forwards(self) -> int:
+        """Images (originals + crops) run through the encoder, for tests and benchmarks."""
+        return self.core.forwards
+
+    @property
     def fingerprint(self) -> dict[str, Any]:
         return encoder_fingerprint(self.model, self.settings, self.preprocess)
 
     def _load(self, path: str, key: str, size: int) -> tuple[torch.Tensor | None, str | None]:
         """Read, verify the content key (when given), decode, preprocess -> (3, size, size) or (None, reason)."""
-        try:
-            data = Path(path).read_bytes()
-        except FileNotFoundError:
-            return None, "missing"
-        except IsADirectoryError:
-            return None, "not_a_file"
-        except OSError:
-            return None, "unreadable"
+        data, reason = read_bytes(path)
+        if data is None:
+            return None, reason
         if key and sha256_bytes(data) != key:
             return None, "changed"
-        image, reason = decode_image(data, self.max_image_pixels, draft_size=size)
-        if image is None:
-            return None, reason
-        return self.preprocess(image, size), None
+        return self.core.pixels(data, size)
 
     def _forward(self, pixels: list[torch.Tensor]) -> np.ndarray | None:
-        if not pixels:
-            return None
-        # shape: (N, 3, S, S) -> (N, L, Dv)
-        x = torch.stack(pixels).to(self.device)
-        self.forwards += len(pixels)
-        with self.precision.autocast():
-            feats = encode(self.model, x)
-        return feats.float().cpu().numpy().astype(self.np_dtype)
+        return self.core.forward(pixels)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """batch: "key" (B,) sha256 hex or "", "path" (B,) resolved image paths, "grounding"/"rcnn" (B, K) resolved

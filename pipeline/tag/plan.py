@@ -66,12 +66,14 @@ class InputPlan:
 
 
 def resolve_model_path(config: TagConfig) -> Path:
-    """The checkpoint folder of `load_path` (DeepKE name; --model); a file inside it is accepted too."""
+    """The checkpoint folder of `load_path` (DeepKE name; --model): a checkpoint folder, a file inside it, a run
+    folder (its best/) or a Hugging Face Hub id (`rpihmif.checkpoint.resolve_checkpoint`)."""
+    from rpihmif.checkpoint import resolve_checkpoint
+
     raw = config.load_path
     if not raw:
         raise UsageError("no model: pass --model CHECKPOINT (or --set load_path=CHECKPOINT)")
-    path = Path(raw)
-    return path.parent if path.is_file() else path  # checkpoint_info() validates the folder
+    return resolve_checkpoint(raw)  # checkpoint_info() validates the folder
 
 
 def model_spec(config: TagConfig) -> ModelSpec:
@@ -128,11 +130,13 @@ def check_image_cache(spec: ModelSpec, cache: Any, plans: list[InputPlan], confi
     with_images = [p.source for p in plans if not p.skip and _has_images(p.path, config.image_field)]
     if not with_images:
         return
+    from pipeline.extract.from_checkpoint import extract_hint
+
     msg = (f"the model uses images (encoder {spec.fingerprint}) but the feature cache {config.cache_dir} has no "
-           f"features of that encoder, and {with_images[0]} has image fields. Run `python cli.py extract-features "
-           f"--dump {with_images[0]} --set cache_dir={config.cache_dir}` (same encoder as the model), or point "
+           f"features of that encoder, and {with_images[0]} has image fields. Run: "
+           f"{extract_hint(spec.load_path, with_images, config.cache_dir, config)} -- then rerun this command; or point "
            f"--set cache_dir= / $RPIHMIF_CACHE at the cache the model was trained with, or pass "
            f"--allow-missing-images to tag text-only")
     if not config.allow_missing_images:
         raise UsageError(msg)
-    log.warning("--allow-missing-images: %s", msg.split(". Run")[0] + "; every image is masked")
+    log.warning("--allow-missing-images: %s", msg.split(". Run:")[0] + "; every image is masked")

@@ -13,7 +13,7 @@ from typing import Any, Callable
 from cache.format import DUMP_SOURCE
 from pipeline.io.dumps import DumpFields, DumpRecord, Reject, line_record
 from pipeline.tag.parquet_parts import PartWriter
-from pipeline.tag.tweet_tokenizer import tokenize
+from rpihmif.tweet_tokenizer import tokenize
 
 __all__ = ["ChunkTagger", "load_tagger"]
 
@@ -26,21 +26,14 @@ def load_tagger(load_path: str, device: str = "auto", threads: int = 0, precisio
     """The checkpoint's `Tagger` on `device` (the default model factory of the workers)."""
     import torch
 
-    from pipeline.io.checkpoint_folder import load_error
     from pipeline.runtime.device import resolve_device
     from pipeline.runtime.precision import resolve_precision
-    from rpihmif.errors import PipelineError
     from rpihmif.predictor import Tagger
 
     if threads > 0:  # 0 keeps torch's default (in a Ray actor: its num_cpus, via OMP_NUM_THREADS)
         torch.set_num_threads(threads)
     dev = resolve_device(device)
-    try:
-        tagger = Tagger.from_pretrained(load_path, str(dev), autocast=resolve_precision(precision, dev).autocast)
-    except PipelineError:
-        raise
-    except Exception as exc:  # noqa: BLE001 -- SafetensorError and friends: one line naming the folder
-        raise load_error(Path(load_path), exc) from exc
+    tagger = Tagger.from_pretrained(load_path, str(dev), autocast=resolve_precision(precision, dev).autocast)
     tagger.predict([["warm", "up"]])  # first-call costs (lazy imports, kernel set-up) belong to loading
     return tagger
 

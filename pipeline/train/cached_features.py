@@ -4,6 +4,7 @@ A tweet without an image, or whose image is not cached, gets None (the model see
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 from typing import Any
@@ -24,8 +25,9 @@ log = logging.getLogger("rpihmif.features")
 class TweetFeatures:
     """Maps tweets to per-image feature dicts through the cache alias `(dataset, "<IMGID>.jpg")`."""
 
-    def __init__(self, cache: Any | None, source: str, text_only: bool = False):
+    def __init__(self, cache: Any | None, source: str, text_only: bool = False, vision: Any = None):
         self.cache, self.source, self.text_only = cache, source, text_only
+        self.vision = vision  # the train config's vision section (what config.json records when the cache does not)
         self.found = 0
         self.missing = 0
 
@@ -44,7 +46,7 @@ class TweetFeatures:
         if cache is None:
             log.warning("no feature cache under %s: every tweet is trained with its image masked "
                         "(run extract-features first for the multimodal model)", cfg.cache_dir)
-        return cls(cache, dataset.name)
+        return cls(cache, dataset.name, vision=cfg.vision)
 
     @classmethod
     def for_model(cls, cache_dir: str | Path, dataset: BenchmarkDataset, config: ModelConfig) -> "TweetFeatures":
@@ -66,7 +68,25 @@ class TweetFeatures:
         spec = self.cache.spec
         return VisualConfig(dim=spec.dim, orig_tokens=spec.orig_tokens, grounding_tokens=spec.grounding_tokens,
                             rcnn_tokens=spec.rcnn_tokens, max_crops=spec.max_crops,
-                            fingerprint=self.cache.fingerprint_id)
+                            fingerprint=self.cache.fingerprint_id, encoder=self._vision_record())
+
+    def _vision_record(self) -> dict:
+        """The cache's own record of its encoder, else the train config's vision section when its sizes are the
+        cache's (a cache written before fingerprints carried the record); {} when neither is known."""
+        from rpihmif.vision_encoder import VisionSettings, vision_record
+
+        record = self.cache.fingerprint.get("info", {}).get("vision")
+        if isinstance(record, dict):
+            return dict(record)
+        hashed = self.cache.fingerprint.get("hashed", {})
+        if self.vision is None:
+            return {}
+        settings = VisionSettings(**dataclasses.asdict(self.vision))
+        same = all(hashed.get(k) == getattr(settings, k) for k in ("image_size", "aux_size", "rcnn_size", "max_crops",
+                                                                      "dtype"))
+        if not same or bool(hashed.get("random_init")) != (not settings.vit_name):
+            return {}
+        return vision_record(settings, str(hashed.get("weights_sha256", "")))
 
     def describe(self) -> str:
         if self.text_only:

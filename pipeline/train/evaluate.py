@@ -1,6 +1,6 @@
-"""Entity-level evaluation with seqeval (micro P/R/F1 and per type, 0-100) and the `evaluate` stage.
-
-`evaluate_file` scores a checkpoint on a CoNLL split over every gold entity (long tweets are windowed, never cut).
+"""Entity-level evaluation with seqeval (micro P/R/F1 and per type, 0-100), a per-type confusion, and the `evaluate`
+stage: `evaluate_file` scores a checkpoint on a CoNLL split over every gold entity (long tweets are windowed, never
+cut) and writes the predictions in conlleval form (token, gold, predicted).
 """
 from __future__ import annotations
 
@@ -12,14 +12,13 @@ from typing import Any
 from seqeval.metrics import classification_report
 
 from cache.durable import atomic_write_text, ensure_dir, refuse_link
-from pipeline.io.checkpoint_folder import checkpoint_info, load_error
 from pipeline.runtime.device import resolve_device
 from pipeline.runtime.precision import resolve_precision
 from pipeline.stage_config import EvaluateConfig
-from rpihmif.errors import PipelineError, UsageError
-from rpihmif.labels import ENTITY_TYPES
+from rpihmif.errors import UsageError
+from rpihmif.labels import ENTITY_TYPES, LABELS, bio_spans
 
-__all__ = ["entity_scores", "evaluate_file"]
+__all__ = ["entity_scores", "entity_confusion", "write_conlleval", "evaluate_file"]
 
 log = logging.getLogger("rpihmif.evaluate")
 
@@ -52,6 +51,36 @@ def entity_scores(gold: list[list[str]], pred: list[list[str]]) -> dict[str, Any
     }
 
 
+MISSED, SPURIOUS = "missed", "spurious"
+
+
+def entity_confusion(gold: list[list[str]], pred: list[list[str]]) -> dict[str, dict[str, int]]:
+    """Gold type x predicted type over entities whose span matches exactly, `missed` (a gold entity no predicted one
+    has the span of) and a `spurious` row (predicted spans that are no gold entity): `{gold: {pred | missed: n}}`."""
+    table: dict[str, dict[str, int]] = {t: {u: 0 for u in (*ENTITY_TYPES, MISSED)} for t in ENTITY_TYPES}
+    table[SPURIOUS] = {u: 0 for u in ENTITY_TYPES}
+    for g, p in zip(gold, pred):
+        gspans = {(s, e): t for t, s, e in bio_spans(g)}
+        pspans = {(s, e): t for t, s, e in bio_spans(p)}
+        for span, gtype in gspans.items():
+            row = table.setdefault(gtype, {})
+            col = pspans.get(span, MISSED)
+            row[col] = row.get(col, 0) + 1
+        for span, ptype in pspans.items():
+            if span not in gspans:
+                table[SPURIOUS][ptype] = table[SPURIOUS].get(ptype, 0) + 1
+    return table
+
+
+def write_conlleval(path: Path, tweets: list[Any], predicted: list[list[str]]) -> None:
+    """`token gold predicted` per line (conlleval's input), a blank line between tweets; written atomically."""
+    lines = []
+    for tweet, labels in zip(tweets, predicted):
+        lines += [f"{w} {g} {p}" for w, g, p in zip(tweet.words, tweet.labels, labels)]
+        lines.append("")
+    atomic_write_text(path, "\n".join(lines) + ("\n" if lines else ""))
+
+
 def _style(wanted: str, folder: str, model: Any) -> str:
     """The annotation style to score in ("" = the model's own): `auto` takes the split's dataset folder when the model
     was trained on it; a named dataset must be one the model knows (`RPIHMIF.dataset_ids` checks)."""
@@ -67,10 +96,11 @@ def _style(wanted: str, folder: str, model: Any) -> str:
     return wanted
 
 
-def evaluate_file(checkpoint: Path, split_file: Path, cfg: EvaluateConfig, out: Path | None = None,
+def evaluate_file(checkpoint: str | Path, split_file: Path, cfg: EvaluateConfig, out: Path | None = None,
                   predictions: Path | None = None) -> dict[str, Any]:
     """Score `checkpoint` on `split_file`; write metrics JSON to `out` and CoNLL predictions to `predictions`."""
-    from pipeline.io.conll import read_conll, write_conll
+    from pipeline.io.conll import read_conll
+    from rpihmif.checkpoint import resolve_checkpoint
     from pipeline.io.dataset import BenchmarkDataset
     from pipeline.train.cached_features import TweetFeatures
     from rpihmif.predictor import Tagger
@@ -79,17 +109,12 @@ def evaluate_file(checkpoint: Path, split_file: Path, cfg: EvaluateConfig, out: 
         if target is not None:
             ensure_dir(Path(target).parent)
             refuse_link(Path(target))
-    checkpoint_info(checkpoint)
+    checkpoint = resolve_checkpoint(checkpoint)  # a folder, a run folder or a hub id
     if not Path(split_file).is_file():
         raise UsageError(f"split file {split_file} not found")
     device = resolve_device(cfg.device)
-    try:
-        tagger = Tagger.from_pretrained(checkpoint, device=device,
-                                        autocast=resolve_precision(cfg.precision, device).autocast)
-    except PipelineError:
-        raise
-    except Exception as exc:  # noqa: BLE001 -- SafetensorError and friends: one line naming the folder
-        raise load_error(checkpoint, exc) from exc
+    tagger = Tagger.from_pretrained(checkpoint, device=device, expected_labels=list(LABELS),
+                                    autocast=resolve_precision(cfg.precision, device).autocast)
     dataset = BenchmarkDataset.from_split_file(split_file)
     tweets = read_conll(split_file, lenient=cfg.lenient, fix_bio=cfg.fix_bio)
     features = TweetFeatures.for_model(cfg.cache_dir, dataset, tagger.config)
@@ -97,14 +122,17 @@ def evaluate_file(checkpoint: Path, split_file: Path, cfg: EvaluateConfig, out: 
              Path(cfg.cache_dir).absolute(), features.describe())
     fingerprint = tagger.config.visual.fingerprint
     if tagger.uses_vision and fingerprint and features.cache is None and not cfg.allow_missing_images:
+        from pipeline.extract.from_checkpoint import extract_hint
+
         raise UsageError(f"{checkpoint} is a multimodal model (encoder {fingerprint}) but the feature cache "
-                         f"{cfg.cache_dir} has no features of that encoder: scores would be text-only. Run `python "
-                         f"cli.py extract-features` for this dataset with the model's encoder into that folder, or "
-                         f"point --set cache_dir= / $RPIHMIF_CACHE at the cache the model was trained with, or pass "
-                         f"--set allow_missing_images=true to score text-only")
+                         f"{cfg.cache_dir} has no features of that encoder: scores would be text-only. Run: "
+                         f"{extract_hint(checkpoint, [], cfg.cache_dir, dataset_dir=dataset.root)} -- then rerun "
+                         f"this command; or point --set cache_dir= / $RPIHMIF_CACHE at the cache the model was "
+                         f"trained with, or pass --set allow_missing_images=true to score text-only")
     style = _style(cfg.dataset, dataset.name, tagger.model)
     preds = tagger.predict([t.words for t in tweets], features.lookup(tweets), batch_size=cfg.batch_size, dataset=style)
     metrics = entity_scores([t.labels for t in tweets], [p.labels for p in preds])
+    metrics["confusion"] = entity_confusion([t.labels for t in tweets], [p.labels for p in preds])
     metrics.update({"file": str(split_file), "checkpoint": str(checkpoint), "tweets": len(tweets),
                     **({"dataset_style": style or tagger.config.text.dataset} if tagger.config.text.dataset_dim else {}),
                     "images_used": features.found, "images_missing": features.missing})
@@ -116,5 +144,5 @@ def evaluate_file(checkpoint: Path, split_file: Path, cfg: EvaluateConfig, out: 
     if out is not None:
         atomic_write_text(out, json.dumps(metrics, indent=2) + "\n")
     if predictions is not None:
-        write_conll(predictions, tweets, [p.labels for p in preds])
+        write_conlleval(Path(predictions), tweets, [p.labels for p in preds])
     return metrics

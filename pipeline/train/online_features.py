@@ -48,7 +48,8 @@ class OnlineFeatures(TweetFeatures):
     def visual_config(self) -> VisualConfig:
         spec = self.featurizer.spec
         return VisualConfig(dim=spec.dim, orig_tokens=spec.orig_tokens, grounding_tokens=spec.grounding_tokens,
-                            rcnn_tokens=spec.rcnn_tokens, max_crops=spec.max_crops, fingerprint=self.fingerprint_id)
+                            rcnn_tokens=spec.rcnn_tokens, max_crops=spec.max_crops, fingerprint=self.fingerprint_id,
+                            encoder=dict(self.featurizer.fingerprint["info"]["vision"]))
 
     def describe(self) -> str:
         return f"online encoder {self.fingerprint_id}"

@@ -169,14 +169,7 @@ class Trainer:
             raise UsageError(f"load_path {load_path}: no {STATE_FILE} here, so there is no training state to resume "
                              "(a best/ checkpoint holds weights only); point it at the run folder or its last/ "
                              "folder, or drop load_path to start fresh")
-        from pipeline.io.checkpoint_folder import checkpoint_info, load_error
-        checkpoint_info(folder)
-        try:
-            model, _, config = load_checkpoint(folder, device=self.device)
-        except Exception as exc:  # noqa: BLE001 -- a damaged checkpoint: one line naming it
-            raise load_error(folder, exc) from exc
-        if config.labels != self.model_config.labels:
-            raise UsageError(f"load_path {load_path}: checkpoint labels {config.labels} differ from {self.model_config.labels}")
+        model, _, config = load_checkpoint(folder, device=self.device, expected_labels=self.model_config.labels)
         self.model.load_state_dict(model.state_dict())
         try:
             state = torch.load(state_path, map_location="cpu", weights_only=True)

@@ -160,7 +160,7 @@ def test_checkpoint_round_trip_with_chars_is_strict_and_identical(tiny_model_con
     for key in ("char_dim", "char_emb_dim", "char_max_bytes"):
         del data["rpihmif"]["text"][key]
     (folder / "config.json").write_text(json.dumps(data))
-    with pytest.raises(UsageError, match="do not match"):
+    with pytest.raises(UsageError, match="does not match"):
         load_checkpoint(folder)
 
 

@@ -69,9 +69,9 @@ def test_old_format_still_loads(model_and_folder, tmp_path):
     (lambda f: (f / "config.json").write_text("{not json"), "config.json: unreadable"),
     (lambda f: (f / "config.json").write_text(json.dumps({"model_type": "bert"})), "not an RPI-HMIF"),
     (lambda f: _edit(f, lambda d: d["rpihmif"]["him"].update(hidden="big")), "him.hidden must be int"),
-    (lambda f: _edit(f, lambda d: d["rpihmif"]["him"].update(hidden=32)), "model.safetensors: weights do not match"),
+    (lambda f: _edit(f, lambda d: d["rpihmif"]["him"].update(hidden=32)), "config.json does not match .*model.safetensors"),
     (lambda f: (f / "model.safetensors").write_bytes((f / "model.safetensors").read_bytes()[:1000]),
-     "model.safetensors: unreadable"),
+     "model.safetensors: damaged weights file"),
     (lambda f: (f / "model.safetensors").unlink(), "missing model weights"),
     (lambda f: [p.unlink() for p in f.glob("tokenizer*")], "tokenizer"),
 ])

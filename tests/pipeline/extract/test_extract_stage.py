@@ -144,7 +144,7 @@ def test_rerun_computes_nothing_and_starts_no_ray(env, inprocess, monkeypatch):
 
 
 def test_copies_cost_one_forward_and_dumps(env, monkeypatch):
-    import pipeline.extract.featurizer as ef  # ClipFeaturizer calls `encode` from there
+    import rpihmif.vision_features as ef  # ClipFeaturizer calls `encode` through its ImageFeaturizer
 
     tmp, clip = env
     seen = []

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline.runtime import precision as P
+from rpihmif import precision as P
 from rpihmif.alignment import TweetEncoder
 from rpihmif.errors import UsageError
 from rpihmif.model import build_model

@@ -4,6 +4,7 @@ A tiny sample (make-sample with small sizes), a tiny CLIP saved with save_pretra
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -106,6 +107,15 @@ def test_evaluate_multimodal_checkpoint_without_its_cache_exits_2(sample_with_ca
     with pytest.raises(UsageError) as info:
         evaluate_file(best, split, cfg(empty))
     assert info.value.exit_code == 2 and "extract-features" in str(info.value) and str(empty) in str(info.value)
+    assert f"--model {best}" in str(info.value) and "dataset=twitter2015" in str(info.value)
+    # config.json records the folder encoder by name and weights hash, never its machine path
+    saved = (best / "config.json").read_text()
+    record = json.loads(saved)["rpihmif"]["visual"]["encoder"]
+    assert record["source"] == "folder" and record["vit_name"] == Path(clip).name and len(record["weights_sha256"]) == 64
+    assert str(clip) not in saved
+    from pipeline.extract.from_checkpoint import vision_overrides
+    assert f"vision.vit_name={Path(clip).resolve()}" in vision_overrides(best)  # where train found it, still there
+    assert "CLIPVisionModel from a local folder" in (best / "README.md").read_text()
     with_cache = evaluate_file(best, split, cfg(root / "cache"))
     assert with_cache["images_used"] >= 6 and with_cache["images_used"] + with_cache["images_missing"] == 8
     text_only = evaluate_file(best, split, cfg(empty, "allow_missing_images=true"))

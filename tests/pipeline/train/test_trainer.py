@@ -89,16 +89,31 @@ def test_evaluate_cli_scores_every_entity_and_writes_predictions(tiny_bert_dir, 
     run = tmp_path / "run"
     train(stage_config("train", overrides=tiny_overrides(tiny_bert_dir, tiny_data, run, num_epochs=2)))
     out, pred = tmp_path / "m.json", tmp_path / "pred.txt"
-    res = run_cli("evaluate", str(run / "best"), str(tiny_data / "test.txt"), "--out", str(out),
+    res = run_cli("evaluate", str(run), str(tiny_data / "test.txt"), "--out", str(out),  # a run folder: its best/
                   "--predictions", str(pred), "--set", f"cache_dir={tmp_path / 'none'}")
     assert res.returncode == 0, res.stderr[-2000:]
     metrics = json.loads(out.read_text())
     gold = read_conll(tiny_data / "test.txt")
-    assert metrics["entities"] == 12 and metrics["tweets"] == 12
+    assert metrics["entities"] == 12 and metrics["tweets"] == 12 and metrics["checkpoint"] == str(run / "best")
     assert 0 <= metrics["f1"] <= 100 and set(metrics["per_type"]) <= {"PER", "LOC", "ORG"}
-    predicted = read_conll(pred)
-    assert [t.words for t in predicted] == [t.words for t in gold]
-    assert [t.image_id for t in predicted] == [t.image_id for t in gold]
+    # conlleval form: token gold predicted, a blank line between tweets
+    blocks = [b.splitlines() for b in pred.read_text().strip("\n").split("\n\n")]
+    assert [[line.split(" ")[0] for line in b] for b in blocks] == [t.words for t in gold]
+    assert [[line.split(" ")[1] for line in b] for b in blocks] == [t.labels for t in gold]
+    predicted = [[line.split(" ")[2] for line in b] for b in blocks]
+    # the confusion counts every gold entity once (matched by span to a type, or missed)
+    confusion = metrics["confusion"]
+    assert sum(n for t in ("PER", "LOC", "ORG", "MISC") for n in confusion[t].values()) == 12
+    matched = sum(confusion[t][t] for t in ("PER", "LOC", "ORG", "MISC"))
+    n_pred = sum(1 for labels in predicted for lab in labels if lab.startswith("B-"))
+    assert matched + sum(confusion["spurious"].values()) + sum(confusion[t][u] for t in ("PER", "LOC", "ORG", "MISC")
+                                                              for u in ("PER", "LOC", "ORG", "MISC") if u != t) \
+        <= n_pred
+    assert round(100 * matched / max(n_pred, 1), 2) == metrics["precision"]
+    # the model card of best/: Hugging Face YAML header with the dev F1 and the encoders
+    card = (run / "best" / "README.md").read_text()
+    assert card.startswith("---\n") and "pipeline_tag: token-classification" in card
+    assert f"value: {float(json.loads((run / 'metrics.json').read_text())['best_dev']['f1'])}" in card
     # output files follow the umask (0644 under the usual 022), never 0600
     for path in (pred, out, run / "best" / "model.safetensors", run / "best" / "config.json", run / "metrics.json"):
         assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~UMASK, path
@@ -108,7 +123,7 @@ def test_evaluate_cli_scores_every_entity_and_writes_predictions(tiny_bert_dir, 
     (["train", "--set", "num_epoch=2"], 2, "unknown key 'num_epoch'"),
     (["train", "--set", "features=sideways"], 2, "features must be one of cached, online"),
     (["train", "--set", "data_dir=/nonexistent", "--set", "dataset=x"], 2, "/nonexistent/x"),
-    (["evaluate", "/nonexistent/ckpt", "x.txt"], 2, "not a checkpoint folder"),
+    (["evaluate", "/nonexistent/ckpt", "x.txt"], 2, "no such folder"),
 ])
 def test_cli_usage_errors_exit_2(args, code, message):
     res = run_cli(*args)
