@@ -148,8 +148,7 @@ class Committer:
                  "no_image": result.no_image, "tagged_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **extra}
         self.rejects_dirty |= any(e["rejects"] for e in old)
         new_size = -1 if self.rejects_dirty else self.rejects_size + len(encoded)  # -1: rebuild it at the next start
-        m.see_input(sha, plan.ident.size, plan.source, plan.family_id)
-        m.record_chunk(entry, body, plan.family_id, result.ids, [e["key"] for e in old], new_size)
+        m.record_chunk(entry, body, plan.family_id, result.ids, [e["key"] for e in old], new_size, plan.ident.size)
         for e in old:  # recorded as gone first: a kill here leaves orphans the next run removes
             if e["output"] and e["output"] != rel:
                 (self.data / e["output"]).unlink(missing_ok=True)

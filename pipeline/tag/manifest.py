@@ -1,5 +1,6 @@
 """The commit log of a tag-corpus output (`OUT/_state.sqlite`): inputs known by content, committed chunks, their
-rejects, the tweet ids per input family and a memo of input file stamps, each commit one indexed SQLite transaction.
+rejects, the tweet ids per input family and a memo of input file stamps, each commit one indexed SQLite transaction
+(rollback journal, synchronous=FULL).
 
 The data stays plain Parquet in `OUT/data/`; this file is bookkeeping only, so its cost per commit does not grow with
 the output (every lookup is a B-tree index, nothing is rewritten whole) and a killed commit leaves the last one.
@@ -15,12 +16,12 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Iterable, Iterator
 
 from cache.durable import refuse_link
-from rpihmif.errors import InputError, UsageError
+from rpihmif.errors import InputError, PipelineError, UsageError
 
 __all__ = ["Manifest", "STATE_NAME", "MANIFEST_NAME", "REJECTS_NAME", "DATA_DIR", "data_folder", "chunk_key",
            "Stamp", "read_state", "check_part_path"]
 
-STATE_NAME = "_state.sqlite"  # the commit log; its -wal/-shm siblings are SQLite's own
+STATE_NAME = "_state.sqlite"  # the commit log; its -journal sibling is SQLite's own
 MANIFEST_NAME = "_manifest.json"  # the version-2 whole-file manifest, migrated into STATE_NAME on first open
 DATA_DIR = "data"  # OUT/data/ holds only Parquet parts; state, rejects, report and lock sit beside it in OUT/
 REJECTS_NAME = "_rejects.jsonl"  # every committed chunk's rejects: appended per commit, rebuilt when one is superseded
@@ -42,8 +43,9 @@ CREATE TABLE chunks(key TEXT PRIMARY KEY, input TEXT NOT NULL, source TEXT NOT N
     encoder TEXT NOT NULL, cache_state TEXT NOT NULL, image_root TEXT NOT NULL, tagged_at TEXT NOT NULL);
 CREATE INDEX chunks_input ON chunks(input, first_line);
 CREATE TABLE rejects(key TEXT PRIMARY KEY, body TEXT NOT NULL) WITHOUT ROWID;
-CREATE TABLE ids(family TEXT NOT NULL, id INTEGER NOT NULL, key TEXT NOT NULL, PRIMARY KEY(family, id)) WITHOUT ROWID;
-CREATE INDEX ids_key ON ids(key);
+CREATE TABLE ids(family INTEGER NOT NULL, id INTEGER NOT NULL, chunk INTEGER NOT NULL, PRIMARY KEY(family, id))
+    WITHOUT ROWID;
+CREATE INDEX ids_chunk ON ids(chunk);
 CREATE TABLE files(path TEXT PRIMARY KEY, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, ctime_ns INTEGER NOT NULL,
     inode INTEGER NOT NULL, sha256 TEXT NOT NULL, prefixes TEXT NOT NULL);
 """
@@ -67,6 +69,11 @@ def chunk_key(input_sha: str, first_line: int) -> str:
     return f"{input_sha[:16]}:{first_line}"
 
 
+def family_number(family: str) -> int:
+    """The 64-bit number the ids table stores for an id family (the first 16 hex digits of its sha256)."""
+    return int.from_bytes(bytes.fromhex(family[:16]), "big", signed=True)
+
+
 def check_part_path(rel: str, where: Path) -> str:
     """`rel` (a part path read from state) when it names a Parquet file in data/ or one dt=YYYY-MM-DD/ folder of it;
     anything else (absolute, `..`, hidden, deeper) is an InputError naming the state file."""
@@ -79,6 +86,20 @@ def check_part_path(rel: str, where: Path) -> str:
         raise InputError(f"{where}: part path {rel[:200]!r} is not a Parquet file inside data/; the state is damaged "
                          f"or crafted: move the output folder away and tag into a new one")
     return rel
+
+
+def db_error(path: Path, exc: sqlite3.DatabaseError) -> Exception:
+    """One line for a failed read or write of the commit log: a full disk is a PipelineError (exit 1) naming the
+    folder and the space left, a damaged or foreign file an InputError (exit 2)."""
+    import shutil
+
+    free = shutil.disk_usage(path.parent).free if path.parent.exists() else -1
+    if 0 <= free < 1 << 20 or "full" in str(exc):
+        return PipelineError(f"{path}: No space left on device ({free} bytes free in {path.parent}) writing the "
+                             f"commit log; free some space and rerun: the last committed state is kept")
+    if isinstance(exc, sqlite3.OperationalError) and ("I/O" in str(exc) or "locked" in str(exc)):
+        return PipelineError(f"{path}: cannot write the commit log ({exc}); check the disk and rerun")
+    return InputError(f"{path}: unreadable commit log ({exc}); move the output folder away to re-tag every input")
 
 
 def _connect(path: Path, readonly: bool) -> sqlite3.Connection:
@@ -123,16 +144,18 @@ class Manifest:
             self.db = _connect(self.path, readonly)
             self.db.row_factory = sqlite3.Row
             if not readonly:
-                self.db.execute("PRAGMA journal_mode=WAL")
+                self.db.execute("PRAGMA journal_mode=TRUNCATE")  # a rollback journal: bounded by one commit's pages
                 self.db.execute("PRAGMA synchronous=FULL")
-            if fresh:
-                self._create(partition_by or "none")
+            if not self.db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
+                if readonly:  # being created by a run right now
+                    self.db.close()
+                    raise FileNotFoundError(self.path)
+                self._create(partition_by or "none")  # new, or killed before its schema was committed
             self.meta = {k: v for k, v in self.db.execute("SELECT key, value FROM meta")}
             self.db.execute("SELECT " + ",".join(CHUNK_COLUMNS) + " FROM chunks LIMIT 0")
             self.db.execute("SELECT " + ",".join(_INPUT_TYPES) + " FROM inputs LIMIT 0")
         except sqlite3.DatabaseError as exc:
-            raise InputError(f"{self.path}: unreadable commit log ({exc}); move the output folder away to re-tag "
-                             f"every input") from exc
+            raise db_error(self.path, exc) from exc
         if self.meta.get("version") != str(VERSION):
             raise InputError(f"{self.path}: commit log version {self.meta.get('version')!r}, expected {VERSION}; "
                              f"tag into a new folder")
@@ -158,7 +181,13 @@ class Manifest:
             return self.db
 
         def __exit__(self, typ: Any, exc: Any, tb: Any) -> None:
-            self.db.execute("COMMIT" if typ is None else "ROLLBACK")
+            try:
+                self.db.execute("COMMIT" if typ is None else "ROLLBACK")
+            except sqlite3.DatabaseError as err:
+                exc = exc if isinstance(exc, sqlite3.DatabaseError) else err
+            if isinstance(exc, sqlite3.DatabaseError):
+                path = Path(self.db.execute("PRAGMA database_list").fetchone()[2])
+                raise db_error(path, exc) from exc
 
     def transaction(self) -> "Manifest._Tx":
         """`with state.transaction() as db:` one atomic, durable commit (synchronous=FULL)."""
@@ -273,21 +302,28 @@ class Manifest:
         db.execute("CREATE TEMP TABLE IF NOT EXISTS new_ids(id INTEGER PRIMARY KEY)")
         db.execute("DELETE FROM new_ids")
         db.executemany("INSERT OR IGNORE INTO new_ids VALUES (?)", ((i,) for i in ids))
-        rows = db.execute("SELECT n.id, i.key FROM new_ids n JOIN ids i ON i.family = ? AND i.id = n.id", (family,))
+        rows = db.execute("SELECT n.id, c.key FROM new_ids n JOIN ids i ON i.family = ? AND i.id = n.id "
+                          "JOIN chunks c ON c.rowid = i.chunk", (family_number(family),))
         return {int(i) for i, key in rows if key not in ignore}
 
     def record_chunk(self, entry: dict[str, Any], rejects: str, family: str, ids: list[int],
-                     superseded: list[str], rejects_bytes: int) -> None:
-        """One transaction: drop `superseded` chunks (rows, rejects, ids), insert `entry`, its rejects and ids."""
+                     superseded: list[str], rejects_bytes: int, input_size: int) -> None:
+        """One transaction: drop `superseded` chunks (rows, rejects, ids), insert `entry`, its input (if new), its
+        rejects and its ids."""
         with self.transaction() as db:
             for key in superseded:
-                for table in ("chunks", "rejects", "ids"):
-                    db.execute(f"DELETE FROM {table} WHERE key = ?", (key,))
-            db.execute(f"INSERT OR REPLACE INTO chunks({','.join(CHUNK_COLUMNS)}) VALUES "
-                       f"({','.join('?' * len(CHUNK_COLUMNS))})", [entry[c] for c in CHUNK_COLUMNS])
+                row = db.execute("SELECT rowid FROM chunks WHERE key = ?", (key,)).fetchone()
+                if row is not None:
+                    db.execute("DELETE FROM ids WHERE chunk = ?", (row[0],))
+                db.execute("DELETE FROM chunks WHERE key = ?", (key,))
+                db.execute("DELETE FROM rejects WHERE key = ?", (key,))
+            self.see_input(entry["input"], input_size, entry["source"], family, db)
+            cur = db.execute(f"INSERT INTO chunks({','.join(CHUNK_COLUMNS)}) VALUES "
+                             f"({','.join('?' * len(CHUNK_COLUMNS))})", [entry[c] for c in CHUNK_COLUMNS])
             if rejects:
                 db.execute("INSERT OR REPLACE INTO rejects VALUES (?, ?)", (entry["key"], rejects))
-            db.executemany("INSERT OR IGNORE INTO ids VALUES (?, ?, ?)", ((family, i, entry["key"]) for i in ids))
+            fam = family_number(family)
+            db.executemany("INSERT OR IGNORE INTO ids VALUES (?, ?, ?)", ((fam, i, cur.lastrowid) for i in ids))
             db.execute("UPDATE meta SET value = ? WHERE key = 'rejects_bytes'", (str(rejects_bytes),))
 
     def rejects_bytes(self) -> int:

@@ -14,7 +14,15 @@ import pyarrow.parquet as pq
 
 from cache.durable import fsync_path, temp_path
 from pipeline.io.dumps import UniqueIds
-from pipeline.tag.manifest import CHUNK_COLUMNS, MANIFEST_NAME, STATE_NAME, Manifest, check_part_path, data_folder
+from pipeline.tag.manifest import (
+    CHUNK_COLUMNS,
+    MANIFEST_NAME,
+    STATE_NAME,
+    Manifest,
+    check_part_path,
+    data_folder,
+    family_number,
+)
 from rpihmif.errors import InputError
 
 __all__ = ["migrate_v2"]
@@ -88,9 +96,10 @@ def migrate_v2(out: Path) -> None:
                                      f"away to re-tag every input") from exc
             for key, e in v2["chunks"].items():
                 row, ids = _chunk_row(key, e, data, src)
-                db.execute(f"INSERT OR REPLACE INTO chunks({','.join(CHUNK_COLUMNS)}) VALUES "
-                           f"({','.join('?' * len(CHUNK_COLUMNS))})", [row[c] for c in CHUNK_COLUMNS])
-                db.executemany("INSERT OR IGNORE INTO ids VALUES (?, ?, ?)", ((row["input"], i, row["key"]) for i in ids))
+                cur = db.execute(f"INSERT OR REPLACE INTO chunks({','.join(CHUNK_COLUMNS)}) VALUES "
+                                 f"({','.join('?' * len(CHUNK_COLUMNS))})", [row[c] for c in CHUNK_COLUMNS])
+                fam = family_number(row["input"])
+                db.executemany("INSERT OR IGNORE INTO ids VALUES (?, ?, ?)", ((fam, i, cur.lastrowid) for i in ids))
                 rejects = out / _REJECTS_DIR / (Path(row["output"]).stem + ".jsonl")
                 if row["rejects"] and rejects.is_file() and not rejects.is_symlink():
                     db.execute("INSERT OR REPLACE INTO rejects VALUES (?, ?)",
