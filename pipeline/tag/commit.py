@@ -101,7 +101,7 @@ class Committer:
         digests = [UniqueIds.digest(i) for i in table.column("id").to_pylist()]
         keep = pa.array([d not in known for d in digests])
         dups = table.filter(pc.invert(keep))
-        rejects = [duplicate_reject(plan.source, line, rid, "an earlier committed chunk of this input").to_json()
+        rejects = [duplicate_reject(plan.source, line, rid, "this input").to_json()
                    for rid, line in zip(dups.column("id").to_pylist(), dups.column("line").to_pylist())]
         kept = table.filter(keep)
         result.ids = [d for d in digests if d not in known]

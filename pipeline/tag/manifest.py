@@ -165,6 +165,7 @@ class Manifest:
                              f"pass --set partition_by={self.partition_by} or tag into a new output folder")
 
     def _create(self, partition_by: str) -> None:
+        self.db.execute("PRAGMA page_size=1024")  # small pages: a new output's log starts at a few KiB
         with self.transaction():
             for stmt in filter(str.strip, _SCHEMA.split(";")):
                 self.db.execute(stmt)
@@ -337,12 +338,6 @@ class Manifest:
             if not isinstance(body, str):
                 raise InputError(f"{self.path}: a rejects row is {type(body).__name__}; move the output folder away")
             yield body
-
-    def input_totals(self, sha256: str) -> tuple[int, int]:
-        """(rows, rejects) of the committed chunks of input `sha256`."""
-        row = self.db.execute("SELECT coalesce(sum(rows), 0), coalesce(sum(rejects), 0) FROM chunks WHERE input = ?",
-                              (sha256,)).fetchone()
-        return int(row[0]), int(row[1])
 
     def chunk_count(self) -> int:
         return int(self.db.execute("SELECT count(*) FROM chunks").fetchone()[0])

@@ -377,7 +377,8 @@ def _check_rejects(planned: _Plan, committer: Committer, run: _Run) -> list[str]
     bad = []
     by_plan = {id(i.plan): i for i in run.inputs}
     for plan in planned.todo:
-        rows, rejects = committer.manifest.input_totals(plan.ident.sha256)
+        chunks = committer.manifest.chunks_of(plan.family, plan.ident.sha256).values()
+        rows, rejects = sum(e["rows"] for e in chunks), sum(e["rejects"] for e in chunks)
         if rows + rejects and rejects / (rows + rejects) >= planned.config.max_reject_rate:
             top = "; ".join(f"{n} x {r}" for r, n in by_plan[id(plan)].reasons.most_common(3))
             bad.append(f"{plan.source}: {rejects} of {rows + rejects} records rejected "
