@@ -70,8 +70,9 @@ class Reject:
         return {"file": self.file, "line": self.line, "id": self.id, "reason": self.reason}
 
 
-def expand_inputs(inputs: list[str | Path]) -> list[Path]:
-    """Files as given plus the dump files (by suffix, sorted, recursive) of each folder; duplicates dropped."""
+def expand_inputs(inputs: list[str | Path], exclude: Path | None = None) -> list[Path]:
+    """Files as given plus the dump files (by suffix, sorted, recursive) of each folder; duplicates dropped, and any
+    file inside `exclude` (an output folder inside its input folder never reads its own files)."""
     found: list[Path] = []
     for item in inputs:
         path = Path(item)
@@ -83,6 +84,8 @@ def expand_inputs(inputs: list[str | Path]) -> list[Path]:
         else:
             raise InputError(f"{path}: no such file or folder; pass JSONL(.gz) files or folders of them")
     seen: set[Path] = set()
+    if exclude is not None:
+        seen.update(p.resolve() for p in found if p.resolve().is_relative_to(Path(exclude).resolve()))
     return [p for p in found if not (p.resolve() in seen or seen.add(p.resolve()))]
 
 

@@ -145,12 +145,15 @@ class _Run:
         self.warm: tuple[float, int] | None = None  # (time, rows) once every worker delivered a chunk
         self.workers = 1
         self.warned = False
-        self.bar = Progress(self.total_bytes, "tag-corpus", "B", unit_scale=True) if todo and is_terminal() else None
+        self.bar: Progress | None = None  # made at the first commit, after the start-up log lines
+        self.on_terminal = is_terminal()
 
     def advance(self, nbytes: int) -> None:
         now = time.monotonic()
         elapsed = max(now - self.start, 1e-9)
-        if self.bar is not None:
+        if self.on_terminal:
+            if self.bar is None:
+                self.bar = Progress(self.total_bytes, "tag-corpus", "B", unit_scale=True)
             self.bar.note(f"{self.counts['rows']} records, {self.counts['rows'] / elapsed:.0f} records/s, "
                           f"{self.counts['rejects']} rejects")
             self.bar.update(nbytes)
@@ -168,6 +171,7 @@ class _Run:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+            self.bar = None
 
 
 @dataclass
@@ -205,25 +209,12 @@ def _tasks(run: _Run, config: TagConfig, staging: Path) -> Iterator[TagTask]:
         inp.read = stats
 
 
-def _inputs_of(inputs: list[Path], out: Path) -> list[Path]:
-    """The dump files of `inputs`, without any file inside the output folder (an output inside its input folder
-    never reads its own files)."""
-    files = expand_inputs(list(inputs))
-    inside = [f for f in files if f.resolve().is_relative_to(out.resolve())]
-    if inside:
-        log.info("left out %d file(s) inside the output folder %s (its own files are never inputs)", len(inside), out)
-    files = [f for f in files if f not in inside]
-    if not files:
-        raise UsageError(f"no JSONL(.gz) dumps found in {', '.join(map(str, inputs))}")
-    return files
-
-
 def _plan(inputs: list[Path], config: TagConfig, spec: ModelSpec | None, committer: Committer, out: Path,
           cache: Any) -> _Plan:
     """Identify every input (by memo when unchanged) and decide per input which chunks are done."""
     fresh = Freshness(spec.model_id, spec.fingerprint if cache is not None else "", cache_state(cache),
                       bool(config.force))
-    files = _inputs_of(inputs, out)
+    files = expand_inputs(list(inputs), exclude=out)
     plans = [plan_input(p, committer.manifest, fresh) for p in files]
     for p in plans:
         if p.skip:
@@ -245,7 +236,7 @@ def run_tag(inputs: list[Path], config: TagConfig, spec: ModelSpec | None = None
         raise UsageError("no output folder: pass --out DIR (or --set out=DIR)")
     spec = spec or model_spec(config)
     out = Path(config.out).absolute()
-    if not expand_inputs(list(inputs)):  # a missing input is an error before the output folder is made
+    if not expand_inputs(list(inputs), exclude=out):  # checked before the output folder is made
         raise UsageError(f"no JSONL(.gz) dumps found in {', '.join(map(str, inputs))}")
     ensure_dir(out)
     cache = _open_cache(config, spec)
