@@ -35,17 +35,53 @@ def tag(dumps: list[Path], out: Path, chunk: int) -> dict:
     return run_tag(dumps, conf, ModelSpec("null-model", "", False, "", list(LABELS), factory=NullTagger))
 
 
-def commit_growth(tmp: Path, records: int) -> dict:
-    """One output fed 4 dumps of `records` records in chunks of 10: commit seconds per chunk per dump."""
-    out, per_dump = tmp / "grow", []
-    for k in range(4):
-        dump = write_dump(tmp / f"night{k}.jsonl.gz", records)
-        s = tag([dump], out, 10)
-        per_dump.append({"chunks_before": k * s["chunks"], "chunks": s["chunks"],
-                         "commit_ms_per_chunk": round(1e3 * s["commit_s"] / s["chunks"], 3),
-                         "wall_s": s["seconds"]})
-    return {"per_dump": per_dump,
-            "ratio_at_2000_vs_empty": round(per_dump[2]["commit_ms_per_chunk"] / per_dump[0]["commit_ms_per_chunk"], 2)}
+def _timed_commits() -> dict:
+    """Wrap Committer.commit (either code base) to add up wall and CPU seconds and calls."""
+    import pipeline.tag.commit as cm
+
+    acc = {"wall": 0.0, "cpu": 0.0, "n": 0}
+    real = cm.Committer.commit
+
+    def timed(self, *a, **k):
+        w0, c0 = time.perf_counter(), time.process_time()
+        try:
+            return real(self, *a, **k)
+        finally:
+            acc["wall"] += time.perf_counter() - w0
+            acc["cpu"] += time.process_time() - c0
+            acc["n"] += 1
+
+    cm.Committer.commit = timed
+    return acc
+
+
+def _per_chunk(acc: dict, dumps: list[Path], out: Path) -> tuple[float, float]:
+    """(wall ms, CPU ms) per chunk commit of tagging `dumps` into `out` in chunks of 10."""
+    acc.update(wall=0.0, cpu=0.0, n=0)
+    tag(dumps, out, 10)
+    return 1e3 * acc["wall"] / acc["n"], 1e3 * acc["cpu"] / acc["n"]
+
+
+def commit_growth(tmp: Path, records: int, rounds: int = 5) -> dict:
+    """One output fed 4 dumps in chunks of 10 records: two of `records` records first (-> 2,000 chunks at the
+    default), then `rounds` pairs of 1,000-record dumps, one into a new empty output and one into the big output,
+    alternating, so that both see the same disk and CPU load; median wall and CPU ms per chunk commit."""
+    import statistics
+
+    acc, big = _timed_commits(), tmp / "grow"
+    fill = [_per_chunk(acc, [write_dump(tmp / f"night{k}.jsonl.gz", records)], big) for k in range(2)]
+    empty, full = [], []
+    for r in range(rounds):
+        a, b = write_dump(tmp / f"e{r}.jsonl.gz", 1000), write_dump(tmp / f"f{r}.jsonl.gz", 1000)
+        pair = [(empty, a, tmp / f"empty{r}"), (full, b, big)]
+        for into, dump, out in pair if r % 2 == 0 else pair[::-1]:
+            into.append(_per_chunk(acc, [dump], out))
+    med = {name: [round(statistics.median(x[i] for x in runs), 3) for i in (0, 1)]
+           for name, runs in (("empty", empty), ("full", full))}
+    return {"fill_ms_per_chunk_wall_cpu": [[round(v, 3) for v in f] for f in fill],
+            "into_empty_ms_per_chunk_wall_cpu": med["empty"], "into_2000_ms_per_chunk_wall_cpu": med["full"],
+            "ratio_wall": round(med["full"][0] / med["empty"][0], 2),
+            "ratio_cpu": round(med["full"][1] / med["empty"][1], 2)}
 
 
 class _Counted:

@@ -4,6 +4,7 @@ part exactly once under the output's lock; a rerun redoes only chunks not commit
 from __future__ import annotations
 
 import logging
+import os
 import re
 import signal
 import threading
@@ -300,13 +301,18 @@ def _executor(config: TagConfig, spec: ModelSpec, cache: Any, fresh: Freshness) 
                   footer=footer(spec.model_id, fresh.encoder, spec.labels, cache_state=fresh.cache_state),
                   cache_folder=str(cache.folder) if cache is not None else "")
     in_process = config.workers <= 1 and not config.ray_address and not config.use_ray
+    workers = config.workers
+    if not config.ray_address and workers * config.cpus_per_worker > (os.cpu_count() or 1):
+        workers = max(1, int((os.cpu_count() or 1) / config.cpus_per_worker))
+        log.warning("workers=%d asks for more CPUs than this machine has (%d): running %d", config.workers,
+                    os.cpu_count() or 1, workers)
     gpus = 0.0
     if config.device != "cpu" and not in_process and spec.factory is None:
         import torch
 
         n = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        gpus = min(1.0, n / max(config.workers, 1))
-    return Executor(ChunkTagger, kwargs, workers=config.workers, in_process=in_process,
+        gpus = min(1.0, n / max(workers, 1))
+    return Executor(ChunkTagger, kwargs, workers=workers, in_process=in_process,
                     address=config.ray_address, cpus_per_worker=config.cpus_per_worker, gpus_per_worker=gpus)
 
 

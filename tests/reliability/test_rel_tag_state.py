@@ -7,6 +7,7 @@ the output folder was touched.
 from __future__ import annotations
 
 import gzip
+import logging
 import os
 import sqlite3
 from pathlib import Path
@@ -230,3 +231,14 @@ def test_output_inside_input_folder_never_reads_its_own_files(tmp_path, inside):
     assert null_tag([dumps], out)["inputs"] == 1
     (out / "data" / "extra.jsonl").unlink()
     assert_live_rows(out, _ids(25))
+
+
+@pytest.mark.slow
+def test_workers_far_over_the_cpus_are_capped_with_a_warning(tmp_path, caplog):
+    dump = write_dump(tmp_path / "d.jsonl", records("t", 30))
+    out = tmp_path / "out"
+    with caplog.at_level(logging.WARNING, logger="rpihmif.tag"):
+        s = null_tag([dump], out, workers=10000)
+    assert s["rows"] == 30
+    assert any("workers=10000 asks for more CPUs" in m for m in caplog.messages)
+    assert_live_rows(out, _ids(30))
