@@ -132,6 +132,7 @@ class Manifest:
     def __init__(self, out_dir: Path, partition_by: str | None = None, readonly: bool = False,
                  path: Path | None = None):
         self.out = Path(out_dir)
+        self._sizes: set[int] | None = None
         self.path = path or self.out / STATE_NAME  # `path`: the migration builds the log under a temp name
         for name in (STATE_NAME, STATE_NAME + "-wal", STATE_NAME + "-shm", STATE_NAME + "-journal"):
             refuse_link(self.out / name)  # SQLite would follow a link planted at any of them
@@ -199,8 +200,11 @@ class Manifest:
 
     # --- inputs and the file-stamp memo -----------------------------------------------------------------------
     def sizes(self) -> set[int]:
-        """Sizes of the known inputs: the prefixes a new file is hashed at to find what it extends."""
-        return {int(r[0]) for r in self.db.execute("SELECT DISTINCT size FROM inputs")}
+        """Sizes of the known inputs: the prefixes a new file is hashed at to find what it extends (read once per
+        run: inputs of this run are not prefixes of one another's files)."""
+        if self._sizes is None:
+            self._sizes = {int(r[0]) for r in self.db.execute("SELECT DISTINCT size FROM inputs")}
+        return self._sizes
 
     def memo(self, path: str, stamp: Stamp) -> tuple[str, dict[int, str]] | None:
         """(sha256, prefix digests) remembered for `path` under exactly this stamp, else None."""
@@ -250,6 +254,8 @@ class Manifest:
             c.execute("INSERT OR IGNORE INTO input_paths VALUES (?, ?)", (sha256, path))
         if db is not None:
             write(db)
+        elif self.db.execute("SELECT 1 FROM input_paths WHERE sha256 = ? AND path = ?", (sha256, path)).fetchone():
+            return  # known under this path: nothing to commit (a rerun over done inputs writes nothing)
         else:
             with self.transaction() as c:
                 write(c)

@@ -233,12 +233,25 @@ def test_output_inside_input_folder_never_reads_its_own_files(tmp_path, inside):
     assert_live_rows(out, _ids(25))
 
 
-@pytest.mark.slow
-def test_workers_far_over_the_cpus_are_capped_with_a_warning(tmp_path, caplog):
+def test_workers_far_over_the_cpus_are_capped_with_a_warning(tmp_path, caplog, monkeypatch):
+    asked = {}
+
+    class OneProcess:  # stands in for the Ray executor: records how many workers it was given, tags in-process
+        def __init__(self, cls, kwargs, workers, in_process, **_):
+            asked["workers"], self.tagger = workers, cls(**kwargs)
+            self.workers, self.in_process, self.description = 1, True, "in-process"
+
+        def map_unordered(self, tasks):
+            return map(self.tagger, tasks)
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(stage, "Executor", OneProcess)
     dump = write_dump(tmp_path / "d.jsonl", records("t", 30))
     out = tmp_path / "out"
     with caplog.at_level(logging.WARNING, logger="rpihmif.tag"):
         s = null_tag([dump], out, workers=10000)
-    assert s["rows"] == 30
-    assert any("workers=10000 asks for more CPUs" in m for m in caplog.messages)
+    assert s["rows"] == 30 and asked["workers"] == os.cpu_count()
+    assert any("workers=10000 asks for more CPUs than this machine has" in m for m in caplog.messages)
     assert_live_rows(out, _ids(30))
