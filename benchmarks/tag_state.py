@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import builtins
+from array import array
 import json
 import os
 import random
@@ -156,7 +157,7 @@ def rerun(tmp: Path, inputs: int, records: int) -> dict:
 def log_at_scale(tmp: Path, chunks: int) -> dict:
     """A commit log of `chunks` chunks (10 ids each, 1 % with rejects) written in bulk: open time, size, the cost of
     one commit and one skip decision, against the same on an empty log."""
-    from pipeline.tag.manifest import CHUNK_COLUMNS, Manifest, family_number
+    from pipeline.tag.manifest import CHUNK_COLUMNS, Manifest
 
     def entry(i: int, sha: str) -> dict:
         return {"key": f"{sha[:16]}:{i * 10 + 1}", "input": sha, "source": f"/d/{sha[:8]}.jsonl",
@@ -186,12 +187,11 @@ def log_at_scale(tmp: Path, chunks: int) -> dict:
                 db.execute("INSERT INTO inputs VALUES (?, ?, ?, ?, ?, ?, ?)", (sha, 10 ** 6, sha, per_input * 10, 1,
                                                                            1, "x"))
                 rows = [entry(i, sha) for i in range(per_input)]
-                first = db.execute("SELECT coalesce(max(rowid), 0) + 1 FROM chunks").fetchone()[0]
                 db.executemany(f"INSERT INTO chunks({','.join(CHUNK_COLUMNS)}) VALUES "
                                f"({','.join('?' * len(CHUNK_COLUMNS))})", [[r[c] for c in CHUNK_COLUMNS] for r in rows])
-                fam = family_number(sha)
-                db.executemany("INSERT INTO ids VALUES (?, ?, ?)",  # ids as UniqueIds.digest spreads them
-                               ((fam, random.getrandbits(63), first + i) for i in range(len(rows)) for _ in range(10)))
+                db.executemany("INSERT INTO chunk_ids VALUES (?, ?, ?)",  # ids as UniqueIds.digest spreads them
+                               ((r["key"], sha, array("q", [random.getrandbits(63) for _ in range(10)]).tobytes())
+                                for r in rows))
                 db.executemany("INSERT INTO rejects VALUES (?, ?)", ((r["key"], '{"reason": "x"}\n')
                                                                      for r in rows[::100]))
         m.close()
@@ -214,6 +214,39 @@ def log_at_scale(tmp: Path, chunks: int) -> dict:
     return result
 
 
+def id_index_cost(tmp: Path, records: int, per_chunk: int = 10_000) -> dict:
+    """The ids of one input family (one row per tweet id per input): bytes on disk and driver time per record, as
+    commits of `per_chunk` ids (random 64-bit digests, as UniqueIds.digest spreads them) fill it to `records`, and
+    the time to read them all back at the start of a run that appends to the family."""
+    from pipeline.tag.manifest import Manifest
+
+    out = tmp / "ids"
+    out.mkdir()
+    m = Manifest(out, "none")
+    fam = "ab" * 32
+    before = (out / "_state.sqlite").stat().st_size
+    t0 = time.perf_counter()
+    for n, start in enumerate(range(0, records, per_chunk)):
+        ids = [random.getrandbits(63) for _ in range(per_chunk)]
+        m.known_ids(fam, ids, set())
+        e = {c: 0 for c in ("first_line", "last_line", "byte_end", "ends_newline", "part_size", "part_mtime_ns", "rows",
+                            "rejects", "images_used", "images_missing", "no_image")}
+        e.update(key=f"k{n}", input=fam, source="/d", output=f"p{n}.parquet", part_digest="x", model_id="m",
+                 encoder="", cache_state="", image_root="", tagged_at="x")
+        m.record_chunk(e, "", fam, ids, [], 0, 1)
+    seconds = time.perf_counter() - t0
+    m.close()
+    size = (out / "_state.sqlite").stat().st_size - before
+    t0 = time.perf_counter()
+    m = Manifest(out, "none")
+    m.known_ids(fam, [1], set())
+    load_s = time.perf_counter() - t0
+    m.close()
+    return {"records": records, "bytes_per_record": round(size / records, 1),
+            "us_per_record_commit_with_ids": round(1e6 * seconds / records, 2),
+            "load_all_ids_s": round(load_s, 3)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--records", type=int, default=10_000, help="records per dump of the commit-growth run")
@@ -234,6 +267,7 @@ def main() -> None:
         result["rerun_100_inputs"] = rerun(tmp, args.inputs, 100)
         if not args.only:
             result["log_at_scale"] = log_at_scale(tmp, args.log_chunks)
+            result["id_index"] = id_index_cost(tmp, 1_000_000)
     if args.base and not args.only:
         env = {**os.environ, "TAG_STATE_CODE": args.base, "PYTHONPATH": args.base}
         proc = subprocess.run([sys.executable, __file__, "--only", "1", "--records", str(args.records),

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from array import array
 import logging
 import os
 import time
@@ -38,7 +39,6 @@ from pipeline.tag.manifest import (
     check_part_path,
     chunk_key,
     data_folder,
-    family_number,
 )
 from rpihmif.errors import InputError
 
@@ -118,10 +118,11 @@ def migrate_v2(out: Path) -> None:
                                      f"away to re-tag every input") from exc
             for key, e in v2["chunks"].items():
                 row, ids = _chunk_row(key, e, data, src)
-                cur = db.execute(f"INSERT OR REPLACE INTO chunks({','.join(CHUNK_COLUMNS)}) VALUES "
-                                 f"({','.join('?' * len(CHUNK_COLUMNS))})", [row[c] for c in CHUNK_COLUMNS])
-                fam = family_number(row["input"])
-                db.executemany("INSERT OR IGNORE INTO ids VALUES (?, ?, ?)", ((fam, i, cur.lastrowid) for i in ids))
+                db.execute(f"INSERT OR REPLACE INTO chunks({','.join(CHUNK_COLUMNS)}) VALUES "
+                           f"({','.join('?' * len(CHUNK_COLUMNS))})", [row[c] for c in CHUNK_COLUMNS])
+                if ids:
+                    db.execute("INSERT OR REPLACE INTO chunk_ids VALUES (?, ?, ?)",
+                               (row["key"], row["input"], array("q", ids).tobytes()))
                 rejects = out / _REJECTS_DIR / (Path(row["output"]).stem + ".jsonl")
                 if row["rejects"] and rejects.is_file() and not rejects.is_symlink():
                     db.execute("INSERT OR REPLACE INTO rejects VALUES (?, ?)",

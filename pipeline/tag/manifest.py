@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import sqlite3
+from array import array
 import time
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterable, Iterator
@@ -19,7 +20,7 @@ from cache.durable import refuse_link
 from rpihmif.errors import InputError, PipelineError, UsageError
 
 __all__ = ["Manifest", "STATE_NAME", "MANIFEST_NAME", "REJECTS_NAME", "DATA_DIR", "data_folder", "chunk_key",
-           "Stamp", "read_state", "check_part_path"]
+           "Stamp", "read_state", "check_part_path", "CHUNK_COLUMNS"]
 
 STATE_NAME = "_state.sqlite"  # the commit log; its -journal sibling is SQLite's own
 MANIFEST_NAME = "_manifest.json"  # the version-2 whole-file manifest, migrated into STATE_NAME on first open
@@ -43,9 +44,8 @@ CREATE TABLE chunks(key TEXT PRIMARY KEY, input TEXT NOT NULL, source TEXT NOT N
     encoder TEXT NOT NULL, cache_state TEXT NOT NULL, image_root TEXT NOT NULL, tagged_at TEXT NOT NULL);
 CREATE INDEX chunks_input ON chunks(input, first_line);
 CREATE TABLE rejects(key TEXT PRIMARY KEY, body TEXT NOT NULL) WITHOUT ROWID;
-CREATE TABLE ids(family INTEGER NOT NULL, id INTEGER NOT NULL, chunk INTEGER NOT NULL, PRIMARY KEY(family, id))
-    WITHOUT ROWID;
-CREATE INDEX ids_chunk ON ids(chunk);
+CREATE TABLE chunk_ids(key TEXT PRIMARY KEY, family TEXT NOT NULL, ids BLOB NOT NULL) WITHOUT ROWID;
+CREATE INDEX chunk_ids_family ON chunk_ids(family);
 CREATE TABLE files(path TEXT PRIMARY KEY, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, ctime_ns INTEGER NOT NULL,
     inode INTEGER NOT NULL, sha256 TEXT NOT NULL, prefixes TEXT NOT NULL);
 """
@@ -67,11 +67,6 @@ def data_folder(out: str | Path) -> Path:
 
 def chunk_key(input_sha: str, first_line: int) -> str:
     return f"{input_sha[:16]}:{first_line}"
-
-
-def family_number(family: str) -> int:
-    """The 64-bit number the ids table stores for an id family (the first 16 hex digits of its sha256)."""
-    return int.from_bytes(bytes.fromhex(family[:16]), "big", signed=True)
 
 
 def check_part_path(rel: str, where: Path) -> str:
@@ -133,6 +128,7 @@ class Manifest:
                  path: Path | None = None):
         self.out = Path(out_dir)
         self._sizes: set[int] | None = None
+        self._ids: dict[str, dict[int, str]] = {}
         self.path = path or self.out / STATE_NAME  # `path`: the migration builds the log under a temp name
         for name in (STATE_NAME, STATE_NAME + "-wal", STATE_NAME + "-shm", STATE_NAME + "-journal"):
             refuse_link(self.out / name)  # SQLite would follow a link planted at any of them
@@ -303,35 +299,45 @@ class Manifest:
         with self.transaction() as db:
             db.execute("UPDATE chunks SET part_size = ?, part_mtime_ns = ? WHERE key = ?", (size, mtime_ns, key))
 
+    def _family_ids(self, family: str) -> dict[int, str]:
+        """id digest -> chunk key of every committed chunk of `family`, read once per run (8 bytes per record on disk,
+        about 100 bytes per record in memory while its family is tagged)."""
+        if family not in self._ids:
+            found: dict[int, str] = {}
+            for key, blob in self.db.execute("SELECT key, ids FROM chunk_ids WHERE family = ?", (family,)):
+                if not isinstance(blob, bytes) or len(blob) % 8:
+                    raise InputError(f"{self.path}: the ids of chunk {str(key)[:60]!r} are damaged; move the output "
+                                     "folder away and tag into a new one")
+                found.update(dict.fromkeys(array("q", blob), key))
+            self._ids[family] = found
+        return self._ids[family]
+
     def known_ids(self, family: str, ids: list[int], ignore: set[str]) -> set[int]:
         """Which of `ids` a committed chunk of `family` (other than those in `ignore`) already holds."""
-        db = self.db
-        db.execute("CREATE TEMP TABLE IF NOT EXISTS new_ids(id INTEGER PRIMARY KEY)")
-        db.execute("DELETE FROM new_ids")
-        db.executemany("INSERT OR IGNORE INTO new_ids VALUES (?)", ((i,) for i in ids))
-        rows = db.execute("SELECT n.id, c.key FROM new_ids n JOIN ids i ON i.family = ? AND i.id = n.id "
-                          "JOIN chunks c ON c.rowid = i.chunk", (family_number(family),))
-        return {int(i) for i, key in rows if key not in ignore}
+        held = self._family_ids(family)
+        return {i for i in ids if i in held and held[i] not in ignore}
 
     def record_chunk(self, entry: dict[str, Any], rejects: str, family: str, ids: list[int],
                      superseded: list[str], rejects_bytes: int, input_size: int) -> None:
         """One transaction: drop `superseded` chunks (rows, rejects, ids), insert `entry`, its input (if new), its
-        rejects and its ids."""
+        rejects and its ids (one blob of 8-byte digests)."""
+        held = self._family_ids(family)
         with self.transaction() as db:
             for key in superseded:
-                row = db.execute("SELECT rowid FROM chunks WHERE key = ?", (key,)).fetchone()
-                if row is not None:
-                    db.execute("DELETE FROM ids WHERE chunk = ?", (row[0],))
-                db.execute("DELETE FROM chunks WHERE key = ?", (key,))
-                db.execute("DELETE FROM rejects WHERE key = ?", (key,))
+                for table in ("chunks", "rejects", "chunk_ids"):
+                    db.execute(f"DELETE FROM {table} WHERE key = ?", (key,))
             self.see_input(entry["input"], input_size, entry["source"], family, db)
-            cur = db.execute(f"INSERT INTO chunks({','.join(CHUNK_COLUMNS)}) VALUES "
-                             f"({','.join('?' * len(CHUNK_COLUMNS))})", [entry[c] for c in CHUNK_COLUMNS])
+            db.execute(f"INSERT INTO chunks({','.join(CHUNK_COLUMNS)}) VALUES "
+                       f"({','.join('?' * len(CHUNK_COLUMNS))})", [entry[c] for c in CHUNK_COLUMNS])
             if rejects:
                 db.execute("INSERT OR REPLACE INTO rejects VALUES (?, ?)", (entry["key"], rejects))
-            fam = family_number(family)
-            db.executemany("INSERT OR IGNORE INTO ids VALUES (?, ?, ?)", ((fam, i, cur.lastrowid) for i in ids))
+            if ids:
+                db.execute("INSERT INTO chunk_ids VALUES (?, ?, ?)", (entry["key"], family, array("q", ids).tobytes()))
             db.execute("UPDATE meta SET value = ? WHERE key = 'rejects_bytes'", (str(rejects_bytes),))
+        gone = set(superseded)
+        for i in [i for i, k in held.items() if k in gone] if gone else ():
+            del held[i]
+        held.update(dict.fromkeys(ids, entry["key"]))
 
     def rejects_bytes(self) -> int:
         row = self.db.execute("SELECT value FROM meta WHERE key = 'rejects_bytes'").fetchone()
