@@ -136,7 +136,8 @@ class UniqueIds:
 
     @staticmethod
     def digest(rid: str) -> int:
-        return int.from_bytes(hashlib.blake2b(rid.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "big", signed=True)
+        digest = hashlib.blake2b(rid.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+        return int.from_bytes(digest, "big", signed=True)  # signed: what SQLite stores as INTEGER
 
     def check(self, rec: DumpRecord) -> DumpRecord | Reject:
         """`rec` itself when its id is new, else the duplicate-id reject."""
