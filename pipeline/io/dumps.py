@@ -84,9 +84,14 @@ def expand_inputs(inputs: list[str | Path], exclude: Path | None = None) -> list
         else:
             raise InputError(f"{path}: no such file or folder; pass JSONL(.gz) files or folders of them")
     seen: set[Path] = set()
-    if exclude is not None:
-        seen.update(p.resolve() for p in found if p.resolve().is_relative_to(Path(exclude).resolve()))
-    return [p for p in found if not (p.resolve() in seen or seen.add(p.resolve()))]
+    inside = Path(exclude).resolve() if exclude is not None else None
+    kept = []
+    for p in found:
+        real = p.resolve()
+        if real not in seen and (inside is None or not real.is_relative_to(inside)):
+            kept.append(p)
+        seen.add(real)
+    return kept
 
 
 GZIP_ERRORS = (EOFError, gzip.BadGzipFile, zlib.error)  # what reading a cut or damaged gzip raises

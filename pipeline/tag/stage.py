@@ -210,12 +210,11 @@ def _tasks(run: _Run, config: TagConfig, staging: Path) -> Iterator[TagTask]:
         inp.read = stats
 
 
-def _plan(inputs: list[Path], config: TagConfig, spec: ModelSpec | None, committer: Committer, out: Path,
+def _plan(files: list[Path], config: TagConfig, spec: ModelSpec | None, committer: Committer, out: Path,
           cache: Any) -> _Plan:
     """Identify every input (by memo when unchanged) and decide per input which chunks are done."""
     fresh = Freshness(spec.model_id, spec.fingerprint if cache is not None else "", cache_state(cache),
                       bool(config.force))
-    files = expand_inputs(list(inputs), exclude=out)
     plans = [plan_input(p, committer.manifest, fresh) for p in files]
     for p in plans:
         if p.skip:
@@ -237,7 +236,8 @@ def run_tag(inputs: list[Path], config: TagConfig, spec: ModelSpec | None = None
         raise UsageError("no output folder: pass --out DIR (or --set out=DIR)")
     spec = spec or model_spec(config)
     out = Path(config.out).absolute()
-    if not expand_inputs(list(inputs), exclude=out):  # checked before the output folder is made
+    files = expand_inputs(list(inputs), exclude=out)  # checked before the output folder is made
+    if not files:
         raise UsageError(f"no JSONL(.gz) dumps found in {', '.join(map(str, inputs))}")
     ensure_dir(out)
     cache = _open_cache(config, spec)
@@ -249,7 +249,7 @@ def run_tag(inputs: list[Path], config: TagConfig, spec: ModelSpec | None = None
     with FileLock(out, "tag-corpus run"):
         committer = Committer(out, config.partition_by)
         try:
-            planned = _plan(inputs, config, spec, committer, out, cache)
+            planned = _plan(files, config, spec, committer, out, cache)
             run = _execute(planned, committer)
             return _summarise(planned, committer, run, started, cpu0).to_dict()
         finally:
