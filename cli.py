@@ -194,7 +194,7 @@ def evaluate_cmd(
 def tag_corpus_cmd(
     inputs: List[Path] = Arg(..., help="JSONL / JSONL.gz tweet dumps, or folders of them."),
     model: Optional[str] = Opt(None, "--model", help="Checkpoint folder, a run folder (its best/) or a Hugging Face Hub id.", show_default=default("tag", "load_path")),
-    out: Optional[Path] = Opt(None, "--out", help="Output folder: data/ (Parquet parts only: read it with any Parquet reader), _manifest.json, _rejects.jsonl.", show_default=default("tag", "out")),
+    out: Optional[Path] = Opt(None, "--out", help="Output folder: data/ (Parquet parts only: read it with any Parquet reader), _state.sqlite (commit log), _rejects.jsonl.", show_default=default("tag", "out")),
     config: Optional[Path] = Opt(None, "--config", help=CONFIG_HELP, show_default="conf/<stage>.yaml"),
     set_: List[str] = Opt([], "--set", help=SET_HELP, show_default="none"),
     workers: Optional[int] = Opt(None, "--workers", help="Ray workers; 1 runs in-process.", show_default=default("tag", "workers")),
@@ -220,7 +220,7 @@ def report_cmd(
     out_dir: Path = Arg(..., help="A tag-corpus output folder (Parquet parts in OUT_DIR/data/)."),
     seed: int = Opt(0, "--seed", help="Seed of the random sample of tweets: the same seed shows the same tweets."),
     sample: int = Opt(30, "--sample", min=0, help="Tweets in the random sample (and least confident: half of it)."),
-    image_root: Optional[Path] = Opt(None, "--image-root", help="Folder the rows' image paths are relative to (default: from the manifest, else each dump's folder).", show_default="from the manifest"),
+    image_root: Optional[Path] = Opt(None, "--image-root", help="Folder the rows' image paths are relative to (default: from the commit log, else each dump's folder).", show_default="from the manifest"),
 ) -> None:
     """Write OUT_DIR/_report.html: aggregates, a random sample, the least confident tweets, crops, routing per source."""
     from pipeline.tag.report import write_report

@@ -37,11 +37,13 @@ def tag(dump: Path, out: Path, chunk: int) -> dict:
 
 
 def committed(out: Path) -> int:
-    path = out / "_manifest.json"
+    from pipeline.tag.manifest import read_state
+
     try:
-        return len(json.loads(path.read_text())["chunks"]) if path.exists() else 0
-    except ValueError:
+        state = read_state(out)
+    except Exception:  # noqa: BLE001 -- read while the run writes: count it next poll
         return 0
+    return len(state["chunks"]) if state else 0
 
 
 def table(out: Path):

@@ -192,6 +192,8 @@ class TagConfig(_Stage, DumpFieldNames):
     device: str
     precision: str
     seed: int
+    partition_by: str
+    max_reject_rate: float
 
 
 StageConfig = Union[ExtractConfig, TrainConfig, EvaluateConfig, TagConfig]
@@ -269,7 +271,8 @@ CHECKS: dict[str, dict[str, Check]] = {
         "max_record_bytes": COUNT, "batch_size": COUNT, "bucket_size": COUNT, "row_group_bytes": COUNT,
         "chunk_records": COUNT, "progress_every_s": positive(),
         "workers": COUNT, "cpus_per_worker": positive(), "threads": at_least(0), "device": DEVICE,
-        "precision": PRECISION, "seed": SEED,
+        "precision": PRECISION, "seed": SEED, "partition_by": one_of("tagged_date", "none"),
+        "max_reject_rate": between(0.0, 1.0),
     },
 }
 

@@ -449,3 +449,41 @@ def vision_checkpoint(folder: Path, bert_dir: str, steps: int = 40) -> Path:
                                                        encoder=vision_record(settings)))
     train_tiny_checkpoint(cfg, folder, steps=steps, fingerprint_id=fp["id"])
     return folder
+
+
+def null_tag(inputs, out: Path, chunk: int = 10, **extra) -> dict:
+    """run_tag over `inputs` with the null model (no checkpoint): chunks of `chunk` lines, `extra` as --set keys."""
+    from pipeline.stage_config import stage_config
+    from pipeline.tag.plan import ModelSpec
+    from pipeline.tag.stage import run_tag
+    from rpihmif.labels import LABELS
+
+    if str(ROOT / "benchmarks") not in sys.path:
+        sys.path.append(str(ROOT / "benchmarks"))
+    from tag_scale import NullTagger  # instant inference with no entities: the stage's own work is what is tested
+
+    sets = {"out": str(out), "chunk_records": chunk, "device": "cpu", "progress_every_s": 1000, **extra}
+    conf = stage_config("tag", overrides=[f"{k}={v}" for k, v in sets.items()])
+    return run_tag(list(inputs), conf, ModelSpec("null-model", "", False, "", list(LABELS), factory=NullTagger))
+
+
+def records(prefix: str, n: int) -> list[dict]:
+    """`n` good dump records with ids prefix0..prefix{n-1}."""
+    return [{"id": f"{prefix}{i}", "text": f"{TEXTS[i % len(TEXTS)]} {i}"} for i in range(n)]
+
+
+def files_outside(root: Path, out: Path) -> dict:
+    """(size, mtime_ns) of every file under `root` but outside `out`: what a run must never touch."""
+    return {p: (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*")
+            if p.is_file() and not p.is_symlink() and not p.resolve().is_relative_to(out.resolve())}
+
+
+def assert_live_rows(out: Path, ids: list[str]) -> None:
+    """Nothing lost or duplicated: the data folder holds exactly `ids`, each once (every reader sees the same)."""
+    import pyarrow.dataset as ds
+
+    from pipeline.tag.manifest import data_folder
+
+    got = ds.dataset(data_folder(out), format="parquet", partitioning="hive").to_table(columns=["id"])
+    got = got.column("id").to_pylist()
+    assert sorted(got) == sorted(ids) and len(set(got)) == len(got)

@@ -15,7 +15,8 @@ from typing import Any, BinaryIO, Iterator
 
 from rpihmif.errors import InputError
 
-__all__ = ["DumpFields", "DumpRecord", "Reject", "iter_dump", "line_record", "expand_inputs", "DUMP_SUFFIXES"]
+__all__ = ["DumpFields", "DumpRecord", "Reject", "iter_dump", "line_record", "expand_inputs", "DUMP_SUFFIXES",
+           "open_dump", "read_lines", "UniqueIds", "duplicate_reject", "tail_reason", "GZIP_ERRORS", "parse_record"]
 
 DUMP_SUFFIXES = (".jsonl", ".jsonl.gz", ".json.gz", ".ndjson", ".ndjson.gz")
 _CHUNK = 1 << 16
@@ -69,8 +70,9 @@ class Reject:
         return {"file": self.file, "line": self.line, "id": self.id, "reason": self.reason}
 
 
-def expand_inputs(inputs: list[str | Path]) -> list[Path]:
-    """Files as given plus the dump files (by suffix, sorted, recursive) of each folder; duplicates dropped."""
+def expand_inputs(inputs: list[str | Path], exclude: Path | None = None) -> list[Path]:
+    """Files as given plus the dump files (by suffix, sorted, recursive) of each folder; duplicates dropped, and any
+    file inside `exclude` (an output folder inside its input folder never reads its own files)."""
     found: list[Path] = []
     for item in inputs:
         path = Path(item)
@@ -82,10 +84,21 @@ def expand_inputs(inputs: list[str | Path]) -> list[Path]:
         else:
             raise InputError(f"{path}: no such file or folder; pass JSONL(.gz) files or folders of them")
     seen: set[Path] = set()
-    return [p for p in found if not (p.resolve() in seen or seen.add(p.resolve()))]
+    inside = Path(exclude).resolve() if exclude is not None else None
+    kept = []
+    for p in found:
+        real = p.resolve()
+        if real not in seen and (inside is None or not real.is_relative_to(inside)):
+            kept.append(p)
+        seen.add(real)
+    return kept
 
 
-def _open(path: Path) -> BinaryIO:
+GZIP_ERRORS = (EOFError, gzip.BadGzipFile, zlib.error)  # what reading a cut or damaged gzip raises
+
+
+def open_dump(path: Path) -> BinaryIO:
+    """The dump's bytes: a gzip (by magic number or suffix) decompressed, else the file as is."""
     with open(path, "rb") as fh:
         magic = fh.read(2)
     if magic == b"\x1f\x8b" or path.name.endswith(".gz"):
@@ -93,7 +106,7 @@ def _open(path: Path) -> BinaryIO:
     return open(path, "rb")
 
 
-def _lines(fh: BinaryIO, max_bytes: int) -> Iterator[tuple[bytes | None, int]]:
+def read_lines(fh: BinaryIO, max_bytes: int) -> Iterator[tuple[bytes | None, int]]:
     """Yield (line, length); an over-long line yields (None, its length) after being skipped in chunks."""
     while True:
         line = fh.readline(max_bytes + 1)
@@ -109,6 +122,40 @@ def _lines(fh: BinaryIO, max_bytes: int) -> Iterator[tuple[bytes | None, int]]:
                 break
             size += len(line)
         yield None, size
+
+
+def tail_reason(exc: BaseException) -> str:
+    """The reject reason of a gzip that cannot be read past some line (one of GZIP_ERRORS)."""
+    if isinstance(exc, EOFError):
+        return "gzip stream ends early (truncated file); the records before it were kept"
+    return f"corrupt gzip data ({exc}); the records before it were kept"
+
+
+class UniqueIds:
+    """The duplicate-id rule: the first record of an id is kept, a later one becomes a reject. Ids are held as
+    8-byte digests (about 60 bytes of memory per record); `where` names the scope in the reason."""
+
+    def __init__(self, where: str = "this file"):
+        self.where = where
+        self.seen: set[int] = set()
+
+    @staticmethod
+    def digest(rid: str) -> int:
+        digest = hashlib.blake2b(rid.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+        return int.from_bytes(digest, "big", signed=True)  # signed: what SQLite stores as INTEGER
+
+    def check(self, rec: DumpRecord) -> DumpRecord | Reject:
+        """`rec` itself when its id is new, else the duplicate-id reject."""
+        d = self.digest(rec.id)
+        if d in self.seen:
+            return duplicate_reject(rec.file, rec.line, rec.id, self.where)
+        self.seen.add(d)
+        return rec
+
+
+def duplicate_reject(name: str, line: int, rid: str, where: str) -> Reject:
+    return Reject(name, line, f"duplicate id {rid!r}: an earlier record of {where} has it (ids 1 and \"1\" are the "
+                              "same id); the first one is kept", rid)
 
 
 def _str_list(value: Any) -> list[str] | None:
@@ -197,22 +244,13 @@ def iter_dump(path: Path, fields: DumpFields = DumpFields(), max_record_bytes: i
     """
     name = name or str(path)
     line = 0
-    seen: set[int] = set()  # 8-byte digests of the ids so far (about 60 bytes of memory per record)
+    ids = UniqueIds() if unique_ids else None
     try:
-        with _open(path) as fh:
-            for raw, size in _lines(fh, max_record_bytes):
+        with open_dump(path) as fh:
+            for raw, size in read_lines(fh, max_record_bytes):
                 line += 1
                 rec = line_record(raw, size, name, line, fields, max_record_bytes)
                 if rec is not None:
-                    if unique_ids and isinstance(rec, DumpRecord):
-                        digest = int.from_bytes(hashlib.blake2b(rec.id.encode(), digest_size=8).digest(), "big")
-                        if digest in seen:
-                            rec = Reject(name, line, f"duplicate id {rec.id!r}: an earlier record of this file has "
-                                                     "it (ids 1 and \"1\" are the same id); the first one is kept",
-                                         rec.id)
-                        seen.add(digest)
-                    yield rec
-    except EOFError:
-        yield Reject(name, line + 1, "gzip stream ends early (truncated file); the records before it were kept")
-    except (gzip.BadGzipFile, zlib.error) as exc:
-        yield Reject(name, line + 1, f"corrupt gzip data ({exc}); the records before it were kept")
+                    yield ids.check(rec) if ids is not None and isinstance(rec, DumpRecord) else rec
+    except GZIP_ERRORS as exc:
+        yield Reject(name, line + 1, tail_reason(exc))

@@ -33,11 +33,18 @@ class Progress:
     For loops that finish several units per step (images per batch); `close()` when done.
     """
 
-    def __init__(self, total: int | None = None, desc: str = "", unit: str = "it", every_s: float = 30.0):
+    def __init__(self, total: int | None = None, desc: str = "", unit: str = "it", every_s: float = 30.0,
+                 unit_scale: bool = False):
         self.total, self.desc, self.unit, self.every_s = total, desc, unit, every_s
         self.done = 0
         self.start = self.last = time.monotonic()
-        self.bar = tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True) if is_terminal() else None
+        self.bar = tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True,
+                        unit_scale=unit_scale) if is_terminal() else None
+
+    def note(self, text: str) -> None:
+        """Text shown after the bar (terminal only), e.g. a second count and its rate."""
+        if self.bar is not None:
+            self.bar.set_postfix_str(text, refresh=False)
 
     def update(self, n: int = 1, **stats: object) -> None:
         """Count `n` more units; `stats` (e.g. `loss="0.4210"`) show in the bar's postfix and in the log lines."""

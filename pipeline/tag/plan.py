@@ -3,22 +3,25 @@ already done and still valid (same model, encoder and cache state) and which mus
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import os
+import stat
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
 from typing import Any, Callable
 
 from pipeline.io.checkpoint_folder import checkpoint_info
-from pipeline.io.dumps import _lines, _open
+from pipeline.io.dumps import GZIP_ERRORS, open_dump, read_lines
 from pipeline.stage_config import TagConfig
 from pipeline.tag.chunks import Identity, identify
-from pipeline.tag.manifest import Manifest
-from rpihmif.errors import UsageError
+from pipeline.tag.manifest import Manifest, data_folder
+from rpihmif.errors import InputError, UsageError
 
 __all__ = ["ModelSpec", "Freshness", "InputPlan", "resolve_model_path", "model_spec", "plan_input",
-           "check_image_cache", "cache_state"]
+           "check_image_cache", "cache_state", "part_ok"]
 
 log = logging.getLogger("rpihmif.tag")
 
@@ -47,6 +50,7 @@ class Freshness:
     force: bool = False
 
     def keeps(self, entry: dict[str, Any]) -> bool:
+        """Whether a committed chunk (its entry in the commit log) was made by this model, encoder and cache state."""
         return not self.force and entry["model_id"] == self.model_id and entry["encoder"] == self.encoder and (
             not entry["images_missing"] or entry["cache_state"] == self.cache_state)
 
@@ -60,6 +64,7 @@ class InputPlan:
     source: str
     ident: Identity
     family: set[str]
+    family_id: str
     done: dict[int, tuple[int, int | None, bool]] = field(default_factory=dict)
     stale: int = 0
     skip: bool = False
@@ -91,18 +96,50 @@ def cache_state(cache: Any) -> str:
     return f"{len(index.shards)}:{len(index.aliases)}"
 
 
-def plan_input(path: Path, manifest: Manifest, fresh: Freshness) -> InputPlan:
-    """Hash `path`, find the known inputs it extends, and split its committed chunks into kept and stale."""
+def part_ok(state: Manifest, entry: dict[str, Any]) -> bool:
+    """Whether a committed chunk's part is what was recorded: the stat first, the sha256 when the stat changed (a
+    part that is only touched is re-stamped). A link at the part's path is an InputError."""
+    if entry["output"] is None:
+        return True  # a chunk without good records has no part
+    path = data_folder(state.out) / entry["output"]
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    if stat.S_ISLNK(st.st_mode) or not stat.S_ISREG(st.st_mode):
+        raise InputError(f"{path}: a committed part is {'a link' if stat.S_ISLNK(st.st_mode) else 'not a file'}; "
+                         "remove it and rerun to re-tag its chunk")
+    if (st.st_size, st.st_mtime_ns) == (entry["part_size"], entry["part_mtime_ns"]):
+        return True
+    if st.st_size != entry["part_size"] or not entry["part_digest"]:
+        return False
+    with open(path, "rb") as fh:
+        if hashlib.file_digest(fh, "sha256").hexdigest() != entry["part_digest"]:
+            return False
+    state.update_stamp(entry["key"], st.st_size, st.st_mtime_ns)
+    return True
+
+
+def plan_input(path: Path, state: Manifest, fresh: Freshness) -> InputPlan:
+    """Identify `path` (by its memo when unchanged), find the known inputs it extends, and split its committed chunks
+    into kept and stale (another model, encoder or cache state, or a part that is missing or not what was recorded)."""
     source = str(path.resolve())
-    ident = identify(path, manifest.sizes())
-    family = manifest.family(ident.sha256, ident.prefixes)
-    plan = InputPlan(path, source, ident, family)
-    for first, (_, e) in manifest.chunks_of(family, ident.sha256).items():
-        if fresh.keeps(e):
-            plan.done[first] = (int(e["last_line"]), e["byte_end"], bool(e["ends_newline"]))
-        else:
+    ident = identify(path, state.sizes(), state)
+    family = state.family(ident.sha256, ident.prefixes)
+    plan = InputPlan(path, source, ident, family, state.family_id(family, ident.sha256))
+    damaged = 0
+    for first, e in state.chunks_of(family, ident.sha256).items():
+        if not fresh.keeps(e):
             plan.stale += 1
-    entry = manifest.inputs.get(ident.sha256)
+        elif not part_ok(state, e):
+            damaged += 1
+        else:
+            plan.done[first] = (int(e["last_line"]), e["byte_end"], bool(e["ends_newline"]))
+    if damaged:
+        log.warning("%s: %d committed part(s) missing or changed since their commit; their chunks are re-tagged",
+                    source, damaged)
+    plan.stale += damaged
+    entry = state.input(ident.sha256)
     plan.skip = bool(entry and entry["complete"] and not plan.stale)
     return plan
 
@@ -110,15 +147,15 @@ def plan_input(path: Path, manifest: Manifest, fresh: Freshness) -> InputPlan:
 def _has_images(path: Path, field_name: str, max_lines: int = 1000) -> bool:
     """Whether one of the first `max_lines` records has a non-empty image field (a cheap sniff of the dump)."""
     try:
-        with _open(path) as fh:
-            for raw, _ in islice(_lines(fh, 1 << 20), max_lines):
+        with open_dump(path) as fh:
+            for raw, _ in islice(read_lines(fh, 1 << 20), max_lines):
                 if raw and field_name.encode() in raw:
                     try:
                         if json.loads(raw).get(field_name):
                             return True
                     except (ValueError, AttributeError):
                         continue
-    except (OSError, EOFError):
+    except (OSError, *GZIP_ERRORS):
         return False
     return False
 

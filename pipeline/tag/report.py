@@ -16,7 +16,7 @@ from typing import Any
 import jinja2
 
 from cache.durable import atomic_write_text, refuse_link
-from pipeline.tag.report_data import Parts, fetch_rows, find_parts, read_json_file, reject_reasons
+from pipeline.tag.report_data import Parts, fetch_rows, find_parts, read_output_state, reject_reasons
 from pipeline.tag.report_images import Thumb, thumbnail
 from pipeline.tag.report_stats import BINS, ROUTING, Aggregates, aggregate
 from rpihmif.errors import PipelineError, UsageError
@@ -229,7 +229,7 @@ def write_report(out_dir: str | os.PathLike, seed: int = 0, sample_size: int = 3
     if a.rows == 0:
         log.warning("%s: the Parquet parts hold 0 rows; the report shows only rejects and footers", parts.folder)
     rows = fetch_rows(parts, a.sample + a.image_sample + [r for r, _ in a.least])
-    manifest, manifest_note = read_json_file(out)
+    manifest, manifest_note = read_output_state(out)
     reasons, rejects_note = reject_reasons(out)
     images = _Images(parts, manifest, image_root)
     types, routing = _type_rows(a)

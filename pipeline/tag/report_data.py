@@ -16,11 +16,11 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from pipeline.tag.manifest import MANIFEST_NAME, REJECTS_NAME, data_folder
+from pipeline.tag.manifest import MANIFEST_NAME, REJECTS_NAME, data_folder, read_state
 from pipeline.tag.report_stats import AGG_COLUMNS
 from rpihmif.errors import UsageError
 
-__all__ = ["Parts", "find_parts", "read_regular", "read_json_file", "reject_reasons", "fetch_rows", "DISPLAY_COLUMNS"]
+__all__ = ["Parts", "find_parts", "read_regular", "read_json_file", "read_output_state", "reject_reasons", "fetch_rows", "DISPLAY_COLUMNS"]
 
 DISPLAY_COLUMNS = ("id", "text", "entities", "image_used", "image", "crops", "rcnn_crops", "source", "line",
                    "model_id", "tagged_at")
@@ -105,6 +105,17 @@ def _footer_meta(parts: Parts, schema: pa.Schema) -> None:
                 values["(other values)"] += 1
 
 
+def _part_entries(folder: Path) -> list[os.DirEntry]:
+    """The entries of `folder` and of its `dt=YYYY-MM-DD/` partition folders (not links), in path order."""
+    found = []
+    for entry in os.scandir(folder):
+        if entry.name.startswith("dt=") and entry.is_dir(follow_symlinks=False):
+            found += list(os.scandir(entry.path))
+        else:
+            found.append(entry)
+    return sorted(found, key=lambda e: e.path)
+
+
 def find_parts(out: Path) -> Parts:
     """The Parquet parts of `out` (in `out/data/`; an older output keeps them in `out` itself); UsageError if none."""
     out = Path(out)
@@ -113,7 +124,7 @@ def find_parts(out: Path) -> Parts:
     folder = data_folder(out) if data_folder(out).is_dir() else out
     parts = Parts(folder)
     times: list[float] = []
-    for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+    for entry in _part_entries(folder):
         if entry.name.startswith((".", "_")) or not entry.name.endswith(".parquet"):
             continue  # hidden temps and '_' files: what Parquet readers skip too
         path = Path(entry.path)
@@ -183,6 +194,16 @@ def read_json_file(out: Path, name: str = MANIFEST_NAME) -> tuple[Any, str | Non
         return json.loads(read_regular(path, _MAX_JSON_BYTES).decode("utf-8")), None
     except (OSError, ValueError, RecursionError) as exc:
         return None, f"{path}: unreadable ({exc}); ignored"
+
+
+def read_output_state(out: Path) -> tuple[Any, str | None]:
+    """(the output's state as dicts or None, note when present but unusable): the commit log, else a version-2
+    `_manifest.json` not yet migrated; optional metadata, never fatal."""
+    try:
+        state = read_state(out, limit=20_000)
+    except Exception as exc:  # noqa: BLE001 -- damaged or crafted state: the report goes on without it
+        return None, f"{Path(out) / 'state'}: unreadable ({str(exc)[:200]}); ignored"
+    return (state, None) if state is not None else read_json_file(out)
 
 
 def _reason(line: bytes) -> str:

@@ -3,19 +3,21 @@ Parquet part (parse, tokenize, feature lookup, inference, Arrow) written to a hi
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from itertools import islice
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from cache.format import DUMP_SOURCE
-from pipeline.io.dumps import DumpFields, DumpRecord, Reject, line_record
+from pipeline.io.dumps import DumpFields, DumpRecord, Reject, UniqueIds, line_record
 from pipeline.tag.parquet_parts import PartWriter
 from rpihmif.tweet_tokenizer import tokenize
 
-__all__ = ["ChunkTagger", "load_tagger"]
+__all__ = ["ChunkTagger", "TaggerSettings", "TagTask", "TagResult", "load_tagger"]
 
 log = logging.getLogger("rpihmif.tag")
 
@@ -38,22 +40,66 @@ def load_tagger(load_path: str, device: str = "auto", threads: int = 0, precisio
     return tagger
 
 
-class ChunkTagger:
-    """Tags chunks: `task = {"key", "source", "first_line", "lines", "part", "tagged_at"}` -> a result dict with the
-    temp part path, row and reject counts, the rejects, image counts and the worker's CPU seconds."""
+@dataclass(frozen=True)
+class TaggerSettings:
+    """What every worker needs besides the model: seed, device, batching, Parquet sizing and the record rules."""
 
-    def __init__(self, load_path: str, settings: dict[str, Any], footer: dict[str, str], model_id: str,
+    fields: DumpFields = DumpFields()
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "fp32"
+    threads: int = 0
+    batch_size: int = 64
+    bucket_size: int = 1024
+    row_group_bytes: int = 64 << 20
+    max_record_bytes: int = 100_000
+    require_images: bool = False
+
+
+@dataclass
+class TagTask:
+    """One chunk to tag: its raw lines (see RawChunk) and where to write the temp part (`part`)."""
+
+    key: str
+    source: str
+    first_line: int
+    lines: list[bytes | None]
+    part: str
+    tagged_at: float  # POSIX seconds
+    oversize: dict[int, int] = field(default_factory=dict)
+    tail: str | None = None
+
+
+@dataclass
+class TagResult:
+    """A tagged chunk: the temp part (None when no record was good: no part without rows), its sha256, the rows'
+    id digests (UniqueIds.digest, in row order), the rejects (Reject.to_json dicts), counts and worker CPU seconds."""
+
+    key: str
+    tmp: str | None
+    digest: str
+    ids: list[int]
+    rejects: list[dict[str, Any]]
+    rows: int = 0
+    images_used: int = 0
+    images_missing: int = 0
+    no_image: int = 0
+    cpu_s: float = 0.0
+
+
+class ChunkTagger:
+    """Tags chunks (Ray's callable-class contract): loads the model once in `__init__`, then `TagTask` -> `TagResult`."""
+
+    def __init__(self, load_path: str, settings: TaggerSettings, footer: dict[str, str], model_id: str,
                  cache_folder: str = "", factory: Callable[..., Any] | None = None):
-        seed = int(settings.get("seed", 0))
         if factory is None:
             from pipeline.runtime.device import seed_everything
 
-            seed_everything(seed)
+            seed_everything(settings.seed)
             factory = load_tagger
-        self.tagger = factory(load_path, settings.get("device", "auto"), int(settings.get("threads", 0)),
-                              settings.get("precision", "fp32"))
+        self.tagger = factory(load_path, settings.device, settings.threads, settings.precision)
         self.s = settings
-        self.fields = DumpFields(**settings["fields"])
+        self.fields = settings.fields
         self.footer, self.model_id = footer, model_id
         self.cache_folder = cache_folder  # one fingerprint folder of the feature cache ("" = none)
         self._cache: Any = None
@@ -73,82 +119,82 @@ class ChunkTagger:
             return [None] * len(keys)
         return [self._cache.get(k) if k else None for k in keys]
 
-    def __call__(self, task: dict[str, Any]) -> dict[str, Any]:
+    def __call__(self, task: TagTask) -> TagResult:
         cpu0 = time.process_time()
-        counts = {"rows": 0, "images_used": 0, "images_missing": 0, "no_image": 0}
-        rejects: list[dict[str, Any]] = []
-        items = self._parse(task, counts, rejects)
-        tagged_at = datetime.fromtimestamp(task["tagged_at"], timezone.utc)
-        meta = {**self.footer, "rpihmif.source": task["source"], "rpihmif.first_line": str(task["first_line"])}
-        writer = PartWriter(Path(task["part"]), int(self.s["row_group_bytes"]), meta)
+        result = TagResult(task.key, None, "", [], [])
+        items = self._parse(task, result)
+        if not items:  # nothing to write: no empty part
+            result.cpu_s = time.process_time() - cpu0
+            return result
+        tagged_at = datetime.fromtimestamp(task.tagged_at, timezone.utc)
+        meta = {**self.footer, "rpihmif.source": task.source, "rpihmif.first_line": str(task.first_line)}
+        writer = PartWriter(Path(task.part), self.s.row_group_bytes, meta)
         try:
-            size = int(self.s["bucket_size"])
             it = iter(items)
-            while bucket := list(islice(it, size)):
-                rows = self._tag_bucket(bucket, task["source"], tagged_at, counts)
-                writer.add(rows)
+            while bucket := list(islice(it, self.s.bucket_size)):
+                writer.add(self._tag_bucket(bucket, task.source, tagged_at, result))
             tmp = writer.finish()
         except BaseException:
             writer.abort()
             raise
-        counts["rows"] = writer.rows
-        return {"key": task["key"], "tmp": str(tmp), "rejects": rejects, **counts,
-                "cpu_s": time.process_time() - cpu0}
+        with open(tmp, "rb") as fh:
+            result.digest = hashlib.file_digest(fh, "sha256").hexdigest()
+        result.tmp, result.rows = str(tmp), writer.rows
+        result.ids = [UniqueIds.digest(rec.id) for rec, _, _ in items]
+        result.cpu_s = time.process_time() - cpu0
+        return result
 
-    def _parse(self, task: dict[str, Any], counts: dict[str, int], rejects: list[dict[str, Any]]) -> list[tuple]:
-        """Good records as (record, tokens, cache key) in line order; rejects appended as dicts."""
-        source, line, items = task["source"], task["first_line"] - 1, []
-        max_bytes = int(self.s["max_record_bytes"])
-        seen: set[str] = set()  # ids in this chunk (iter_dump's per-file rule, per chunk here)
-        for raw in task["lines"]:
+    def _records(self, task: TagTask) -> Iterator[DumpRecord | Reject]:
+        """The chunk's records and rejects in line order (blank lines skipped), by the dump reader's rules."""
+        ids, max_bytes = UniqueIds("this input"), self.s.max_record_bytes
+        line = task.first_line - 1
+        for i, raw in enumerate(task.lines):
             line += 1
-            if isinstance(raw, str):  # the reason a gzip tail could not be read
-                rec: DumpRecord | Reject | None = Reject(source, line, raw)
-            else:  # bytes, or the size of an over-long line
-                rec = line_record(None if isinstance(raw, int) else raw, raw if isinstance(raw, int) else len(raw),
-                                  source, line, self.fields, max_bytes)
-            if rec is None:
-                continue
+            size = task.oversize.get(i, 0) if raw is None else len(raw)
+            rec = line_record(raw, size, task.source, line, self.fields, max_bytes)
             if isinstance(rec, DumpRecord):
-                tokens = tokenize(rec.text)
-                if not tokens:
-                    rec = Reject(source, line, "text has no visible characters", rec.id)
-                elif rec.id in seen:
-                    rec = Reject(source, line, f"duplicate id {rec.id!r}: an earlier record of this chunk has it "
-                                               "(ids 1 and \"1\" are the same id); the first one is kept", rec.id)
-                else:
-                    seen.add(rec.id)
+                rec = ids.check(rec) if tokenize(rec.text) else Reject(task.source, line,
+                                                                       "text has no visible characters", rec.id)
+            if rec is not None:
+                yield rec
+        if task.tail is not None:
+            yield Reject(task.source, line + 1, task.tail)
+
+    def _parse(self, task: TagTask, result: TagResult) -> list[tuple]:
+        """Good records as (record, tokens, cache key) in line order; rejects appended as dicts."""
+        items = []
+        for rec in self._records(task):
             if isinstance(rec, Reject):
-                rejects.append(rec.to_json())
+                result.rejects.append(rec.to_json())
                 continue
             key = None
             if rec.image is None:
-                counts["no_image"] += 1
+                result.no_image += 1
             else:
                 key = self._cache_key(rec.image)
                 if key is None:
-                    if self.s["require_images"]:
-                        rejects.append(Reject(source, line, f"image {rec.image!r} is not in the feature cache and "
-                                                            "require_images is set; run extract-features on this "
-                                                            "dump", rec.id).to_json())
+                    if self.s.require_images:
+                        result.rejects.append(Reject(rec.file, rec.line, f"image {rec.image!r} is not in the feature "
+                                                     "cache and require_images is set; run extract-features on this "
+                                                     "dump", rec.id).to_json())
                         continue
-                    counts["images_missing"] += 1
-            items.append((rec, tokens, key))
+                    result.images_missing += 1
+            items.append((rec, tokenize(rec.text), key))
         return items
 
     def _tag_bucket(self, bucket: list[tuple], source: str, tagged_at: datetime,
-                    counts: dict[str, int]) -> list[dict[str, Any]]:
+                    result: TagResult) -> list[dict[str, Any]]:
         """Sort by length into model batches (less padding); rows come back in line order."""
         order = sorted(range(len(bucket)), key=lambda i: len(bucket[i][1]))
         rows: list[dict[str, Any] | None] = [None] * len(bucket)
-        step = int(self.s["batch_size"])
+        step = self.s.batch_size
         for s in range(0, len(order), step):
             idx = order[s:s + step]
             feats = self._features([bucket[i][2] for i in idx])
             preds = self.tagger.predict([[t.text for t in bucket[i][1]] for i in idx], feats, batch_size=step)
             for i, pred, feat in zip(idx, preds, feats):
                 rows[i] = self._row(bucket[i], pred, feat is not None, source, tagged_at)
-                counts["images_used"] += bool(pred.image_used)
+                result.images_used += bool(pred.image_used)
         return rows  # type: ignore[return-value]
 
     def _row(self, item: tuple, pred: Any, has_feat: bool, source: str, tagged_at: datetime) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from PIL import Image
 from rel_helpers import cli, extract_sets, sets, tag_sets
 
 
-from pipeline.tag.manifest import data_folder
+from pipeline.tag.manifest import data_folder, read_state
 
 
 def _bad_images(tmp: Path) -> dict[str, bytes]:
@@ -172,7 +172,7 @@ def test_tag_mixed_adversarial_dumps(tag_world, tmp_path):
         assert word in r["reason"], (r, word)
     cut = [r for r in rejects if r["file"].endswith("cut.jsonl.gz")]
     assert len(cut) == 1 and "ends early" in cut[0]["reason"]
-    manifest = json.loads((out / "_manifest.json").read_text())
+    manifest = read_state(out)
     assert {Path(v["paths"][0]).name: v["complete"] for v in manifest["inputs"].values()} == {
         "main.jsonl": True, "empty.jsonl": True, "cut.jsonl.gz": True}
     rows: dict[str, int] = {}

@@ -14,7 +14,7 @@ import pytest
 import helpers
 from rel_helpers import cli, finish, kill_when, sets, spawn, tag_sets
 
-from pipeline.tag.manifest import data_folder
+from pipeline.tag.manifest import data_folder, read_state
 
 BAD = [b'{"id": "bad1", "text": 5}', b'{"id": "bad2", "text": "cut']
 
@@ -30,8 +30,8 @@ def _visible(out: Path) -> list[str]:
 
 
 def _chunks(out: Path) -> dict:
-    path = out / "_manifest.json"
-    return json.loads(path.read_text())["chunks"] if path.exists() else {}
+    state = read_state(out)
+    return state["chunks"] if state else {}
 
 
 @pytest.mark.slow
@@ -54,10 +54,10 @@ def test_tag_killed_at_each_point_then_rerun_equals_uninterrupted(tag_world, tmp
     proc = spawn(args, log, {"target": "pipeline.tag.parquet_parts:PartWriter._flush", "nth": 1, "when": "after",
                              "action": "kill"})
     assert finish(proc, log) == -9, log.read_text()[-3000:]
-    assert _visible(out) == [] and not (out / "_manifest.json").exists()
+    assert _visible(out) == [] and not _chunks(out)
 
-    # 3. the first part renamed into data/, killed before the manifest names it: a whole file, never half
-    proc = spawn(args, log, {"target": "os.replace", "match": "/._manifest.json.tmp-", "nth": 1, "when": "before",
+    # 3. the first part renamed into data/, killed before the commit log names it: a whole file, never half
+    proc = spawn(args, log, {"target": "pipeline.tag.manifest:Manifest.record_chunk", "nth": 1, "when": "before",
                              "action": "kill"})
     assert finish(proc, log) == -9, log.read_text()[-3000:]
     (orphan,) = _visible(out)

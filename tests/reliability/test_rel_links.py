@@ -141,14 +141,14 @@ def test_evaluate_never_writes_through_links(world, tmp_path):
 def test_tag_and_report_never_write_through_links(world, tmp_path):
     victims = Victims(tmp_path / "victims")
     out = tmp_path / "out"
-    own = [".lock", "_manifest.json", "_rejects.jsonl", "tweets.parquet", "data/tweets.parquet"]
+    own = [".lock", "_state.sqlite", "_rejects.jsonl", "tweets.parquet", "data/tweets.parquet"]
     final = [victims.plant(out / n) for n in own]
     victims.plant_temps(out, own[:4])
     victims.plant_temps(out / "data", ["tweets.parquet"])
     args = ["tag-corpus", world["root"] / "data" / "tweets.jsonl.gz", "--model", world["ckpt"], "--out", out,
             *sets(cache_dir=world["root"] / "cache", device="cpu", workers=1)]
     named = run_until_clean(args, victims, final)
-    assert {out / n for n in (".lock", "_manifest.json", "_rejects.jsonl")} <= set(named)
+    assert {out / n for n in (".lock", "_state.sqlite", "_rejects.jsonl")} <= set(named)
     for link in final:  # the parts are the report's inputs: links there are read, never written; drop them
         if link.is_symlink():
             link.unlink()

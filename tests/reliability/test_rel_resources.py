@@ -15,12 +15,12 @@ import pytest
 import helpers
 from rel_helpers import ROOT, cache_snapshot, cli, extract_sets, readable_cache_state, sets, tag_sets
 
-from pipeline.tag.manifest import data_folder
+from pipeline.tag.manifest import data_folder, read_state
 
 
 def _no_output(out) -> bool:
-    """No visible part, no manifest and no temp file anywhere under `out`."""
-    return (not list(data_folder(out).glob("*.parquet")) and not (out / "_manifest.json").exists()
+    """No visible part, no committed chunk and no temp file anywhere under `out`."""
+    return (not list(data_folder(out).glob("*.parquet")) and read_state(out) is None or not read_state(out)["chunks"]
             and not [p for p in out.rglob("*") if ".tmp-" in p.name])
 
 

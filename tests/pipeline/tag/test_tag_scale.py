@@ -23,14 +23,14 @@ from helpers import ROOT as REPO
 from helpers import TAG_BAD_LINES, TAG_RUNNER, same_tag_rows, tag_config, tag_dump, tag_rows
 
 from pipeline.tag.commit import STAGING_DIR
-from pipeline.tag.manifest import MANIFEST_NAME, data_folder
+from pipeline.tag.manifest import data_folder, read_state
 from pipeline.tag.stage import run_tag
 from rpihmif.errors import UsageError
 
 
 def _chunks(out: Path) -> dict:
-    path = out / MANIFEST_NAME
-    return json.loads(path.read_text())["chunks"] if path.exists() else {}
+    state = read_state(out)
+    return state["chunks"] if state else {}
 
 
 def _add_image(cache: Path, image_id: str, key: str) -> None:
@@ -64,7 +64,7 @@ def test_moved_and_copied_dump_adds_no_rows(tag_env, tmp_path):
     assert (again["rows"], again["skipped"], again["chunks"]) == (0, 2, 0)
     rows = tag_rows(out)
     assert len(rows) == first["rows"] == 30 and rows["id"].is_unique
-    (entry,) = json.loads((out / MANIFEST_NAME).read_text())["inputs"].values()
+    (entry,) = read_state(out)["inputs"].values()
     assert sorted(entry["paths"]) == sorted(str(p.resolve()) for p in (dump, copy, moved))
 
 

@@ -18,7 +18,7 @@ import pytest
 from helpers import TAG_BAD_LINES, TAG_RUNNER, same_tag_rows, tag_config, tag_dump, tag_rows
 
 from cache.durable import FileLock
-from pipeline.tag.manifest import REJECTS_NAME, data_folder
+from pipeline.tag.manifest import REJECTS_NAME, data_folder, read_state
 from pipeline.tag.parquet_parts import SCHEMA
 from pipeline.tag.report import write_report
 from pipeline.tag.stage import run_tag
@@ -62,7 +62,7 @@ def test_end_to_end_rows_rejects_and_schema(tag_env, tmp_path):
     assert [r["id"] for r in rejects] == [None, "b2", None, "b4", None]
     for r, word in zip(rejects, ["bad JSON", "missing text", "invalid UTF-8", "empty text", "max_record_bytes"]):
         assert word in r["reason"]
-    manifest = json.loads((tmp_path / "out" / "_manifest.json").read_text())
+    manifest = read_state(tmp_path / "out")
     (entry,) = manifest["inputs"].values()
     assert entry["paths"] == [str(dump.resolve())] and entry["complete"] and entry["lines"] == 45
     chunks = sorted(manifest["chunks"].values(), key=lambda e: e["first_line"])
