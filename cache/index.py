@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -18,13 +19,13 @@ from cache.format import (
     FORMAT_VERSION,
     SHARD_GLOB,
     canonical,
-    check_fingerprint,
     decode_strings,
     read_alias_tables,
     read_strings,
     write_alias_tables,
     write_strings,
 )
+from cache.safe_open import check_index_layout, open_checked, open_shard
 from rpihmif.errors import DamagedCacheError
 
 __all__ = ["CacheIndex", "load_index", "read_index_file", "write_index", "INDEX_NAME"]
@@ -75,8 +76,7 @@ def load_index(folder: Path, fingerprint: dict[str, Any]) -> CacheIndex:
 
 def _scan_shard(index: CacheIndex, path: Path, fingerprint: dict[str, Any]) -> None:
     try:
-        with h5py.File(path, "r") as f:
-            check_fingerprint(f.attrs, path, fingerprint)
+        with open_shard(path, fingerprint) as f:  # refused before any read when it points elsewhere or is a bomb
             keys = decode_strings(f["keys"][()])  # fletcher32-checked
             aliases, rejects = read_alias_tables(f)
             index.add_shard(path.name, keys, aliases, rejects)
@@ -85,23 +85,26 @@ def _scan_shard(index: CacheIndex, path: Path, fingerprint: dict[str, Any]) -> N
 
 
 def read_index_file(folder: Path, fingerprint: dict[str, Any], present: set[str]) -> CacheIndex | None:
+    """The index saved in `folder/index.h5` when it is whole and names only `present` shards, else None (a warning
+    when it is unreadable, points elsewhere or holds values out of range: the shards are scanned instead)."""
     path = folder / INDEX_NAME
-    if not path.is_file():
+    if not os.path.lexists(path):
         return None
     try:
-        with h5py.File(path, "r") as f:
+        with open_checked(path) as f:
             if f.attrs.get("fingerprint") != canonical(fingerprint):
                 return None
             shards = read_strings(f, "shards")
             if not set(shards) <= present:  # a shard was removed: rebuild from the shards themselves
                 return None
+            check_index_layout(f, path, len(shards))
             index = CacheIndex(shards=shards)
             for key, s, r in zip(decode_strings(f["key"][()]), f["key_shard"][()], f["key_row"][()]):
                 index.keys.setdefault(key, (int(s), int(r)))
             index.add_tables(*read_alias_tables(f))
             return index
-    except (OSError, KeyError, ValueError) as exc:
-        log.warning("%s: ignoring unreadable index (%s); scanning shards", path, exc)
+    except (OSError, KeyError, ValueError, DamagedCacheError) as exc:
+        log.warning("%s: ignoring unreadable index (%s); scanning shards", path, getattr(exc, "reason", exc))
         return None
 
 

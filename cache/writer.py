@@ -40,7 +40,7 @@ from rpihmif.errors import UsageError
 
 __all__ = ["CacheWriter", "OWN_FILES"]
 
-OWN_FILES = ("fingerprint.json", "index.h5", "rejects.jsonl", "verified.json")
+OWN_FILES = ("fingerprint.json", "index.h5", "rejects.jsonl")
 
 
 class CacheWriter:
@@ -102,7 +102,11 @@ class CacheWriter:
             shape = (n,) + row_shape
             if tuple(np.shape(batch[name])) != shape:
                 raise ValueError(f"{name}: expected shape {shape}, got {tuple(np.shape(batch[name]))}")
-        start = 0
+        with naming_path(self._tmp or self.folder):  # a full disk: one line naming the shard and the disk
+            self._add_rows(keys, batch)
+
+    def _add_rows(self, keys: list[str], batch: dict[str, np.ndarray]) -> None:
+        n, start = len(keys), 0
         while start < n:
             if self._file is not None and self._rows >= self.shard_size:
                 self.commit()
@@ -198,10 +202,13 @@ class CacheWriter:
             self._release()
 
     def abort(self) -> None:
-        """Drop the unfinished shard (finished ones stay) and release the lock."""
+        """Drop the unfinished shard (finished ones stay) and release the lock; quiet on a full disk."""
         try:
             if self._file is not None:
-                self._file.close()
+                try:
+                    self._file.close()
+                except (OSError, RuntimeError, ValueError):  # its buffers cannot be flushed: the file is dropped
+                    pass
             if self._tmp is not None:
                 self._tmp.unlink(missing_ok=True)
         finally:

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from helpers import fake_fingerprint, fake_rows
 
-from cache.reader import CacheWriter, open_cache
+from cache import CacheWriter, open_cache
 from cache.writer import OWN_FILES
 from rpihmif.errors import LockHeldError, UsageError
 
@@ -121,7 +121,7 @@ def test_killed_writer_leaves_no_visible_half_shard(tmp_path):
         import os, signal, sys
         sys.path[:0] = [{str(REPO)!r}, {str(REPO / 'tests')!r}]
         from helpers import fake_fingerprint, fake_rows
-        from cache.reader import CacheWriter
+        from cache import CacheWriter
         w = CacheWriter({str(tmp_path)!r}, fake_fingerprint(), shard_size=3)
         w.add_rows(fake_rows(["a" * 64, "b" * 64, "c" * 64]))   # one full shard: committed
         w.add_rows(fake_rows(["d" * 64, "e" * 64]))             # half a shard in the temp file
