@@ -91,9 +91,9 @@ def _check_dataset(d: h5py.Dataset, path: Path, file_size: int) -> None:
 
 
 def _expect(f: h5py.File, path: Path, name: str, shape: tuple[int, ...], kinds: set[np.dtype] | str) -> h5py.Dataset:
-    if name not in f:
-        raise DamagedCacheError(path, f"dataset {name!r} is missing")
-    d = f[name]
+    d = f.get(name)
+    if not isinstance(d, h5py.Dataset):
+        raise DamagedCacheError(path, f"dataset {name!r} is missing" if d is None else f"{name!r} is not a dataset")
     ok = h5py.check_string_dtype(d.dtype) is not None if kinds == "str" else d.dtype in kinds
     if not ok:
         raise DamagedCacheError(path, f"dataset {name!r} has dtype {d.dtype}, expected {kinds}")
