@@ -86,6 +86,9 @@ def disk_of(path: str | os.PathLike) -> str:
         return f"the disk of {path}"
 
 
+_NO_SPACE = "no space left on"
+
+
 def is_no_space(exc: BaseException) -> bool:
     """Whether `exc` is a full disk (HDF5 reports it in its message, without errno)."""
     return isinstance(exc, OSError) and (exc.errno in (errno.ENOSPC, errno.EDQUOT) or "No space left" in str(exc)
@@ -99,8 +102,8 @@ def naming_path(path: str | os.PathLike) -> Iterator[None]:
     try:
         yield
     except OSError as exc:
-        if is_no_space(exc):
-            raise OSError(errno.ENOSPC, f"no space left on {disk_of(path)} while writing; free space there (or "
+        if is_no_space(exc) and not str(exc.strerror).startswith(_NO_SPACE):
+            raise OSError(errno.ENOSPC, f"{_NO_SPACE} {disk_of(path)} while writing; free space there (or "
                                         "write to another disk) and rerun", str(path)) from None
         if exc.filename:
             raise
@@ -123,7 +126,7 @@ def temp_path(final: Path) -> Path:
 def commit_temp(tmp: Path, final: Path) -> None:
     """fsync `tmp`, give it the umask's mode and rename it over `final` (never following a link there)."""
     refuse_link(final)
-    with naming_path(tmp):
+    with naming_path(final):
         os.chmod(tmp, file_mode())
         fsync_path(tmp)
         os.replace(tmp, final)
@@ -160,16 +163,17 @@ def atomic_file(path: str | os.PathLike, mode: str = "wb", encoding: str | None 
     final = Path(path)
     ensure_dir(final.parent)
     refuse_link(final)
-    tmp = temp_path(final)
-    try:
-        with naming_path(tmp), open(tmp, mode, encoding=encoding, newline="" if "b" not in mode else None,
-                                           opener=open_nofollow) as fh:
-            yield fh
-            fh.flush()
-        commit_temp(tmp, final)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with naming_path(final):  # outermost: a full disk is reported after the temp file is gone
+        tmp = temp_path(final)
+        try:
+            with open(tmp, mode, encoding=encoding, newline="" if "b" not in mode else None,
+                      opener=open_nofollow) as fh:
+                yield fh
+                fh.flush()
+            commit_temp(tmp, final)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -32,7 +32,7 @@ from rpihmif.errors import UsageError
 from rpihmif.visual import VisualSpec
 
 __all__ = ["FORMAT_VERSION", "FEATURE_NAMES", "NO_IMAGE", "DUMP_SOURCE", "SHARD_GLOB", "feature_shapes", "canonical", "describe",
-           "spec_of", "read_fingerprint", "check_fingerprint", "decode_strings",
+           "spec_of", "read_fingerprint", "check_fingerprint", "decode_strings", "memory_file", "save_memory_file",
            "write_strings", "read_strings", "write_alias_tables", "read_alias_tables"]
 
 FORMAT_VERSION = 1
@@ -112,6 +112,22 @@ def check_fingerprint(attrs: Any, path: Path, fingerprint: dict[str, Any]) -> No
         raise UsageError(f"{path}: written by encoder {desc}, but this cache folder is for "
                          f"{describe(fingerprint)}; features of two encoders never mix: move {path.name} "
                          f"to its own cache folder or delete it and rerun extract-features")
+
+
+# ---- files built in memory ---------------------------------------------------------------------------------------
+def memory_file(label: str) -> h5py.File:
+    """An HDF5 file held in memory (HDF5 itself never writes to disk, so a full disk cannot leave it half flushed)."""
+    return h5py.File(label, "w", driver="core", backing_store=False)
+
+
+def save_memory_file(f: h5py.File, final: Path) -> None:
+    """Write the image of `memory_file` f to `final` (temp + fsync + rename; a full disk is one OSError) and close f."""
+    from cache.durable import atomic_write_bytes
+
+    f.flush()
+    image = f.id.get_file_image()
+    f.close()
+    atomic_write_bytes(final, image)
 
 
 # ---- string tables -----------------------------------------------------------------------------------------------

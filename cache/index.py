@@ -11,17 +11,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-import h5py
 import numpy as np
 
-from cache.durable import atomic_write_text, commit_temp, temp_path
+from cache.durable import atomic_write_text, naming_path
 from cache.format import (
     FORMAT_VERSION,
     SHARD_GLOB,
     canonical,
     decode_strings,
+    memory_file,
     read_alias_tables,
     read_strings,
+    save_memory_file,
     write_alias_tables,
     write_strings,
 )
@@ -111,9 +112,9 @@ def read_index_file(folder: Path, fingerprint: dict[str, Any], present: set[str]
 def write_index(folder: Path, index: CacheIndex, fingerprint: dict[str, Any]) -> Path:
     """Write `folder/index.h5` (temp + fsync + rename) from `index`, and regenerate rejects.jsonl."""
     path = folder / INDEX_NAME
-    tmp = temp_path(path)
     keys = list(index.keys.items())
-    with h5py.File(tmp, "w") as f:
+    with naming_path(path):
+        f = memory_file(str(path))  # built in memory, written whole: a full disk is one OSError
         f.attrs["fingerprint"] = canonical(fingerprint)
         f.attrs["format"] = FORMAT_VERSION
         write_strings(f, "shards", index.shards)
@@ -122,8 +123,7 @@ def write_index(folder: Path, index: CacheIndex, fingerprint: dict[str, Any]) ->
         f.create_dataset("key_shard", data=np.array([v[0] for _, v in keys], dtype=np.int32), **checked)
         f.create_dataset("key_row", data=np.array([v[1] for _, v in keys], dtype=np.int32), **checked)
         write_alias_tables(f, [(s, i, k) for (s, i), k in index.aliases.items()], index.rejects)
-        f.flush()
-    commit_temp(tmp, path)
+        save_memory_file(f, path)
     lines = "".join(json.dumps(r, sort_keys=True) + "\n" for r in index.rejects)
     atomic_write_text(folder / "rejects.jsonl", lines)
     return path
