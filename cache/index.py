@@ -26,7 +26,7 @@ from cache.format import (
     write_alias_tables,
     write_strings,
 )
-from cache.safe_open import check_index_layout, open_checked, open_shard
+from cache.safe_open import open_index, open_shard
 from rpihmif.errors import DamagedCacheError
 
 __all__ = ["CacheIndex", "load_index", "read_index_file", "write_index", "INDEX_NAME"]
@@ -92,13 +92,12 @@ def read_index_file(folder: Path, fingerprint: dict[str, Any], present: set[str]
     if not os.path.lexists(path):
         return None
     try:
-        with open_checked(path) as f:
+        with open_index(path) as f:  # refused before any read when it points elsewhere or holds bad values
             if f.attrs.get("fingerprint") != canonical(fingerprint):
                 return None
             shards = read_strings(f, "shards")
             if not set(shards) <= present:  # a shard was removed: rebuild from the shards themselves
                 return None
-            check_index_layout(f, path, len(shards))
             index = CacheIndex(shards=shards)
             for key, s, r in zip(decode_strings(f["key"][()]), f["key_shard"][()], f["key_row"][()]):
                 index.keys.setdefault(key, (int(s), int(r)))

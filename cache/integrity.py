@@ -32,7 +32,7 @@ def verify_shard(path: Path, fingerprint: dict[str, Any]) -> str:
     checked before any read). A shard of another encoder is not damage: UsageError, as readers raise.
     """
     try:
-        with open_shard(path, fingerprint) as f:
+        with open_shard(path, fingerprint, strict=True) as f:
             rows = f["keys"].shape[0]
             for name in ("keys",) + FEATURE_NAMES:
                 data = f[name]

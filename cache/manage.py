@@ -18,7 +18,7 @@ from cache.index import INDEX_NAME, load_index
 from cache.integrity import DAMAGED_SUFFIX, verify_shard
 from cache.memo import StampMemo, last_read
 from cache.reader import fingerprint_folders
-from cache.safe_open import check_index_layout, open_checked
+from cache.safe_open import open_index
 from rpihmif.errors import DamagedCacheError, LockHeldError, PipelineError, UsageError
 
 __all__ = ["cache_info", "verify_cache", "prune_cache", "folder_info"]
@@ -82,8 +82,8 @@ def _index_problem(folder: Path) -> str:
     if not os.path.lexists(path):
         return ""
     try:
-        with open_checked(path) as f:
-            check_index_layout(f, path, f["shards"].shape[0] if "shards" in f else 0)
+        with open_index(path, strict=True):
+            pass
     except DamagedCacheError as exc:
         return exc.reason
     except (OSError, KeyError, ValueError, RuntimeError) as exc:

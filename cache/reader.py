@@ -80,6 +80,7 @@ class FeatureCache:
         self.spec: VisualSpec = spec_of(self.fingerprint)
         self._index: CacheIndex | None = None
         self._handles: dict[int, h5py.File] = {}
+        self._rows: dict[int, int] = {}  # rows of each open shard (checked by open_shard)
         self._pid = os.getpid()
 
     # ---- public reader API -------------------------------------------------------------------------------------
@@ -97,8 +98,8 @@ class FeatureCache:
             return None
         f = self._handle(loc[0])
         try:  # every chunk read is verified against its fletcher32 checksum
-            if loc[1] >= f["keys"].shape[0]:
-                raise IndexError(f"index.h5 points at row {loc[1]} of {f['keys'].shape[0]}")
+            if loc[1] >= self._rows[loc[0]]:
+                raise IndexError(f"index.h5 points at row {loc[1]} of {self._rows[loc[0]]}")
             return {name: np.asarray(f[name][loc[1]]) for name in FEATURE_NAMES}
         except (OSError, KeyError, ValueError, IndexError, RuntimeError) as exc:
             raise DamagedCacheError(self.folder / self.index.shards[loc[0]], exc) from exc
@@ -179,5 +180,5 @@ class FeatureCache:
         if f is None:
             # truncated, overwritten, gone since the index, pointing elsewhere or a bomb: DamagedCacheError
             f = open_shard(self.folder / self.index.shards[shard], self.fingerprint)
-            self._handles[shard] = f
+            self._handles[shard], self._rows[shard] = f, f["keys"].shape[0]
         return f

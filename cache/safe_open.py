@@ -16,12 +16,12 @@ from typing import Any
 
 import h5py
 import numpy as np
-from h5py import h5d, h5z
+from h5py import h5d, h5g, h5l, h5o, h5z
 
 from cache.format import check_fingerprint, feature_shapes, spec_of
 from rpihmif.errors import DamagedCacheError
 
-__all__ = ["open_checked", "open_shard", "check_index_layout", "STRING_TABLES"]
+__all__ = ["open_checked", "open_shard", "open_index", "STRING_TABLES"]
 
 STRING_TABLES = ("alias_source", "alias_id", "alias_key", "rejects")
 _LAYOUTS = {h5d.COMPACT, h5d.CONTIGUOUS, h5d.CHUNKED}  # never h5d.VIRTUAL (data in other files)
@@ -30,8 +30,16 @@ _FLOATS = {np.dtype("float16"), np.dtype("float32")}
 ANY_LENGTH = (-1,)  # `_expect` shape of a 1-D dataset of any length
 
 
+Layout = dict[str, tuple[tuple[int, ...], np.dtype]]  # dataset path -> (shape, dtype), as checked
+
+
 def open_checked(path: Path) -> h5py.File:
     """`path` opened read-only after the kind and layout of every object in it passed (DamagedCacheError if not)."""
+    return _open(path)[0]
+
+
+def _open(path: Path, strict: bool = False) -> tuple[h5py.File, Layout]:
+    """(file, layout) after every check; `strict` also demands every declared byte be allocated (verify)."""
     try:
         st = os.lstat(path)
     except OSError as exc:
@@ -46,32 +54,45 @@ def open_checked(path: Path) -> h5py.File:
         opened = os.fstat(f.id.get_vfd_handle())
         if (opened.st_dev, opened.st_ino) != (st.st_dev, st.st_ino):
             raise DamagedCacheError(path, "replaced while it was being opened")
-        _check_group(f, path, st.st_size)
+        layout: Layout = {}
+        total = _check_group(h5g.open(f.id, b"/"), "", path, st.st_size, layout, strict)
+        if total > st.st_size:  # every dataset's bytes live in this file (no filter compresses)
+            raise DamagedCacheError(path, f"its datasets declare {total} bytes in a file of {st.st_size}")
     except BaseException:
         f.close()
         raise
-    return f
+    return f, layout
 
 
-def _check_group(group: h5py.Group, path: Path, file_size: int) -> None:
-    for name in group:  # listing names resolves no link
-        link = group.get(name, getlink=True)
-        if not isinstance(link, h5py.HardLink):
-            raise DamagedCacheError(path, f"{group.name.rstrip('/')}/{name} is a {type(link).__name__} "
-                                          "(points outside the file); cache files hold their own data only")
-        obj = group[name]
-        if isinstance(obj, h5py.Group):
-            _check_group(obj, path, file_size)
-        elif isinstance(obj, h5py.Dataset):
-            _check_dataset(obj, path, file_size)
+def _check_group(gid: Any, prefix: str, path: Path, file_size: int, layout: Layout, strict: bool) -> int:
+    """Every link of group `gid` hard, every object a checked dataset (or a group, checked the same way); returns
+    the bytes its datasets declare."""
+    total = 0
+    for raw in gid:  # low-level: names only, no link is resolved
+        name = prefix + raw.decode("utf-8", "replace")
+        kind = gid.links.get_info(raw).type
+        if kind != h5l.TYPE_HARD:
+            what = {h5l.TYPE_SOFT: "SoftLink", h5l.TYPE_EXTERNAL: "ExternalLink"}.get(kind, f"link of type {kind}")
+            raise DamagedCacheError(path, f"{name} is a {what} (points outside the file); cache files hold their own "
+                                          "data only")
+        otype = h5o.get_info(gid, raw).type
+        if otype == h5o.TYPE_GROUP:
+            total += _check_group(h5g.open(gid, raw), name + "/", path, file_size, layout, strict)
+        elif otype == h5o.TYPE_DATASET:
+            shape, dt, declared = _check_dataset(h5d.open(gid, raw), name, path, file_size, strict)
+            layout[name] = shape, dt
+            total += declared
         else:
-            raise DamagedCacheError(path, f"{obj.name} is a {type(obj).__name__}, not a dataset")
+            raise DamagedCacheError(path, f"{name} is an HDF5 object of type {otype}, not a dataset")
+    return total
 
 
-def _check_dataset(d: h5py.Dataset, path: Path, file_size: int) -> None:
-    plist = d.id.get_create_plist()
-    where = f"dataset {d.name!r}"
-    if d.is_virtual or plist.get_layout() not in _LAYOUTS:
+def _check_dataset(dsid: Any, name: str, path: Path, file_size: int,
+                   strict: bool) -> tuple[tuple[int, ...], np.dtype, int]:
+    """(shape, dtype, bytes declared) of a dataset stored in this file, with no filter the writer never applies."""
+    plist = dsid.get_create_plist()
+    where = f"dataset {name!r}"
+    if plist.get_layout() not in _LAYOUTS:
         raise DamagedCacheError(path, f"{where} is virtual (its data lives in other files)")
     if plist.get_external_count():
         raise DamagedCacheError(path, f"{where} keeps its data in external raw files")
@@ -79,67 +100,79 @@ def _check_dataset(d: h5py.Dataset, path: Path, file_size: int) -> None:
         code = plist.get_filter(i)[0]
         if code not in _FILTERS:
             raise DamagedCacheError(path, f"{where} uses HDF5 filter {code}, which the cache writer never applies")
-    dt = d.dtype
+    dt, shape = dsid.dtype, tuple(dsid.shape or ())
     if dt.fields is not None or h5py.check_dtype(ref=dt) is not None or (
             dt.kind == "O" and h5py.check_string_dtype(dt) is None):
         raise DamagedCacheError(path, f"{where} has dtype {dt}, which no cache dataset has")
-    declared = math.prod(d.shape or ()) * d.id.get_type().get_size()
-    stored = d.id.get_storage_size()
-    if declared > stored or stored > file_size:  # huge shapes in a tiny (chunked, unallocated) file
-        raise DamagedCacheError(path, f"{where} declares shape {d.shape} ({declared} bytes) but stores {stored} "
-                                      f"bytes in a file of {file_size}")
+    declared = math.prod(shape) * dsid.get_type().get_size()
+    stored = dsid.get_storage_size() if strict else declared  # (walks every chunk: verify only)
+    if declared > stored or declared > file_size:  # huge shapes in a tiny (chunked, unallocated) file
+        raise DamagedCacheError(path, f"{where} declares shape {shape} ({declared} bytes) but "
+                                      + (f"stores {stored}" if declared > stored else f"the file has {file_size}"))
+    return shape, dt, declared
 
 
-def _expect(f: h5py.File, path: Path, name: str, shape: tuple[int, ...], kinds: set[np.dtype] | str) -> h5py.Dataset:
-    d = f.get(name)
-    if not isinstance(d, h5py.Dataset):
-        raise DamagedCacheError(path, f"dataset {name!r} is missing" if d is None else f"{name!r} is not a dataset")
-    ok = h5py.check_string_dtype(d.dtype) is not None if kinds == "str" else d.dtype in kinds
+def _expect(layout: Layout, path: Path, name: str, shape: tuple[int, ...], kinds: set[np.dtype] | str) -> int:
+    """Rows of dataset `name` after its shape and dtype matched (ANY_LENGTH: any 1-D); DamagedCacheError if not."""
+    if name not in layout:
+        raise DamagedCacheError(path, f"dataset {name!r} is missing")
+    got, dt = layout[name]
+    ok = h5py.check_string_dtype(dt) is not None if kinds == "str" else dt in kinds
     if not ok:
-        raise DamagedCacheError(path, f"dataset {name!r} has dtype {d.dtype}, expected {kinds}")
-    if (d.ndim != 1) if shape == ANY_LENGTH else tuple(d.shape) != shape:
-        raise DamagedCacheError(path, f"dataset {name!r} has shape {d.shape}, expected {shape}")
-    return d
+        raise DamagedCacheError(path, f"dataset {name!r} has dtype {dt}, expected {kinds}")
+    if (len(got) != 1) if shape == ANY_LENGTH else got != shape:
+        raise DamagedCacheError(path, f"dataset {name!r} has shape {got}, expected {shape}")
+    return got[0] if got else 0
 
 
-def _check_tables(f: h5py.File, path: Path) -> None:
-    n = {name: _expect(f, path, name, ANY_LENGTH, "str").shape[0] for name in STRING_TABLES}
+def _check_tables(layout: Layout, path: Path) -> None:
+    n = {name: _expect(layout, path, name, ANY_LENGTH, "str") for name in STRING_TABLES}
     if len({n["alias_source"], n["alias_id"], n["alias_key"]}) != 1:
         raise DamagedCacheError(path, f"alias tables differ in length ({n})")
 
 
-def open_shard(path: Path, fingerprint: dict[str, Any]) -> h5py.File:
+def open_shard(path: Path, fingerprint: dict[str, Any], strict: bool = False) -> h5py.File:
     """A shard of `fingerprint`'s folder, opened by `open_checked` and matched to the spec's shapes and dtypes.
 
-    Another encoder's shard raises UsageError (as `check_fingerprint`), anything malformed DamagedCacheError.
+    Another encoder's shard raises UsageError (as `check_fingerprint`), anything malformed DamagedCacheError;
+    `strict` (verify) also refuses declared data that was never written.
     """
-    f = open_checked(path)
+    f, layout = _open(path, strict)
     try:
         check_fingerprint(f.attrs, path, fingerprint)
         try:
             rows = int(f.attrs["rows"])
         except (KeyError, TypeError, ValueError) as exc:
             raise DamagedCacheError(path, f"attribute 'rows' missing or not a number ({exc})") from exc
-        _expect(f, path, "keys", (rows,), {np.dtype("S64")})
+        _expect(layout, path, "keys", (rows,), {np.dtype("S64")})
         for name, row_shape in feature_shapes(spec_of(fingerprint)).items():
             kinds = {np.dtype(bool)} if name.endswith("_mask") else _FLOATS
-            _expect(f, path, name, (rows,) + row_shape, kinds)
-        _check_tables(f, path)
+            _expect(layout, path, name, (rows,) + row_shape, kinds)
+        _check_tables(layout, path)
     except BaseException:
         f.close()
         raise
     return f
 
 
-def check_index_layout(f: h5py.File, path: Path, shards: int) -> None:
-    """DamagedCacheError unless index.h5 holds (K,) key S64, key_shard and key_row ints with shards in range."""
-    k = _expect(f, path, "key", ANY_LENGTH, {np.dtype("S64")}).shape[0]
-    ints = {np.dtype("int32"), np.dtype("int64")}
-    shard_of = _expect(f, path, "key_shard", (k,), ints)[()]
-    row_of = _expect(f, path, "key_row", (k,), ints)[()]
-    _check_tables(f, path)
-    if k and (shard_of.min() < 0 or shard_of.max() >= shards):
-        raise DamagedCacheError(path, f"key_shard values {shard_of.min()}..{shard_of.max()} outside the "
-                                      f"{shards} shard(s) it names")
-    if k and row_of.min() < 0:
-        raise DamagedCacheError(path, "negative key_row values")
+def open_index(path: Path, strict: bool = False) -> h5py.File:
+    """index.h5 opened as `open_checked`, holding (S,) shards, (K,) key S64 and int key_shard/key_row with every
+    key_shard naming one of its shards and no negative row; DamagedCacheError otherwise."""
+    f, layout = _open(path, strict)
+    try:
+        shards = _expect(layout, path, "shards", ANY_LENGTH, "str")
+        k = _expect(layout, path, "key", ANY_LENGTH, {np.dtype("S64")})
+        ints = {np.dtype("int32"), np.dtype("int64")}
+        _expect(layout, path, "key_shard", (k,), ints)
+        _expect(layout, path, "key_row", (k,), ints)
+        _check_tables(layout, path)
+        shard_of, row_of = f["key_shard"][()], f["key_row"][()]
+        if k and (shard_of.min() < 0 or shard_of.max() >= shards):
+            raise DamagedCacheError(path, f"key_shard values {shard_of.min()}..{shard_of.max()} outside the "
+                                          f"{shards} shard(s) it names")
+        if k and row_of.min() < 0:
+            raise DamagedCacheError(path, "negative key_row values")
+    except BaseException:
+        f.close()
+        raise
+    return f

@@ -290,3 +290,12 @@ def test_extract_rerun_repairs_and_tag_exits_2_on_a_hostile_shard(world, tmp_pat
     with no_hang(120):
         again = cli(*map(str, world["extract"]), *sets(cache_dir=cache_dir))
     assert again.exit_code == 0 and json.loads(again.stdout)["computed"] == 0
+
+
+def test_declared_but_never_written_data_is_caught_by_verify_and_repair(env):
+    _replace(env["shard"], "orig", lambda f, n, i: _declare(f, n, i, i["shape"]))  # right shape, no chunk stored
+    assert len(FeatureCache(env["folder"])) == 4  # within the file's size: the reader's cheap bound lets it pass
+    (bad,) = verify_cache(env["root"])["broken"]
+    assert bad["file"] == str(env["shard"]) and "stores 0" in bad["reason"]
+    result = repair_folder(env["folder"], read_fingerprint(env["folder"]))
+    assert [d["shard"] for d in result["damaged"]] == [env["shard"].name]
