@@ -203,6 +203,9 @@ def report_cmd(
 cache_app = typer.Typer(no_args_is_help=True, help="List, verify and prune the feature cache (one folder per encoder fingerprint).")
 app.add_typer(cache_app, name="cache")
 CACHE_DIR_HELP = "Feature-cache root; default: extract.yaml's cache_dir (\"\" = $RPIHMIF_CACHE or ~/.cache/rpihmif/features)."
+CACHE_DIR_OPT = Opt(None, "--cache-dir", help=CACHE_DIR_HELP, show_default="from extract.yaml")
+CACHE_CONFIG_OPT = Opt(None, "--config", help=CONFIG_HELP, show_default="pipeline/conf/extract.yaml")
+CACHE_SET_OPT = Opt([], "--set", help="Override a config key of extract.yaml, e.g. --set cache_dir=C.", show_default="none")
 
 
 def _cache_root(config: Optional[Path], set_: List[str], cache_dir: Optional[Path]) -> Path:
@@ -212,9 +215,7 @@ def _cache_root(config: Optional[Path], set_: List[str], cache_dir: Optional[Pat
 
 @cache_app.command("info")
 def cache_info_cmd(
-    cache_dir: Optional[Path] = Opt(None, "--cache-dir", help=CACHE_DIR_HELP, show_default="from extract.yaml"),
-    config: Optional[Path] = Opt(None, "--config", help=CONFIG_HELP, show_default="pipeline/conf/extract.yaml"),
-    set_: List[str] = Opt([], "--set", help="Override a config key of extract.yaml, e.g. --set cache_dir=C.", show_default="none"),
+    cache_dir: Optional[Path] = CACHE_DIR_OPT, config: Optional[Path] = CACHE_CONFIG_OPT, set_: List[str] = CACHE_SET_OPT,
     as_json: bool = Opt(False, "--json", help="Print JSON instead of a table.", show_default="off"),
 ) -> None:
     """One line per fingerprint folder: encoder, fingerprint, images, bytes, shards, last written, last read."""
@@ -228,9 +229,7 @@ def cache_info_cmd(
 
 @cache_app.command("verify")
 def cache_verify_cmd(
-    cache_dir: Optional[Path] = Opt(None, "--cache-dir", help=CACHE_DIR_HELP, show_default="from extract.yaml"),
-    config: Optional[Path] = Opt(None, "--config", help=CONFIG_HELP, show_default="pipeline/conf/extract.yaml"),
-    set_: List[str] = Opt([], "--set", help="Override a config key of extract.yaml, e.g. --set cache_dir=C.", show_default="none"),
+    cache_dir: Optional[Path] = CACHE_DIR_OPT, config: Optional[Path] = CACHE_CONFIG_OPT, set_: List[str] = CACHE_SET_OPT,
     fingerprint: Optional[str] = Opt(None, "--fingerprint", help="Verify only this fingerprint folder.", show_default="all"),
 ) -> None:
     """Read every shard back against its checksums and structure; exit 1 naming each broken file and the fix."""
@@ -250,9 +249,7 @@ def cache_verify_cmd(
 
 @cache_app.command("prune")
 def cache_prune_cmd(
-    cache_dir: Optional[Path] = Opt(None, "--cache-dir", help=CACHE_DIR_HELP, show_default="from extract.yaml"),
-    config: Optional[Path] = Opt(None, "--config", help=CONFIG_HELP, show_default="pipeline/conf/extract.yaml"),
-    set_: List[str] = Opt([], "--set", help="Override a config key of extract.yaml, e.g. --set cache_dir=C.", show_default="none"),
+    cache_dir: Optional[Path] = CACHE_DIR_OPT, config: Optional[Path] = CACHE_CONFIG_OPT, set_: List[str] = CACHE_SET_OPT,
     fingerprint: Optional[str] = Opt(None, "--fingerprint", help="Remove this fingerprint folder.", show_default="any"),
     unused_since: Optional[float] = Opt(None, "--unused-since", help="Remove folders neither read nor written for DAYS days.", metavar="DAYS", show_default="any"),
     keep: Optional[int] = Opt(None, "--keep", help="Keep the N most recently used folders, remove the others.", metavar="N", show_default="all"),

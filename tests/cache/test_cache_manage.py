@@ -157,3 +157,16 @@ def test_memo_keeps_other_sections_of_a_concurrent_writer(tmp_path, monkeypatch)
     ro.set_verified(tmp_path / "fp", {})
     ro.save()
     assert StampMemo(tmp_path).verified(tmp_path / "fp")  # a read-only memo never writes
+
+
+def test_find_cache_writes_nothing_and_fingerprints_only_when_a_cache_exists(two, tmp_path):
+    calls = []
+    assert find_cache(tmp_path / "none", lambda: calls.append(1) or "x") is None
+    assert calls == [] and not (tmp_path / "none").exists()
+    memo = two / ".extract_memo.json"
+    before = (memo.stat().st_mtime_ns, sorted(p.name for p in two.iterdir()))
+    cache = find_cache(two, lambda: "aaaaaaaaaaaaaaaa")
+    assert cache.fingerprint_id == "aaaaaaaaaaaaaaaa" and len(cache) == 3
+    assert (memo.stat().st_mtime_ns, sorted(p.name for p in two.iterdir())) == before
+    with pytest.raises(UsageError, match="no features of encoder cccc"):
+        find_cache(two, "cccc")
