@@ -1,4 +1,4 @@
-"""Command line of the RPI-HMIF pipeline: make-sample, data-stats, extract-features, train, evaluate, tag-corpus, report, config.
+"""Command line of the RPI-HMIF pipeline: make-sample, data-stats, extract-features, train, evaluate, tag-corpus, report, cache, config.
 
 Thin glue: each command parses options, loads `conf/<stage>.yaml` plus `--set key=value`, and calls one stage.
 """
@@ -229,6 +229,71 @@ def report_cmd(
         preflight.check_report(out_dir, image_root)
         typer.echo(str(write_report(out_dir, seed=seed, sample_size=sample, least=max(1, sample // 2) if sample else 0,
                                     image_sample=min(sample, 12), image_root=str(image_root) if image_root else None)))
+
+
+cache_app = typer.Typer(no_args_is_help=True, help="List, verify and prune the feature cache (one folder per encoder fingerprint).")
+app.add_typer(cache_app, name="cache")
+CACHE_DIR_HELP = "Feature-cache root; default: extract.yaml's cache_dir (\"\" = $RPIHMIF_CACHE or ~/.cache/rpihmif/features)."
+CACHE_DIR_OPT = Opt(None, "--cache-dir", help=CACHE_DIR_HELP, show_default="from extract.yaml")
+CACHE_CONFIG_OPT = Opt(None, "--config", help=CONFIG_HELP, show_default="pipeline/conf/extract.yaml")
+CACHE_SET_OPT = Opt([], "--set", help="Override a config key of extract.yaml, e.g. --set cache_dir=C.", show_default="none")
+
+
+def _cache_root(config: Optional[Path], set_: List[str], cache_dir: Optional[Path]) -> Path:
+    """The cache root extract-features writes, with --config / --set cache_dir= / --cache-dir as that stage takes them."""
+    return Path(stage_config("extract", config, set_, {"cache_dir": str(cache_dir) if cache_dir else None}).cache_dir)
+
+
+@cache_app.command("info")
+def cache_info_cmd(
+    cache_dir: Optional[Path] = CACHE_DIR_OPT, config: Optional[Path] = CACHE_CONFIG_OPT, set_: List[str] = CACHE_SET_OPT,
+    as_json: bool = Opt(False, "--json", help="Print JSON instead of a table.", show_default="off"),
+) -> None:
+    """One line per fingerprint folder: encoder, fingerprint, images, bytes, shards, last written, last read."""
+    from cache import cache_info
+    from cache.manage import info_table
+    setup_logging()
+    with exit_codes():
+        data = cache_info(_cache_root(config, set_, cache_dir))
+        _print_json(data) if as_json else typer.echo(info_table(data))
+
+
+@cache_app.command("verify")
+def cache_verify_cmd(
+    cache_dir: Optional[Path] = CACHE_DIR_OPT, config: Optional[Path] = CACHE_CONFIG_OPT, set_: List[str] = CACHE_SET_OPT,
+    fingerprint: Optional[str] = Opt(None, "--fingerprint", help="Verify only this fingerprint folder.", show_default="all"),
+) -> None:
+    """Read every shard back against its checksums and structure; exit 1 naming each broken file and the fix."""
+    from cache import verify_cache
+    setup_logging()
+    with exit_codes():
+        result = verify_cache(_cache_root(config, set_, cache_dir), fingerprint)
+        for bad in result["broken"]:
+            _fail(f"error: {bad['file']}: {bad['reason']}")
+        if result["broken"]:
+            _fail(f"{len(result['broken'])} broken file(s) of {result['shards']} shard(s) checked; fix: rerun "
+                  "extract-features with the same settings (it sets damaged shards aside and recomputes their "
+                  "images), or remove the folder with `cache prune --fingerprint FP`")
+            raise typer.Exit(1)
+        typer.echo(f"ok: {result['shards']} shard(s) under {result['cache_dir']} pass their checksums and checks")
+
+
+@cache_app.command("prune")
+def cache_prune_cmd(
+    cache_dir: Optional[Path] = CACHE_DIR_OPT, config: Optional[Path] = CACHE_CONFIG_OPT, set_: List[str] = CACHE_SET_OPT,
+    fingerprint: Optional[str] = Opt(None, "--fingerprint", help="Remove this fingerprint folder.", show_default="any"),
+    unused_since: Optional[float] = Opt(None, "--unused-since", help="Remove folders neither read nor written for DAYS days.", metavar="DAYS", show_default="any"),
+    keep: Optional[int] = Opt(None, "--keep", help="Keep the N most recently used folders, remove the others.", metavar="N", show_default="all"),
+    dry_run: bool = Opt(False, "--dry-run", help="List what would be removed and the bytes freed; remove nothing.", show_default="off"),
+) -> None:
+    """Remove whole fingerprint folders matching every criterion given; never one a running stage holds (exit 3)."""
+    from cache import prune_cache
+    from cache.manage import prune_lines
+    setup_logging()
+    with exit_codes():
+        result = prune_cache(_cache_root(config, set_, cache_dir), fingerprint=fingerprint,
+                             unused_since_days=unused_since, keep=keep, dry_run=dry_run)
+        typer.echo(prune_lines(result))
 
 
 @app.command("config")

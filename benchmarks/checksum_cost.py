@@ -57,7 +57,7 @@ def _read_all(folder: Path) -> tuple[float, int]:
 def _write_all(folder: Path, checksums: bool) -> float:
     """Seconds to write every feature of `folder` again into a fresh cache (the writer alone, no encoder)."""
     from cache.format import read_fingerprint
-    from cache.reader import FEATURE_NAMES, CacheWriter, FeatureCache
+    from cache import FEATURE_NAMES, CacheWriter, FeatureCache
 
     source = FeatureCache(folder)
     keys = source.keys()

@@ -6,6 +6,7 @@ belongs is a UsageError naming it.
 """
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import json
@@ -24,7 +25,8 @@ from rpihmif.errors import LockHeldError, UsageError
 
 __all__ = ["atomic_file", "atomic_write_text", "atomic_write_bytes", "atomic_dir", "recover_dir", "FileLock",
            "LOCK_NAME", "ensure_dir", "refuse_link", "sha256_file", "fsync_path", "naming_path", "temp_path",
-           "is_temp_name", "remove_stale_temps", "file_mode", "commit_temp", "file_stamp", "open_nofollow", "open_append"]
+           "is_temp_name", "remove_stale_temps", "file_mode", "commit_temp", "file_stamp", "open_nofollow", "open_append",
+           "disk_of", "is_no_space"]
 
 LOCK_NAME = ".lock"
 _TMP_TAG = ".tmp-"  # temp names: ".<final name>.tmp-<pid>-<random>"
@@ -70,12 +72,39 @@ def fsync_path(path: str | os.PathLike, directory: bool = False) -> None:
         os.close(fd)
 
 
+def disk_of(path: str | os.PathLike) -> str:
+    """"disk <mount point> (<free> MiB free)" of the file system that holds `path`, for an ENOSPC message."""
+    p = Path(path).absolute()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    try:
+        dev = os.stat(p).st_dev
+        while p != p.parent and os.stat(p.parent).st_dev == dev:
+            p = p.parent
+        return f"disk {p} ({shutil.disk_usage(p).free / 2**20:.1f} MiB free)"
+    except OSError:
+        return f"the disk of {path}"
+
+
+_NO_SPACE = "no space left on"
+
+
+def is_no_space(exc: BaseException) -> bool:
+    """Whether `exc` is a full disk (HDF5 reports it in its message, without errno)."""
+    return isinstance(exc, OSError) and (exc.errno in (errno.ENOSPC, errno.EDQUOT) or "No space left" in str(exc)
+                                         or "errno = 28," in str(exc))
+
+
 @contextmanager
 def naming_path(path: str | os.PathLike) -> Iterator[None]:
-    """Re-raise an OSError that names no file (ENOSPC from write/fsync) with `path`, so the user knows where."""
+    """Re-raise an OSError that names no file (ENOSPC from write/fsync, HDF5's write errors) with `path`, and a full
+    disk as one line naming the path and its disk, so the user knows where and what to free."""
     try:
         yield
     except OSError as exc:
+        if is_no_space(exc) and not str(exc.strerror).startswith(_NO_SPACE):
+            raise OSError(errno.ENOSPC, f"{_NO_SPACE} {disk_of(path)} while writing; free space there (or "
+                                        "write to another disk) and rerun", str(path)) from None
         if exc.filename:
             raise
         reason = os.strerror(exc.errno) if exc.errno else str(exc)
@@ -97,7 +126,7 @@ def temp_path(final: Path) -> Path:
 def commit_temp(tmp: Path, final: Path) -> None:
     """fsync `tmp`, give it the umask's mode and rename it over `final` (never following a link there)."""
     refuse_link(final)
-    with naming_path(tmp):
+    with naming_path(final):
         os.chmod(tmp, file_mode())
         fsync_path(tmp)
         os.replace(tmp, final)
@@ -134,16 +163,17 @@ def atomic_file(path: str | os.PathLike, mode: str = "wb", encoding: str | None 
     final = Path(path)
     ensure_dir(final.parent)
     refuse_link(final)
-    tmp = temp_path(final)
-    try:
-        with naming_path(tmp), open(tmp, mode, encoding=encoding, newline="" if "b" not in mode else None,
-                                           opener=open_nofollow) as fh:
-            yield fh
-            fh.flush()
-        commit_temp(tmp, final)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with naming_path(final):  # outermost: a full disk is reported after the temp file is gone
+        tmp = temp_path(final)
+        try:
+            with open(tmp, mode, encoding=encoding, newline="" if "b" not in mode else None,
+                      opener=open_nofollow) as fh:
+                yield fh
+                fh.flush()
+            commit_temp(tmp, final)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -1,6 +1,7 @@
 """On-disk format of the HDF5 feature cache: names, fingerprint checks and the alias/reject tables of a file.
 
-Shared by the reader (`feature_cache`), the index (`cache_index`) and the writer (`cache_writer`).
+Shared by the reader (`cache.reader`), the index (`cache.index`), the writer (`cache.writer`), the checks of
+`cache.safe_open` and `cache.integrity`, and the `cache` command (`cache.manage`).
 
 Layout of `<cache_dir>/<fingerprint id>/`:
   fingerprint.json        the encoder fingerprint (id, hashed part, readable info) -- written once, checked on every read
@@ -10,7 +11,10 @@ Layout of `<cache_dir>/<fingerprint id>/`:
   index.h5                a rebuildable summary of the shards it names (keys -> shard/row, aliases, rejects); shards
                           it does not name are scanned directly, so a lost or stale index is only slower, never wrong.
   rejects.jsonl           one line per rejected image or crop with its reason (regenerated from the shards)
-  .lock                   held by the single writer run (a second writer exits 3)
+  .lock                   held by the single writer run and by `cache prune` (a second one exits 3)
+  .last_read              touched by readers (at most once per process; never in a read-only cache)
+Beside the folders, `<cache_dir>/.extract_memo.json` (cache.memo) remembers file stamps: input hashes, encoder
+fingerprints and verified shards.
 Shard datasets: keys (N,) S64; orig (N, Lo, Dv); orig_mask (N,); grounding (N, K, Lg, Dv); grounding_mask (N, K);
 rcnn (N, K, Lr, Dv); rcnn_mask (N, K); alias_source/alias_id/alias_key (M,) str ("" key = no image); rejects (R,) JSON str.
 """
@@ -28,7 +32,7 @@ from rpihmif.errors import UsageError
 from rpihmif.visual import VisualSpec
 
 __all__ = ["FORMAT_VERSION", "FEATURE_NAMES", "NO_IMAGE", "DUMP_SOURCE", "SHARD_GLOB", "feature_shapes", "canonical", "describe",
-           "spec_of", "read_fingerprint", "check_fingerprint", "decode_strings",
+           "spec_of", "read_fingerprint", "check_fingerprint", "decode_strings", "memory_file", "save_memory_file",
            "write_strings", "read_strings", "write_alias_tables", "read_alias_tables"]
 
 FORMAT_VERSION = 1
@@ -61,8 +65,20 @@ def describe(fingerprint: dict[str, Any]) -> str:
             f"{h.get('rcnn_size')}; {h.get('dtype')}; weights {str(h.get('weights_sha256', '?'))[:12]}]")
 
 
+# sane upper bounds of a spec (ViT-G/14 at 336 px has 577 tokens of 1664): a fingerprint.json beyond them is damage
+SPEC_LIMITS = {"dim": 16384, "orig_tokens": 4096, "grounding_tokens": 4096, "rcnn_tokens": 4096, "max_crops": 16}
+
+
 def spec_of(fingerprint: dict[str, Any]) -> VisualSpec:
-    return VisualSpec(**fingerprint["info"]["spec"])
+    """The token layout of a fingerprint; ValueError unless every field is an int within SPEC_LIMITS."""
+    spec = fingerprint["info"]["spec"]
+    if not isinstance(spec, dict) or set(spec) != set(SPEC_LIMITS):
+        raise ValueError(f"spec must have exactly the fields {sorted(SPEC_LIMITS)}")
+    for name, top in SPEC_LIMITS.items():
+        value = spec[name]
+        if type(value) is not int or not (0 if name == "max_crops" else 1) <= value <= top:
+            raise ValueError(f"spec {name} = {str(value)[:40]} is outside 1..{top}")
+    return VisualSpec(**spec)
 
 
 def read_fingerprint(folder: Path) -> dict[str, Any]:
@@ -73,7 +89,8 @@ def read_fingerprint(folder: Path) -> dict[str, Any]:
                          "(nothing is ever written through it)")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-        data["id"], data["hashed"], data["info"]["spec"]  # noqa: B018 -- required fields
+        data["id"], data["hashed"].items  # noqa: B018 -- required fields
+        spec_of(data)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise UsageError(f"{path}: unreadable feature-cache fingerprint ({exc}); delete the folder {folder} "
                          "and rerun extract-features") from exc
@@ -95,6 +112,25 @@ def check_fingerprint(attrs: Any, path: Path, fingerprint: dict[str, Any]) -> No
         raise UsageError(f"{path}: written by encoder {desc}, but this cache folder is for "
                          f"{describe(fingerprint)}; features of two encoders never mix: move {path.name} "
                          f"to its own cache folder or delete it and rerun extract-features")
+
+
+# ---- files built in memory ---------------------------------------------------------------------------------------
+_MEMORY_BLOCK = 8 << 20  # bytes the in-memory file grows by (few reallocations for a shard of ~90 MB)
+
+
+def memory_file(label: str) -> h5py.File:
+    """An HDF5 file held in memory (HDF5 itself never writes to disk, so a full disk cannot leave it half flushed)."""
+    return h5py.File(label, "w", driver="core", backing_store=False, block_size=_MEMORY_BLOCK)
+
+
+def save_memory_file(f: h5py.File, final: Path) -> None:
+    """Write the image of `memory_file` f to `final` (temp + fsync + rename; a full disk is one OSError) and close f."""
+    from cache.durable import atomic_write_bytes
+
+    f.flush()
+    image = f.id.get_file_image()
+    f.close()
+    atomic_write_bytes(final, image)
 
 
 # ---- string tables -----------------------------------------------------------------------------------------------

@@ -6,25 +6,27 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-import h5py
 import numpy as np
 
-from cache.durable import atomic_write_text, commit_temp, temp_path
+from cache.durable import atomic_write_text, naming_path
 from cache.format import (
     FORMAT_VERSION,
     SHARD_GLOB,
     canonical,
-    check_fingerprint,
     decode_strings,
+    memory_file,
     read_alias_tables,
     read_strings,
+    save_memory_file,
     write_alias_tables,
     write_strings,
 )
+from cache.safe_open import open_index, open_shard
 from rpihmif.errors import DamagedCacheError
 
 __all__ = ["CacheIndex", "load_index", "read_index_file", "write_index", "INDEX_NAME"]
@@ -75,8 +77,7 @@ def load_index(folder: Path, fingerprint: dict[str, Any]) -> CacheIndex:
 
 def _scan_shard(index: CacheIndex, path: Path, fingerprint: dict[str, Any]) -> None:
     try:
-        with h5py.File(path, "r") as f:
-            check_fingerprint(f.attrs, path, fingerprint)
+        with open_shard(path, fingerprint) as f:  # refused before any read when it points elsewhere or is a bomb
             keys = decode_strings(f["keys"][()])  # fletcher32-checked
             aliases, rejects = read_alias_tables(f)
             index.add_shard(path.name, keys, aliases, rejects)
@@ -85,11 +86,13 @@ def _scan_shard(index: CacheIndex, path: Path, fingerprint: dict[str, Any]) -> N
 
 
 def read_index_file(folder: Path, fingerprint: dict[str, Any], present: set[str]) -> CacheIndex | None:
+    """The index saved in `folder/index.h5` when it is whole and names only `present` shards, else None (a warning
+    when it is unreadable, points elsewhere or holds values out of range: the shards are scanned instead)."""
     path = folder / INDEX_NAME
-    if not path.is_file():
+    if not os.path.lexists(path):
         return None
     try:
-        with h5py.File(path, "r") as f:
+        with open_index(path) as f:  # refused before any read when it points elsewhere or holds bad values
             if f.attrs.get("fingerprint") != canonical(fingerprint):
                 return None
             shards = read_strings(f, "shards")
@@ -100,17 +103,17 @@ def read_index_file(folder: Path, fingerprint: dict[str, Any], present: set[str]
                 index.keys.setdefault(key, (int(s), int(r)))
             index.add_tables(*read_alias_tables(f))
             return index
-    except (OSError, KeyError, ValueError) as exc:
-        log.warning("%s: ignoring unreadable index (%s); scanning shards", path, exc)
+    except (OSError, KeyError, ValueError, DamagedCacheError) as exc:
+        log.warning("%s: ignoring unreadable index (%s); scanning shards", path, getattr(exc, "reason", exc))
         return None
 
 
 def write_index(folder: Path, index: CacheIndex, fingerprint: dict[str, Any]) -> Path:
     """Write `folder/index.h5` (temp + fsync + rename) from `index`, and regenerate rejects.jsonl."""
     path = folder / INDEX_NAME
-    tmp = temp_path(path)
     keys = list(index.keys.items())
-    with h5py.File(tmp, "w") as f:
+    with naming_path(path):
+        f = memory_file(str(path))  # built in memory, written whole: a full disk is one OSError
         f.attrs["fingerprint"] = canonical(fingerprint)
         f.attrs["format"] = FORMAT_VERSION
         write_strings(f, "shards", index.shards)
@@ -119,8 +122,7 @@ def write_index(folder: Path, index: CacheIndex, fingerprint: dict[str, Any]) ->
         f.create_dataset("key_shard", data=np.array([v[0] for _, v in keys], dtype=np.int32), **checked)
         f.create_dataset("key_row", data=np.array([v[1] for _, v in keys], dtype=np.int32), **checked)
         write_alias_tables(f, [(s, i, k) for (s, i), k in index.aliases.items()], index.rejects)
-        f.flush()
-    commit_temp(tmp, path)
+        save_memory_file(f, path)
     lines = "".join(json.dumps(r, sort_keys=True) + "\n" for r in index.rejects)
     atomic_write_text(folder / "rejects.jsonl", lines)
     return path

@@ -1,27 +1,26 @@
 """Integrity of a feature-cache folder: read every shard back against its checksums and set damaged shards aside.
 
 extract-features runs `repair_folder` before planning, so a rerun recomputes what a damaged shard held; shards that
-passed are remembered in `verified.json` by (size, mtime, ctime, inode), so only changed shards are read again.
+passed are remembered in the cache's stamp memo (`cache.memo`), so only changed shards are read again.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
 from typing import Any, Iterable
 
-import h5py
-
-from cache.durable import atomic_write_text, file_stamp
-from cache.format import FEATURE_NAMES, SHARD_GLOB, check_fingerprint, read_alias_tables
+from cache.durable import file_stamp
+from cache.format import FEATURE_NAMES, SHARD_GLOB, read_alias_tables
 from cache.index import INDEX_NAME, load_index, read_index_file, write_index
+from cache.memo import StampMemo
+from cache.safe_open import open_shard
+from rpihmif.errors import DamagedCacheError
 
-__all__ = ["VERIFIED_NAME", "DAMAGED_SUFFIX", "verify_shard", "repair_folder", "remember_verified"]
+__all__ = ["DAMAGED_SUFFIX", "verify_shard", "repair_folder", "remember_verified"]
 
 log = logging.getLogger("rpihmif.feature_cache")
 
-VERIFIED_NAME = "verified.json"
 DAMAGED_SUFFIX = ".damaged"  # `shard-….h5.damaged`: kept for inspection, no longer matched by SHARD_GLOB
 _BLOCK_ROWS = 64  # rows read at a time while verifying (bounded memory)
 
@@ -29,46 +28,33 @@ _BLOCK_ROWS = 64  # rows read at a time while verifying (bounded memory)
 def verify_shard(path: Path, fingerprint: dict[str, Any]) -> str:
     """"" when every dataset of the shard reads back and passes its checksums, else why it is damaged.
 
-    A shard of another encoder is not damage: `check_fingerprint` raises UsageError for it, as readers do.
+    Links, virtual or external storage, and shapes or sizes the spec does not allow are damage too (`open_shard`,
+    checked before any read). A shard of another encoder is not damage: UsageError, as readers raise.
     """
-    if path.is_symlink() or not path.is_file():
-        return "not a regular file"
     try:
-        with h5py.File(path, "r") as f:
-            check_fingerprint(f.attrs, path, fingerprint)
-            rows = int(f.attrs["rows"])
+        with open_shard(path, fingerprint, strict=True) as f:
+            rows = f["keys"].shape[0]
             for name in ("keys",) + FEATURE_NAMES:
                 data = f[name]
-                if data.shape[0] != rows:
-                    return f"{name} holds {data.shape[0]} rows, the shard says {rows}"
                 for start in range(0, rows, _BLOCK_ROWS):  # each chunk read is checked against its fletcher32
                     data[start:start + _BLOCK_ROWS]
             read_alias_tables(f)  # string tables: checked against their sha256 attributes
+    except DamagedCacheError as exc:
+        return exc.reason
     except (OSError, KeyError, ValueError, RuntimeError, TypeError) as exc:
         return str(exc)[:300] or type(exc).__name__
     return ""
 
 
-def _read_memo(folder: Path) -> dict[str, list[int]]:
-    try:
-        memo = json.loads((folder / VERIFIED_NAME).read_text(encoding="utf-8"))
-        return {str(k): list(v) for k, v in memo.items()} if isinstance(memo, dict) else {}
-    except (OSError, ValueError, TypeError):
-        return {}
-
-
-def _write_memo(folder: Path, memo: dict[str, list[int]]) -> None:
-    atomic_write_text(folder / VERIFIED_NAME, json.dumps(dict(sorted(memo.items())), indent=0) + "\n")
-
-
 def remember_verified(folder: Path, shards: Iterable[Path]) -> None:
     """Record shards this process has just written (and so knows whole) as verified."""
-    memo = _read_memo(folder)
+    memo = StampMemo(folder.parent)
     present = {p.name for p in folder.glob(SHARD_GLOB)}
-    memo = {k: v for k, v in memo.items() if k in present}
+    stamps = {k: v for k, v in memo.verified(folder).items() if k in present}
     for path in shards:
-        memo[path.name] = file_stamp(os.lstat(path))
-    _write_memo(folder, memo)
+        stamps[path.name] = file_stamp(os.lstat(path))
+    memo.set_verified(folder, stamps)
+    memo.save()
 
 
 def repair_folder(folder: Path, fingerprint: dict[str, Any], full: bool = False) -> dict[str, Any]:
@@ -77,7 +63,8 @@ def repair_folder(folder: Path, fingerprint: dict[str, Any], full: bool = False)
     The caller holds the folder's lock. Returns {"verified": n read back, "damaged": [{"shard", "reason"}],
     "index_rebuilt": bool}; what a damaged shard held is simply missing afterwards, so the next plan recomputes it.
     """
-    memo = {} if full else _read_memo(folder)
+    stamp_memo = StampMemo(folder.parent)
+    memo = {} if full else stamp_memo.verified(folder)
     fresh: dict[str, list[int]] = {}
     damaged: list[dict[str, str]] = []
     verified = 0
@@ -100,6 +87,6 @@ def repair_folder(folder: Path, fingerprint: dict[str, Any], full: bool = False)
     rebuild = bool(damaged) or (index_path.exists() and read_index_file(folder, fingerprint, set(fresh)) is None)
     if rebuild:  # (an unreadable index was already reported by read_index_file)
         write_index(folder, load_index(folder, fingerprint), fingerprint)
-    if fresh != memo or rebuild:
-        _write_memo(folder, fresh)
+    stamp_memo.set_verified(folder, fresh)
+    stamp_memo.save()
     return {"verified": verified, "damaged": damaged, "index_rebuilt": rebuild}

@@ -1,23 +1,25 @@
-"""The HDF5 feature cache: CLIP features keyed by the SHA-256 of image bytes, one folder per encoder fingerprint.
+"""Reading the HDF5 feature cache: CLIP features keyed by the SHA-256 of image bytes, one folder per encoder fingerprint.
 
-`open_cache` finds a fingerprint folder and `FeatureCache` reads it lazily; `CacheWriter` (cache_writer) writes it.
+`find_cache` (read-only: what train, evaluate and tag use) and `open_cache` find a fingerprint folder, `FeatureCache`
+reads it lazily through `cache.safe_open`; `cache.writer.CacheWriter` writes it.
 """
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import h5py
 import numpy as np
 
-from cache.format import FEATURE_NAMES, FORMAT_VERSION, NO_IMAGE, check_fingerprint, describe, read_fingerprint, spec_of
-from cache.index import CacheIndex, load_index, write_index
-from cache.writer import CacheWriter
+from cache.format import FEATURE_NAMES, FORMAT_VERSION, NO_IMAGE, describe, read_fingerprint, spec_of
+from cache.index import CacheIndex, load_index
+from cache.memo import touch_read
+from cache.safe_open import open_shard
 from rpihmif.errors import DamagedCacheError, UsageError
 from rpihmif.visual import VisualSpec
 
-__all__ = ["FORMAT_VERSION", "FEATURE_NAMES", "NO_IMAGE", "open_cache", "FeatureCache", "CacheWriter",
+__all__ = ["FORMAT_VERSION", "FEATURE_NAMES", "NO_IMAGE", "find_cache", "open_cache", "FeatureCache",
            "fingerprint_folders"]
 
 
@@ -29,6 +31,17 @@ def fingerprint_folders(cache_dir: str | os.PathLike) -> list[Path]:
     if not root.is_dir():
         return []
     return sorted(d for d in root.iterdir() if d.is_dir() and (d / "fingerprint.json").is_file())
+
+
+def find_cache(cache_dir: str | os.PathLike, fingerprint_id: str | Callable[[], str] | None = None) -> "FeatureCache | None":
+    """The feature cache of one encoder for a reading stage, or None when `cache_dir` holds none; writes nothing.
+
+    `fingerprint_id` may be a function (e.g. one that fingerprints the configured encoder): it is called only when
+    there is a cache to choose from. Then as `open_cache`.
+    """
+    if not fingerprint_folders(cache_dir):
+        return open_cache(cache_dir)  # None, or the UsageError for a file where the folder belongs
+    return open_cache(cache_dir, fingerprint_id() if callable(fingerprint_id) else fingerprint_id)
 
 
 def open_cache(cache_dir: str | os.PathLike, fingerprint_id: str | None = None) -> "FeatureCache | None":
@@ -67,6 +80,7 @@ class FeatureCache:
         self.spec: VisualSpec = spec_of(self.fingerprint)
         self._index: CacheIndex | None = None
         self._handles: dict[int, h5py.File] = {}
+        self._rows: dict[int, int] = {}  # rows of each open shard (checked by open_shard)
         self._pid = os.getpid()
 
     # ---- public reader API -------------------------------------------------------------------------------------
@@ -84,6 +98,8 @@ class FeatureCache:
             return None
         f = self._handle(loc[0])
         try:  # every chunk read is verified against its fletcher32 checksum
+            if loc[1] >= self._rows[loc[0]]:
+                raise IndexError(f"index.h5 points at row {loc[1]} of {self._rows[loc[0]]}")
             return {name: np.asarray(f[name][loc[1]]) for name in FEATURE_NAMES}
         except (OSError, KeyError, ValueError, IndexError, RuntimeError) as exc:
             raise DamagedCacheError(self.folder / self.index.shards[loc[0]], exc) from exc
@@ -154,22 +170,15 @@ class FeatureCache:
     def index(self) -> CacheIndex:
         if self._index is None:
             self._index = load_index(self.folder, self.fingerprint)
+            touch_read(self.folder)  # "last read" for `cache info` / `cache prune --unused-since`
         return self._index
-
-    def save_index(self) -> Path:
-        """Write index.h5 (temp + rename) summarising every visible shard, and regenerate rejects.jsonl."""
-        return write_index(self.folder, self.refresh().index, self.fingerprint)
 
     def _handle(self, shard: int) -> h5py.File:
         if self._pid != os.getpid():  # forked: never reuse the parent's HDF5 handles
             self._handles, self._pid = {}, os.getpid()
         f = self._handles.get(shard)
         if f is None:
-            path = self.folder / self.index.shards[shard]
-            try:
-                f = h5py.File(path, "r")
-            except (OSError, ValueError, RuntimeError) as exc:  # truncated, overwritten, or gone since the index
-                raise DamagedCacheError(path, exc) from exc
-            check_fingerprint(f.attrs, path, self.fingerprint)
-            self._handles[shard] = f
+            # truncated, overwritten, gone since the index, pointing elsewhere or a bomb: DamagedCacheError
+            f = open_shard(self.folder / self.index.shards[shard], self.fingerprint)
+            self._handles[shard], self._rows[shard] = f, f["keys"].shape[0]
         return f

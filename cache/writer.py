@@ -16,12 +16,10 @@ import numpy as np
 from cache.durable import (
     FileLock,
     atomic_write_text,
-    commit_temp,
     ensure_dir,
     naming_path,
     refuse_link,
     remove_stale_temps,
-    temp_path,
 )
 from cache.format import (
     FEATURE_NAMES,
@@ -32,6 +30,8 @@ from cache.format import (
     feature_shapes,
     read_fingerprint,
     spec_of,
+    memory_file,
+    save_memory_file,
     write_alias_tables,
 )
 from cache.index import load_index, write_index
@@ -40,13 +40,15 @@ from rpihmif.errors import UsageError
 
 __all__ = ["CacheWriter", "OWN_FILES"]
 
-OWN_FILES = ("fingerprint.json", "index.h5", "rejects.jsonl", "verified.json")
+OWN_FILES = ("fingerprint.json", "index.h5", "rejects.jsonl")
 
 
 class CacheWriter:
     """The single writer of one fingerprint folder: rows and aliases go to a temp shard that `commit()` renames.
 
-    Use as a context manager; holds `.lock` (another writer -> LockHeldError, exit 3).
+    Use as a context manager; holds `.lock` (another writer -> LockHeldError, exit 3). A shard is built in memory
+    (at most `shard_size` rows) and written whole at commit, so a full disk is one OSError naming the shard and its
+    disk, and leaves no temp file.
     """
 
     checksums = True  # fletcher32 per chunk of every feature dataset (benchmarks/checksum_cost.py turns it off)
@@ -76,7 +78,6 @@ class CacheWriter:
         remove_stale_temps(self.folder)  # shards, fingerprint.json, index.h5 ... of a killed run; never read
         self._seq = 0
         self._file: h5py.File | None = None
-        self._tmp: Path | None = None
         self._rows = 0
         self._keys: list[str] = []
         self._aliases: list[tuple[str, str, str]] = []
@@ -102,7 +103,11 @@ class CacheWriter:
             shape = (n,) + row_shape
             if tuple(np.shape(batch[name])) != shape:
                 raise ValueError(f"{name}: expected shape {shape}, got {tuple(np.shape(batch[name]))}")
-        start = 0
+        with naming_path(self.folder):
+            self._add_rows(keys, batch)
+
+    def _add_rows(self, keys: list[str], batch: dict[str, np.ndarray]) -> None:
+        n, start = len(keys), 0
         while start < n:
             if self._file is not None and self._rows >= self.shard_size:
                 self.commit()
@@ -145,8 +150,7 @@ class CacheWriter:
         self._seq += 1
         name = f"shard-{time.time_ns():020d}-{os.getpid()}-{self._seq:05d}.h5"
         self._final = self.folder / name
-        self._tmp = temp_path(self._final)
-        f = h5py.File(self._tmp, "w")
+        f = memory_file(str(self._final))
         # fletcher32: HDF5 stores a checksum per chunk and verifies it on every read (a flipped byte -> OSError)
         f.create_dataset("keys", shape=(0,), maxshape=(None,), dtype="S64", chunks=(256,), fletcher32=self.checksums)
         for name, shape in feature_shapes(self.spec).items():
@@ -162,27 +166,25 @@ class CacheWriter:
         """Finish the current shard (rows + pending aliases/rejects): flush, fsync, rename. None if nothing pending."""
         if self._file is None and not self._aliases and not self._rejects:
             return None
-        with naming_path(self._tmp or self.folder):
+        with naming_path(self._final if self._file is not None else self.folder):
             return self._commit()
 
     def _commit(self) -> Path:
         if self._file is None:
             self._open_shard()
-        f, tmp = self._file, self._tmp
-        assert f is not None and tmp is not None
+        f = self._file
+        assert f is not None
         write_alias_tables(f, self._aliases, self._rejects)
         f.attrs["fingerprint"] = canonical(self.fingerprint)
         f.attrs["fingerprint_id"] = self.fingerprint["id"]
         f.attrs["fingerprint_full"] = json.dumps(self.fingerprint, sort_keys=True)  # readable, for error messages
         f.attrs["format"] = FORMAT_VERSION
         f.attrs["rows"] = self._rows
-        f.flush()
-        f.close()
         self._file = None
         final = self._final
-        commit_temp(tmp, final)  # the shard becomes visible here, whole
+        save_memory_file(f, final)  # temp + fsync + rename: the shard becomes visible here, whole
         self.committed.append(final)
-        self._tmp, self._rows, self._keys, self._aliases, self._rejects = None, 0, [], [], []
+        self._rows, self._keys, self._aliases, self._rejects = 0, [], [], []
         return final
 
     def close(self) -> None:
@@ -201,11 +203,9 @@ class CacheWriter:
         """Drop the unfinished shard (finished ones stay) and release the lock."""
         try:
             if self._file is not None:
-                self._file.close()
-            if self._tmp is not None:
-                self._tmp.unlink(missing_ok=True)
+                self._file.close()  # in memory: nothing on disk to remove
         finally:
-            self._file = self._tmp = None
+            self._file = None
             self._release()
 
     def _release(self) -> None:

@@ -293,7 +293,7 @@ def draw_images(folder: Path, n: int) -> list[str]:
 
 def make_feature_cache(cache_dir: Path, spec, image_ids: list[str], seed: int = 0) -> None:
     """Random features for each dump image id, aliased as ("dump", id) in a cache of FINGERPRINT_ID."""
-    from cache.reader import CacheWriter
+    from cache import CacheWriter
 
     rng = np.random.default_rng(seed)
     n, k = len(image_ids), spec.max_crops

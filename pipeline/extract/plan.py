@@ -10,10 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cache import CacheIndex, FeatureCache, fingerprint_folders, repair_folder
 from cache.durable import FileLock
-from cache.index import CacheIndex
-from cache.integrity import repair_folder
-from cache.reader import FeatureCache, fingerprint_folders
 from pipeline.extract.clip_encoder import VisionSettings
 from pipeline.extract.featurizer import resolve_fingerprint
 from pipeline.extract.items import WorkItem, benchmark_items, dump_items, hash_items

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from cache.reader import FEATURE_NAMES, CacheWriter, FeatureCache
+from cache import FEATURE_NAMES, CacheWriter, FeatureCache
 from pipeline.extract.featurizer import ClipFeaturizer, featurize_images, resolve_fingerprint
 from pipeline.extract.items import WorkItem, item_batches
 from pipeline.extract.plan import ExtractPlan, plan_extract

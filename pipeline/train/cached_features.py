@@ -33,16 +33,20 @@ class TweetFeatures:
 
     @classmethod
     def for_training(cls, cfg: TrainConfig, dataset: BenchmarkDataset) -> "TweetFeatures":
-        """The cache of `cfg.cache_dir` (None when absent or `text_only`)."""
+        """The cache of `cfg.cache_dir` (None when absent or `text_only`); finding it writes nothing into the cache."""
         if cfg.text_only:
             return cls(None, dataset.name, text_only=True)
-        from cache.reader import open_cache
+        from cache import find_cache
         fingerprint = None
         if cfg.vision.vit_name:  # pick the cache folder of exactly this encoder and vision section
             from pipeline.extract.clip_encoder import VisionSettings
             from pipeline.extract.featurizer import resolve_fingerprint
-            fingerprint = resolve_fingerprint(VisionSettings.of(cfg), Path(cfg.cache_dir))["id"]
-        cache = open_cache(cfg.cache_dir, fingerprint)
+            from pipeline.extract.memo import PlanMemo
+
+            def fingerprint() -> str:  # the encoder's fingerprint as extract's memo knows it, never saved from here
+                memo = PlanMemo(cfg.cache_dir, read_only=True)
+                return resolve_fingerprint(VisionSettings.of(cfg), Path(cfg.cache_dir), memo)["id"]
+        cache = find_cache(cfg.cache_dir, fingerprint)
         if cache is None:
             log.warning("no feature cache under %s: every tweet is trained with its image masked "
                         "(run extract-features first for the multimodal model)", cfg.cache_dir)
@@ -53,8 +57,8 @@ class TweetFeatures:
         """The cache folder of the encoder the model was trained with; another encoder's cache is a UsageError."""
         if config.text_only or not config.visual.fingerprint:
             return cls(None, dataset.name, text_only=True)
-        from cache.reader import open_cache
-        return cls(open_cache(cache_dir, config.visual.fingerprint), dataset.name)
+        from cache import find_cache
+        return cls(find_cache(cache_dir, config.visual.fingerprint), dataset.name)
 
     @property
     def has_vision(self) -> bool:

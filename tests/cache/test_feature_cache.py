@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from helpers import fake_fingerprint, fake_rows
 
-from cache.reader import CacheWriter, open_cache
+from cache import CacheWriter, open_cache
 from cache.writer import OWN_FILES
 from rpihmif.errors import LockHeldError, UsageError
 
@@ -117,22 +117,23 @@ def test_second_writer_is_locked_out(tmp_path):
 
 
 def test_killed_writer_leaves_no_visible_half_shard(tmp_path):
-    """A writer SIGKILLed mid-shard leaves only a hidden temp file; readers see the committed shards only."""
+    """A writer SIGKILLed mid-shard leaves nothing of that shard (it is built in memory); readers see the committed
+    shards only."""
     script = textwrap.dedent(f"""
         import os, signal, sys
         sys.path[:0] = [{str(REPO)!r}, {str(REPO / 'tests')!r}]
         from helpers import fake_fingerprint, fake_rows
-        from cache.reader import CacheWriter
+        from cache import CacheWriter
         w = CacheWriter({str(tmp_path)!r}, fake_fingerprint(), shard_size=3)
         w.add_rows(fake_rows(["a" * 64, "b" * 64, "c" * 64]))   # one full shard: committed
-        w.add_rows(fake_rows(["d" * 64, "e" * 64]))             # half a shard in the temp file
+        w.add_rows(fake_rows(["d" * 64, "e" * 64]))             # half a shard, in memory
         w._file.flush()
         os.kill(os.getpid(), signal.SIGKILL)
     """)
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=120)
     assert proc.returncode == -9, proc.stderr.decode()
     folder = tmp_path / fake_fingerprint()["id"]
-    assert len(list(folder.glob(".shard-*.tmp-*"))) == 1
+    assert list(folder.glob(".shard-*.tmp-*")) == []
     cache = open_cache(tmp_path)
     assert sorted(cache.keys()) == ["a" * 64, "b" * 64, "c" * 64]
     with h5py.File(next(folder.glob("shard-*.h5")), "r") as f:

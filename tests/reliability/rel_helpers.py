@@ -77,8 +77,8 @@ def wait_file(path: Path, proc: subprocess.Popen, log: Path, timeout: float = 30
 
 
 def hidden_leftovers(folder: Path) -> list[str]:
-    """Temp files/folders (names starting with '.', other than the lock and the extract memo)."""
-    keep = {".lock", ".extract_memo.json"}
+    """Temp files/folders (names starting with '.', other than the lock, the stamp memo and the read stamp)."""
+    keep = {".lock", ".extract_memo.json", ".last_read"}
     return sorted(str(p.relative_to(folder)) for p in folder.rglob(".*") if p.name not in keep)
 
 

@@ -60,7 +60,7 @@ def test_checkpoint_of_another_label_set(tag_world, tmp_path):
 
 
 def test_cache_of_another_encoder(tag_world, tmp_path):
-    from cache.reader import CacheWriter
+    from cache import CacheWriter
 
     other = tmp_path / "cache"
     with CacheWriter(other, fake_fingerprint("otherencoder0000"), shard_size=4) as w:

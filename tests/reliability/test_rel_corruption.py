@@ -17,8 +17,9 @@ from helpers import fake_fingerprint, fake_rows
 from rel_helpers import assert_same_cache, cache_snapshot, cli, sets
 
 from cache.format import SHARD_GLOB
-from cache.integrity import VERIFIED_NAME, repair_folder
-from cache.reader import CacheWriter, FeatureCache
+from cache.integrity import repair_folder
+from cache.memo import StampMemo
+from cache import CacheWriter, FeatureCache
 from rpihmif.errors import DamagedCacheError
 
 
@@ -100,7 +101,7 @@ def test_flipped_alias_string_fails_its_digest(fake_cache):
 def test_repair_sets_damaged_shards_aside_and_remembers_verified_ones(fake_cache):
     folder, fp = fake_cache
     shards = sorted(folder.glob(SHARD_GLOB))
-    assert json.loads((folder / VERIFIED_NAME).read_text()).keys() == {s.name for s in shards}  # written by the writer
+    assert StampMemo(folder.parent).verified(folder).keys() == {s.name for s in shards}  # written by the writer
     assert repair_folder(folder, fp)["verified"] == 0  # nothing changed: nothing read again
     flip_feature_byte(shards[1], "rcnn", 1)
     result = repair_folder(folder, fp)

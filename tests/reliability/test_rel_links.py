@@ -94,7 +94,7 @@ def test_extract_never_writes_through_links(world, tmp_path):
     victims = Victims(tmp_path / "victims")
     cache = tmp_path / "cache"
     folder = cache / fid
-    own = ["fingerprint.json", "index.h5", "rejects.jsonl", "verified.json", ".lock"]
+    own = ["fingerprint.json", "index.h5", "rejects.jsonl", ".lock"]
     final = [victims.plant(folder / n) for n in own] + [victims.plant(cache / ".extract_memo.json")]
     victims.plant_temps(folder, own + ["shard-00000000000000000001-1-00001.h5"])
     victims.plant_temps(cache, [".extract_memo.json"])

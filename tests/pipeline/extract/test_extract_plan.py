@@ -13,7 +13,7 @@ from helpers import draw_image, make_dataset, make_tiny_clip
 
 import pipeline.extract.featurizer as featurizer_mod
 import pipeline.extract.items as items_mod
-import pipeline.extract.memo as memo_mod
+import cache.memo as memo_mod
 from pipeline.extract.memo import MEMO_NAME
 from pipeline.extract.plan import plan_extract
 from pipeline.extract.stage import run_extract

@@ -35,7 +35,7 @@ def _chunks(out: Path) -> dict:
 
 def _add_image(cache: Path, image_id: str, key: str) -> None:
     """What extract-features does for one more image: a new shard with its features and alias."""
-    from cache.reader import CacheWriter, FeatureCache, fingerprint_folders
+    from cache import CacheWriter, FeatureCache, fingerprint_folders
 
     folder = fingerprint_folders(cache)[0]
     spec = FeatureCache(folder).spec
