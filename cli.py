@@ -54,7 +54,8 @@ def exit_codes() -> Iterator[None]:
         raise typer.Exit(2)
     except OSError as exc:
         log.debug("failure", exc_info=True)
-        fix = "; free space on that disk and rerun" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else ""
+        full = exc.errno in (errno.ENOSPC, errno.EDQUOT) and "free space" not in str(exc)
+        fix = "; free space on that disk and rerun" if full else ""
         _fail(f"error: {_os_error(exc)}{fix}")
         raise typer.Exit(1)
     except (ValueError, RuntimeError) as exc:

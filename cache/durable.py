@@ -86,7 +86,7 @@ def disk_of(path: str | os.PathLike) -> str:
         return f"the disk of {path}"
 
 
-_NO_SPACE = "no space left on"
+_NO_SPACE = "No space left on device, disk"
 
 
 def is_no_space(exc: BaseException) -> bool:
@@ -103,7 +103,7 @@ def naming_path(path: str | os.PathLike) -> Iterator[None]:
         yield
     except OSError as exc:
         if is_no_space(exc) and not str(exc.strerror).startswith(_NO_SPACE):
-            raise OSError(errno.ENOSPC, f"{_NO_SPACE} {disk_of(path)} while writing; free space there (or "
+            raise OSError(errno.ENOSPC, f"No space left on device, {disk_of(path)}, while writing; free space there (or "
                                         "write to another disk) and rerun", str(path)) from None
         if exc.filename:
             raise

@@ -98,9 +98,9 @@ def test_model_library_stays_pure():
             assert not {m.split(".")[0] for m in names} & {"ray", "h5py", "pyarrow", "pipeline", "cache"}, name
 
 
-def test_readme_layout_names_every_module():
-    """README's "Layout of the code" tree has one line per module (a new module needs its line)."""
-    text = (ROOT / "README.md").read_text(encoding="utf-8")
+def test_contributing_layout_names_every_module():
+    """CONTRIBUTING.md's "Layout of the code" tree has one line per module (a new module needs its line)."""
+    text = (ROOT / "CONTRIBUTING.md").read_text(encoding="utf-8")
     layout = text[text.index("## Layout of the code"):]
     missing = [str(p.relative_to(ROOT)) for name, p in modules().items()
                if p.name != "__init__.py" and f" {p.name} " not in layout and f"\n{p.name} " not in layout]

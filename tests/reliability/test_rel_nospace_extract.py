@@ -53,7 +53,7 @@ def test_enospc_while_committing_a_shard_is_one_line_and_a_rerun_completes(input
     err = capfd.readouterr().err + res.stderr
     assert res.exit_code == 1
     (line,) = [ln for ln in err.splitlines() if ln.startswith("error:")]
-    assert "[Errno 28] no space left on disk /" in line and "MiB free" in line and "/shard-" in line
+    assert "No space left on device, disk /" in line and "MiB free" in line and "/shard-" in line
     assert "Exception ignored" not in err and "Traceback" not in err
     assert _leftovers(cache) == [] and not list(cache.rglob("shard-*.h5"))
     monkeypatch.setattr(os, "fsync", real_fsync)
@@ -80,7 +80,7 @@ def test_a_real_full_tmpfs(inputs, tmp_path):
     subprocess.run(["unshare", "-rm", "sh", "-c", script], env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=300)
     err = (tmp_path / "err1").read_text()
     assert (tmp_path / "rc1").read_text().strip() == "1", err
-    assert f"no space left on disk {mnt}" in err and err.count("error:") == 1
+    assert f"No space left on device, disk {mnt}" in err and err.count("error:") == 1
     assert "Exception ignored" not in err and "Traceback" not in err and "Segmentation" not in err
     assert (tmp_path / "left").read_text() == ""
     assert (tmp_path / "rc2").read_text().strip() == "0", (tmp_path / "err2").read_text()

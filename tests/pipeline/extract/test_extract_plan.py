@@ -12,6 +12,7 @@ import pytest
 from helpers import draw_image, make_dataset, make_tiny_clip
 
 import pipeline.extract.featurizer as featurizer_mod
+import rpihmif.vision_features as vision_features_mod
 import pipeline.extract.items as items_mod
 import cache.memo as memo_mod
 from pipeline.extract.memo import MEMO_NAME
@@ -46,7 +47,8 @@ def counted(monkeypatch):
         return real_load(*a, **k)
 
     monkeypatch.setattr(items_mod, "sha256_file", hash_)
-    monkeypatch.setattr(featurizer_mod, "load_vision_encoder", load)
+    monkeypatch.setattr(featurizer_mod, "load_vision_encoder", load)  # the fingerprint
+    monkeypatch.setattr(vision_features_mod, "load_vision_encoder", load)  # the in-process featurizer
     return calls
 
 

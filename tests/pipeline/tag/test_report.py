@@ -243,7 +243,7 @@ def test_report_through_a_planted_link_exits_2_and_keeps_the_target(dataset, tmp
 def test_empty_or_missing_output_exits_2_with_the_fix(tmp_path):
     run = subprocess.run([sys.executable, str(REPO / "cli.py"), "report", str(tmp_path / "nothing")],
                          check=False, capture_output=True, text=True)
-    assert run.returncode == 2 and "no such output folder" in run.stderr and "nothing" in run.stderr, run.stderr
+    assert run.returncode == 2 and "output folder not found" in run.stderr and "nothing" in run.stderr, run.stderr
     with pytest.raises(UsageError, match="--image-root .*nowhere is not a folder"):
         write_report(tmp_path, image_root=str(tmp_path / "nowhere"))
     data_folder(tmp_path).mkdir()

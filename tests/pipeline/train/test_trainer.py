@@ -123,7 +123,7 @@ def test_evaluate_cli_scores_every_entity_and_writes_predictions(tiny_bert_dir, 
     (["train", "--set", "num_epoch=2"], 2, "unknown key 'num_epoch'"),
     (["train", "--set", "features=sideways"], 2, "features must be one of cached, online"),
     (["train", "--set", "data_dir=/nonexistent", "--set", "dataset=x"], 2, "/nonexistent/x"),
-    (["evaluate", "/nonexistent/ckpt", "x.txt"], 2, "no such folder"),
+    (["evaluate", "/nonexistent/ckpt", "x.txt"], 2, "not a checkpoint folder (not found)"),
 ])
 def test_cli_usage_errors_exit_2(args, code, message):
     res = run_cli(*args)
