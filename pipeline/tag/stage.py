@@ -193,8 +193,9 @@ def run_tag(inputs: list[Path], config: TagConfig, spec: ModelSpec | None = None
 
 def _executor(config: TagConfig, spec: ModelSpec, cache: Any, fresh: Freshness) -> Executor:
     keys = ("seed", "device", "precision", "threads", "batch_size", "bucket_size", "row_group_bytes",
-            "max_record_bytes", "require_images")
+            "max_record_bytes", "require_images", "text_only")
     settings = {k: getattr(config, k) for k in keys}
+    settings["sources"] = list(config.visual.sources)
     settings["fields"] = {"id": config.id_field, "text": config.text_field, "image": config.image_field,
                           "crops": config.crops_field, "rcnn": config.rcnn_field}
     kwargs = dict(load_path=spec.load_path, settings=settings, model_id=spec.model_id, factory=spec.factory,

@@ -152,7 +152,8 @@ class ChunkTagger:
         for s in range(0, len(order), step):
             idx = order[s:s + step]
             feats = self._features([bucket[i][2] for i in idx])
-            preds = self.tagger.predict([[t.text for t in bucket[i][1]] for i in idx], feats, batch_size=step)
+            preds = self.tagger.predict([[t.text for t in bucket[i][1]] for i in idx], feats, batch_size=step,
+                                        sources=self.s.get("sources", ()), text_only=self.s.get("text_only", False))
             for i, pred, feat in zip(idx, preds, feats):
                 rows[i] = self._row(bucket[i], pred, feat is not None, source, tagged_at)
                 counts["images_used"] += bool(pred.image_used)

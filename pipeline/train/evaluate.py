@@ -18,6 +18,7 @@ from pipeline.runtime.precision import resolve_precision
 from pipeline.stage_config import EvaluateConfig
 from rpihmif.errors import PipelineError, UsageError
 from rpihmif.labels import ENTITY_TYPES
+from rpihmif.visual import resolve_sources
 
 __all__ = ["entity_scores", "evaluate_file"]
 
@@ -96,14 +97,19 @@ def evaluate_file(checkpoint: Path, split_file: Path, cfg: EvaluateConfig, out: 
     log.info("evaluate: checkpoint %s, feature cache root %s (%s)", Path(checkpoint).absolute(),
              Path(cfg.cache_dir).absolute(), features.describe())
     fingerprint = tagger.config.visual.fingerprint
-    if tagger.uses_vision and fingerprint and features.cache is None and not cfg.allow_missing_images:
+    if tagger.uses_vision and fingerprint and features.cache is None and not (cfg.allow_missing_images or cfg.text_only):
         raise UsageError(f"{checkpoint} is a multimodal model (encoder {fingerprint}) but the feature cache "
                          f"{cfg.cache_dir} has no features of that encoder: scores would be text-only. Run `python "
                          f"cli.py extract-features` for this dataset with the model's encoder into that folder, or "
                          f"point --set cache_dir= / $RPIHMIF_CACHE at the cache the model was trained with, or pass "
                          f"--set allow_missing_images=true to score text-only")
     style = _style(cfg.dataset, dataset.name, tagger.model)
-    preds = tagger.predict([t.words for t in tweets], features.lookup(tweets), batch_size=cfg.batch_size, dataset=style)
+    try:  # visual.sources: a source the model was not trained with is bad usage (exit 2)
+        resolve_sources(tagger.config.visual.sources, cfg.visual.sources)
+    except ValueError as exc:
+        raise UsageError(f"{checkpoint}: {exc}") from exc
+    preds = tagger.predict([t.words for t in tweets], features.lookup(tweets), batch_size=cfg.batch_size, dataset=style,
+                           sources=cfg.visual.sources, text_only=cfg.text_only)
     metrics = entity_scores([t.labels for t in tweets], [p.labels for p in preds])
     metrics.update({"file": str(split_file), "checkpoint": str(checkpoint), "tweets": len(tweets),
                     **({"dataset_style": style or tagger.config.text.dataset} if tagger.config.text.dataset_dim else {}),
