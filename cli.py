@@ -113,13 +113,14 @@ def main_options(
 def make_sample_cmd(
     out: Path = Arg(..., help="Folder to write the sample into (benchmark layout under OUT/twitter2015, dump at OUT/tweets.jsonl.gz)."),
     seed: int = Opt(0, "--seed", help="Seed: the same seed writes byte-identical files."),
+    hard: bool = Opt(False, "--hard", help="Only the cue source shows the type cue; the other two show neutral pictures."),
 ) -> None:
     """Generate a small multimodal sample in the DeepKE benchmark layout, where some types only the image decides."""
     from pipeline.io.sample import make_sample
     setup_logging()
     with exit_codes():
         preflight.check_make_sample(out)
-        _print_json(make_sample(out, seed=seed))
+        _print_json(make_sample(out, seed=seed, hard=hard))
 
 
 @app.command("data-stats")

@@ -14,9 +14,11 @@ from typing import Any, Callable, Union
 from pipeline.config import load_config
 from rpihmif.config import HIMConfig, IFFEConfig
 from rpihmif.errors import UsageError
+from rpihmif.visual import SOURCES
 
-__all__ = ["DumpFieldNames", "DumpSection", "VisionSection", "ExtractConfig", "VisualSection", "TrainConfig",
-           "EvaluateConfig", "TagConfig", "StageConfig", "STAGES", "COMMANDS", "CHECKS", "stage_config", "from_dict"]
+__all__ = ["DumpFieldNames", "DumpSection", "VisionSection", "ExtractConfig", "VisualSection", "VisualDropoutSection",
+           "TrainConfig", "EvaluateConfig", "TagConfig", "StageConfig", "STAGES", "COMMANDS", "CHECKS", "stage_config",
+           "from_dict"]
 
 
 class _Stage:
@@ -100,6 +102,14 @@ class VisualSection:
 
 
 @dataclass
+class VisualDropoutSection:
+    """`visual_dropout:` of train.yaml: per-tweet probabilities of hiding visual inputs in training (never at eval)."""
+
+    source: float
+    image: float
+
+
+@dataclass
 class TrainConfig(_Stage):
     """conf/train.yaml: `python cli.py train`; `him`/`iffe` are the model's own config classes."""
 
@@ -150,6 +160,7 @@ class TrainConfig(_Stage):
     him: HIMConfig
     iffe: IFFEConfig
     visual: VisualSection
+    visual_dropout: VisualDropoutSection
 
 
 @dataclass
@@ -165,6 +176,8 @@ class EvaluateConfig(_Stage):
     precision: str
     lenient: bool
     fix_bio: bool
+    text_only: bool
+    visual: VisualSection
 
 
 @dataclass
@@ -194,6 +207,8 @@ class TagConfig(_Stage, DumpFieldNames):
     seed: int
     partition_by: str
     max_reject_rate: float
+    text_only: bool
+    visual: VisualSection
 
 
 StageConfig = Union[ExtractConfig, TrainConfig, EvaluateConfig, TagConfig]
@@ -232,6 +247,10 @@ def subset_of(*choices: str) -> Check:
     return Check(lambda v: bool(v) and set(v) <= set(choices), f"a non-empty list of {', '.join(choices)}")
 
 
+def subset_or_empty(*choices: str) -> Check:
+    return Check(lambda v: set(v) <= set(choices), f"a list of {', '.join(choices)} ([] = all the model has)")
+
+
 def matches(pattern: str, words: str) -> Check:
     return Check(lambda v: re.fullmatch(pattern, v) is not None, words)
 
@@ -264,15 +283,17 @@ CHECKS: dict[str, dict[str, Check]] = {
         "adversarial_eps": at_least(0), "seed": SEED, "device": DEVICE, "precision": PRECISION,
         "save_path": matches(r".+", "a folder"), "log_every_s": positive(),
         "him.num_capsules": COUNT, "him.hidden": COUNT, "him.heads": COUNT, "iffe.iterations": at_least(0),
-        "visual.sources": subset_of("orig", "grounding", "rcnn"),
+        "visual.sources": subset_of(*SOURCES),
+        "visual_dropout.source": between(0, 1, hi_open=True), "visual_dropout.image": between(0, 1, hi_open=True),
     },
-    "evaluate": {"batch_size": COUNT, "device": DEVICE, "precision": PRECISION},
+    "evaluate": {"batch_size": COUNT, "device": DEVICE, "precision": PRECISION,
+                 "visual.sources": subset_or_empty(*SOURCES)},
     "tag": {
         "max_record_bytes": COUNT, "batch_size": COUNT, "bucket_size": COUNT, "row_group_bytes": COUNT,
         "chunk_records": COUNT, "progress_every_s": positive(),
         "workers": COUNT, "cpus_per_worker": positive(), "threads": at_least(0), "device": DEVICE,
         "precision": PRECISION, "seed": SEED, "partition_by": one_of("tagged_date", "none"),
-        "max_reject_rate": between(0.0, 1.0),
+        "max_reject_rate": between(0.0, 1.0), "visual.sources": subset_or_empty(*SOURCES),
     },
 }
 

@@ -54,15 +54,17 @@ class TweetTagger:
         return f"TweetTagger({self.folder}, model_id={self.model_id}, uses_images={self.uses_images})"
 
     def __call__(self, texts: str | Sequence[str], images: Any = None, batch_size: int = 32,
-                 dataset: str = "") -> Any:
+                 dataset: str = "", sources: Sequence[str] = (), text_only: bool = False) -> Any:
         if isinstance(texts, str):
-            return self.tag([texts], None if images is None else [images], batch_size, dataset)[0]["entities"]
-        return self.tag(list(texts), images, batch_size, dataset)
+            one = None if images is None else [images]
+            return self.tag([texts], one, batch_size, dataset, sources, text_only)[0]["entities"]
+        return self.tag(list(texts), images, batch_size, dataset, sources, text_only)
 
     def tag(self, texts: Sequence[str], images: Sequence[Any] | None = None, batch_size: int = 32,
-            dataset: str = "") -> list[dict[str, Any]]:
+            dataset: str = "", sources: Sequence[str] = (), text_only: bool = False) -> list[dict[str, Any]]:
         """One result per tweet. `images[i]`: None, a path, a PIL.Image of the original, or a dict with the dump's
-        fields (`image`, `crops`, `rcnn_crops`: paths or images)."""
+        fields (`image`, `crops`, `rcnn_crops`: paths or images). `sources` / `text_only`: what the model may see of
+        the images, as tag-corpus's `visual.sources` / `text_only` (() = every source it was trained with)."""
         bad = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
         if bad is not None:
             raise TypeError(f"texts[{bad}] is a {type(texts[bad]).__name__}, expected the raw text of a tweet (str)")
@@ -70,10 +72,10 @@ class TweetTagger:
             raise ValueError(f"expected {len(texts)} images (one per text, None for none), got {len(images)}")
         tokens = [tokenize(t) for t in texts]
         keep = [i for i, toks in enumerate(tokens) if toks]  # a text of only whitespace has no words
-        feats = self._features([images[i] for i in keep], batch_size) if images is not None and self.uses_images \
-            else [None] * len(keep)
+        feats = self._features([images[i] for i in keep], batch_size) \
+            if images is not None and self.uses_images and not text_only else [None] * len(keep)
         preds = self.tagger.predict([[t.text for t in tokens[i]] for i in keep], feats, batch_size=batch_size,
-                                    dataset=dataset)
+                                    dataset=dataset, sources=sources, text_only=text_only)
         results = [{"text": t, "tokens": [x.text for x in tokens[i]], "entities": [], "image_used": False}
                    for i, t in enumerate(texts)]
         for i, pred, feat in zip(keep, preds, feats):

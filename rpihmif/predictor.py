@@ -16,7 +16,7 @@ from rpihmif.checkpoint import open_checkpoint
 from rpihmif.config import ModelConfig
 from rpihmif.labels import bio_spans, repair_bio
 from rpihmif.model import RPIHMIF
-from rpihmif.visual import SOURCES, VisualSpec, collate_visual
+from rpihmif.visual import SOURCES, VisualSpec, collate_visual, keep_sources, resolve_sources
 
 __all__ = ["Entity", "Prediction", "Tagger"]
 
@@ -85,11 +85,15 @@ class Tagger:
         return not self.config.text_only
 
     def predict(self, words: Sequence[Sequence[str]], features: Sequence[dict | None] | None = None,
-                batch_size: int = 64, dataset: str = "") -> list[Prediction]:
+                batch_size: int = 64, dataset: str = "", sources: Sequence[str] = (),
+                text_only: bool = False) -> list[Prediction]:
         """One Prediction per tweet; features[i] is tweet i's cached feature dict or None (no image).
 
         dataset: whose annotation style to follow, for a model trained with `dataset_dim` on several datasets
         ("" = the model's own dataset); ValueError for a dataset it was not trained on.
+
+        sources / text_only: the visual sources to use (empty = all the model was trained with; a source it was not
+        trained with is a ValueError), or none; the rest are masked as a missing crop is (`rpihmif.visual.keep_sources`).
 
         Runs in eval mode and restores the model's train/eval mode afterwards (safe inside a training loop).
         """
@@ -101,6 +105,7 @@ class Tagger:
             raise TypeError(f"Tagger.predict: tweet {bad} is a {type(words[bad]).__name__}, expected a list of words; "
                             "split it into words first, or use rpihmif.load(model)(texts) for raw text")
         style = self.model.dataset_ids([dataset])  # (1,) or None; an unknown dataset fails before any work
+        keep = resolve_sources(self.config.visual.sources, sources, text_only)
         if features is None:
             features = [None] * len(words)
         if len(features) != len(words):
@@ -113,7 +118,7 @@ class Tagger:
         try:
             for s in range(0, len(order), step):
                 chunk = order[s : s + step]
-                rows = self._run([jobs[j][1] for j in chunk], [features[jobs[j][0]] for j in chunk], style)
+                rows = self._run([jobs[j][1] for j in chunk], [features[jobs[j][0]] for j in chunk], style, keep)
                 for j, row in zip(chunk, rows):
                     outputs[j] = row
         finally:
@@ -126,13 +131,15 @@ class Tagger:
 
     @torch.inference_mode()
     def _run(self, windows: list[EncodedWindow], feats: list[dict | None],
-             style: torch.Tensor | None) -> list[list[_WordOut]]:
+             style: torch.Tensor | None, keep: Sequence[str] = SOURCES) -> list[list[_WordOut]]:
         text = self.tweet_encoder.collate(windows)
         text.dataset_ids = None if style is None else style.expand(len(windows))
         text = text.to(self.device)
         visual = None
         if self.uses_vision and any(f is not None for f in feats):
             visual = collate_visual(list(feats), self.visual_spec).to(self.device)
+            if set(keep) != set(self.config.visual.sources):
+                visual = keep_sources(visual, keep)
         with self.autocast():
             out = self.model(text, visual)
         paths = self.model.decode(out)

@@ -170,8 +170,10 @@ def _plan_split(n: int, rng: random.Random) -> list[_PlannedTweet]:
     return out
 
 
-def _write_images(root: Path, split: str, items: list[_PlannedTweet], seed: int, split_no: int) -> tuple[dict, dict, dict]:
-    """Write a split's images and crops; return its grounding dict, its RCNN entries and found/missing counts."""
+def _write_images(root: Path, split: str, items: list[_PlannedTweet], seed: int, split_no: int,
+                  hard: bool = False) -> tuple[dict, dict, dict]:
+    """Write a split's images and crops; return its grounding dict, its RCNN entries and found/missing counts.
+    hard: a crop-cued tweet's original is a plain neutral picture (no few-pixel cue object in it)."""
     images_dir, detect = root / f"{DATASET}_images", root / "twitter15_detect"
     crops_dir = root / f"{DATASET}_aux_images" / _DICT_TAG[split] / "crops"
     for d in (images_dir, crops_dir, detect / "crops"):
@@ -188,7 +190,7 @@ def _write_images(root: Path, split: str, items: list[_PlannedTweet], seed: int,
         if k not in drawn and item.copy_of is None:
             rng = np.random.default_rng([seed, split_no, k])
             if item.cue_source in ("grounding", "rcnn"):  # a neutral-looking original: the cue is in the crops
-                img, box = draw_scene("neutral", rng, tiny=item.image)
+                img, box = draw_scene("neutral", rng, tiny=None if hard else item.image)
             else:
                 img, box = draw_scene(item.image, rng)
             drawn[k] = (img, box, encode_image(img, "JPEG"))
@@ -241,7 +243,7 @@ def _write_dump(path: Path, records: list[dict]) -> None:
             gz.write((json.dumps(rec, ensure_ascii=False, sort_keys=False) + "\n").encode("utf-8"))
 
 
-def make_sample(out: str | os.PathLike, seed: int = 0, sizes: dict[str, int] | None = None) -> dict:
+def make_sample(out: str | os.PathLike, seed: int = 0, sizes: dict[str, int] | None = None, hard: bool = False) -> dict:
     """Write `out/twitter2015/` (DeepKE layout) and `out/tweets.jsonl.gz`; return a JSON-able summary.
 
     Layout: {train,valid,test}.txt, twitter2015_images/<id>.jpg, twitter2015_{train,val,test}_dict.pth with
@@ -255,7 +257,8 @@ def make_sample(out: str | os.PathLike, seed: int = 0, sizes: dict[str, int] | N
     other pair has a decoy: the same words, a neutral picture and neutral crops, the name labelled O, so no type
     can be read from the absence of the other types' cues. Text-decided tweets
     have a matching, unrelated or no image; some images lack crops (listed files absent or no entry); retweets
-    share image bytes.
+    share image bytes. hard: exactly one source holds an image-decided tweet's cue, the other two show neutral
+    pictures (a crop-cued tweet's original has no few-pixel cue object either); summary["hard"] is then true.
     Same seed -> byte-identical files. An existing out/twitter2015 is replaced only if it holds sample.json.
     """
     out = Path(out)
@@ -272,7 +275,7 @@ def make_sample(out: str | os.PathLike, seed: int = 0, sizes: dict[str, int] | N
     os.chmod(tmp_root, file_mode(directory=True))
     rng = random.Random(seed)
     next_id = 1_000_000 + 1000 * (seed % 1000)
-    summary: dict = {"dataset": DATASET, "seed": seed, "image_size": IMAGE_SIZE, "splits": {}}
+    summary: dict = {"dataset": DATASET, "seed": seed, "image_size": IMAGE_SIZE, "splits": {}, **({"hard": True} if hard else {})}
     records: list[dict] = []
     rcnn_all: dict[str, list[str]] = {}
     cues: dict[str, dict[str, str]] = {}
@@ -281,7 +284,7 @@ def make_sample(out: str | os.PathLike, seed: int = 0, sizes: dict[str, int] | N
             items = _plan_split(sizes[split], rng)
             for item in items:
                 item.image_id, next_id = str(next_id), next_id + rng.randint(1, 9)
-            grounding, rcnn, counts = _write_images(tmp_root, split, items, seed, split_no)
+            grounding, rcnn, counts = _write_images(tmp_root, split, items, seed, split_no, hard)
             rcnn_all.update(rcnn)
             _save_dict(tmp_root / f"{DATASET}_{_DICT_TAG[split]}_dict.pth", grounding)
             write_conll(tmp_root / f"{split}.txt", [Tweet(i.image_id, i.words, i.labels, 0) for i in items])

@@ -19,6 +19,7 @@ from pipeline.stage_config import TagConfig
 from pipeline.tag.chunks import Identity, identify
 from pipeline.tag.manifest import Manifest, data_folder
 from rpihmif.errors import InputError, UsageError
+from rpihmif.visual import resolve_sources
 
 __all__ = ["ModelSpec", "Freshness", "InputPlan", "resolve_model_path", "model_spec", "plan_input",
            "check_image_cache", "cache_state", "part_ok"]
@@ -84,6 +85,10 @@ def resolve_model_path(config: TagConfig) -> Path:
 def model_spec(config: TagConfig) -> ModelSpec:
     load_path = resolve_model_path(config)
     mid, mc = checkpoint_info(load_path)
+    try:  # visual.sources: a source the model was not trained with is bad usage (exit 2)
+        resolve_sources(mc.visual.sources, config.visual.sources)
+    except ValueError as exc:
+        raise UsageError(f"{load_path}: {exc}") from exc
     uses = not mc.text_only and bool(mc.visual.fingerprint)
     return ModelSpec(mid, str(load_path.resolve()), uses, mc.visual.fingerprint if uses else "", list(mc.labels))
 

@@ -210,11 +210,18 @@ def _tasks(run: _Run, config: TagConfig, staging: Path) -> Iterator[TagTask]:
         inp.read = stats
 
 
+def _encoder(config: TagConfig, spec: ModelSpec, cache: Any) -> str:
+    """The visual features a chunk is tagged from, as recorded with it: the encoder fingerprint ("" = none used),
+    with the prediction-time source selection when it is not every source (a change re-tags the chunk)."""
+    if cache is None or config.text_only:
+        return ""
+    return spec.fingerprint + (f"[{','.join(config.visual.sources)}]" if config.visual.sources else "")
+
+
 def _plan(files: list[Path], config: TagConfig, spec: ModelSpec | None, committer: Committer, out: Path,
           cache: Any) -> _Plan:
     """Identify every input (by memo when unchanged) and decide per input which chunks are done."""
-    fresh = Freshness(spec.model_id, spec.fingerprint if cache is not None else "", cache_state(cache),
-                      bool(config.force))
+    fresh = Freshness(spec.model_id, _encoder(config, spec, cache), cache_state(cache), bool(config.force))
     plans = [plan_input(p, committer.manifest, fresh) for p in files]
     for p in plans:
         if p.skip:
@@ -296,7 +303,8 @@ def _execute(planned: _Plan, committer: Committer) -> _Run:
 def _executor(config: TagConfig, spec: ModelSpec, cache: Any, fresh: Freshness) -> Executor:
     settings = TaggerSettings(DumpFields.from_config(config), config.seed, config.device, config.precision,
                               config.threads, config.batch_size, config.bucket_size, config.row_group_bytes,
-                              config.max_record_bytes, config.require_images)
+                              config.max_record_bytes, config.require_images,
+                              tuple(config.visual.sources), config.text_only)
     kwargs = dict(load_path=spec.load_path, settings=settings, model_id=spec.model_id, factory=spec.factory,
                   footer=footer(spec.model_id, fresh.encoder, spec.labels, cache_state=fresh.cache_state),
                   cache_folder=str(cache.folder) if cache is not None else "")

@@ -54,6 +54,8 @@ class TaggerSettings:
     row_group_bytes: int = 64 << 20
     max_record_bytes: int = 100_000
     require_images: bool = False
+    sources: tuple[str, ...] = ()  # visual sources the model may see (a subset of its trained ones); () = all
+    text_only: bool = False  # predict with no image at all
 
 
 @dataclass
@@ -191,7 +193,8 @@ class ChunkTagger:
         for s in range(0, len(order), step):
             idx = order[s:s + step]
             feats = self._features([bucket[i][2] for i in idx])
-            preds = self.tagger.predict([[t.text for t in bucket[i][1]] for i in idx], feats, batch_size=step)
+            preds = self.tagger.predict([[t.text for t in bucket[i][1]] for i in idx], feats, batch_size=step,
+                                        sources=self.s.sources, text_only=self.s.text_only)
             for i, pred, feat in zip(idx, preds, feats):
                 rows[i] = self._row(bucket[i], pred, feat is not None, source, tagged_at)
                 result.images_used += bool(pred.image_used)

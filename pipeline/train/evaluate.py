@@ -17,6 +17,7 @@ from pipeline.runtime.precision import resolve_precision
 from pipeline.stage_config import EvaluateConfig
 from rpihmif.errors import UsageError
 from rpihmif.labels import ENTITY_TYPES, LABELS, bio_spans
+from rpihmif.visual import resolve_sources
 
 __all__ = ["entity_scores", "entity_confusion", "write_conlleval", "evaluate_file"]
 
@@ -130,7 +131,12 @@ def evaluate_file(checkpoint: str | Path, split_file: Path, cfg: EvaluateConfig,
                          f"this command; or point --set cache_dir= / $RPIHMIF_CACHE at the cache the model was "
                          f"trained with, or pass --set allow_missing_images=true to score text-only")
     style = _style(cfg.dataset, dataset.name, tagger.model)
-    preds = tagger.predict([t.words for t in tweets], features.lookup(tweets), batch_size=cfg.batch_size, dataset=style)
+    try:  # visual.sources: a source the model was not trained with is bad usage (exit 2)
+        resolve_sources(tagger.config.visual.sources, cfg.visual.sources)
+    except ValueError as exc:
+        raise UsageError(f"{checkpoint}: {exc}") from exc
+    preds = tagger.predict([t.words for t in tweets], features.lookup(tweets), batch_size=cfg.batch_size, dataset=style,
+                           sources=cfg.visual.sources, text_only=cfg.text_only)
     metrics = entity_scores([t.labels for t in tweets], [p.labels for p in preds])
     metrics["confusion"] = entity_confusion([t.labels for t in tweets], [p.labels for p in preds])
     metrics.update({"file": str(split_file), "checkpoint": str(checkpoint), "tweets": len(tweets),

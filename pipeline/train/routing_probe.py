@@ -124,7 +124,8 @@ def occlusion_probe(tagger: Tagger, tweets: Sequence[Any], preds: Sequence[Predi
 def probe_sample_run(checkpoint: str | Path, data_dir: str | Path, dataset: str, cache_dir: str | Path
                      ) -> dict[str, Any]:
     """Dev scores of a checkpoint trained on a generated sample: all entities (dev), image-decided tweets only
-    (dev_image_decided: entities and decoys), and, for a multimodal model, routing_probe and occlusion_probe."""
+    (dev_image_decided: entities and decoys), and, for a multimodal model, dev F1 with the original only and with no
+    image (dev_f1_orig_only, dev_f1_no_image), routing_probe and occlusion_probe."""
     tagger = Tagger.from_pretrained(checkpoint)
     data = BenchmarkDataset(data_dir, dataset)
     cues = json.loads((data.root / CUES_FILE).read_text())
@@ -139,5 +140,8 @@ def probe_sample_run(checkpoint: str | Path, data_dir: str | Path, dataset: str,
     out["dev_f1"], out["dev_image_decided_f1"] = out["dev"]["f1"], out["dev_image_decided"]["f1"]
     if tagger.config.text_only:
         return out
+    for name, keep in (("orig_only", {"sources": ["orig"]}), ("no_image", {"text_only": True})):  # production inputs
+        masked = tagger.predict([t.words for t in dev], feats, batch_size=64, **keep)
+        out[f"dev_f1_{name}"] = entity_scores([t.labels for t in dev], [p.labels for p in masked])["f1"]
     return (out | routing_probe(dev, preds, feats, cues, tagger.config.visual.sources)
             | occlusion_probe(tagger, dev, preds, feats, cues))

@@ -40,7 +40,7 @@ from rpihmif.labels import LABEL2ID
 from rpihmif.model import RPIHMIF
 from rpihmif.predictor import Tagger
 from rpihmif.text_encoder import load_text_encoder
-from rpihmif.visual import VisualBatch
+from rpihmif.visual import VisualBatch, drop_sources
 
 __all__ = ["train", "build_model_config"]
 
@@ -251,6 +251,8 @@ class Trainer:
             text.dataset_ids = None if self.train_styles is None else self.train_styles[idx]
             text = text.to(self.device)
             visual = self.features.batch([self.train_set[i] for i in idx], self.model_config, self.device)
+            if visual is not None:  # source dropout (training only); draws nothing at p = 0
+                visual = drop_sources(visual, cfg.visual_dropout.source, cfg.visual_dropout.image, generator)
             loss = self._loss(text, visual)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()

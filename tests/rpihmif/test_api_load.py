@@ -27,13 +27,13 @@ def _same(api_rows, parquet_rows):
                     assert a[key] == pytest.approx(b[key], abs=1e-4), key
 
 
-def _tag_corpus(dump, out, ckpt, cache):
+def _tag_corpus(dump, out, ckpt, cache, *more):
     from pipeline.stage_config import stage_config
     from pipeline.tag.stage import run_tag
 
     sets = {"load_path": str(ckpt), "out": str(out), "cache_dir": str(cache), "batch_size": 8, "threads": 1,
             "precision": "fp32", "device": "cpu"}
-    run_tag([dump], stage_config("tag", overrides=[f"{k}={v}" for k, v in sets.items()]))
+    run_tag([dump], stage_config("tag", overrides=[f"{k}={v}" for k, v in sets.items()] + list(more)))
     rows = helpers.tag_rows(out)
     rows["n"] = rows["id"].str[1:].astype(int)
     return rows.sort_values("n").reset_index(drop=True)
@@ -85,6 +85,13 @@ def test_images_equal_tag_corpus_over_a_cache(tiny_bert_dir, tmp_path):
     with Image.open(inputs[0]["image"]) as im:
         alone = tagger([records[0]["text"]] * 2, images=[inputs[0]["image"], im.convert("RGB")])
     assert [r["image_used"] for r in alone] == [True, True]
+    # prediction-time source control: the API and tag-corpus mask the same way
+    only_orig = tagger([r["text"] for r in records], images=inputs, batch_size=8, sources=["orig"])
+    _same(only_orig, _tag_corpus(dump, tmp_path / "out_orig", ckpt, tmp_path / "cache", "visual.sources=orig"))
+    assert all(e["routing_grounding"] in (None, 0.0) for r in only_orig for e in r["entities"])
+    no_image = tagger([r["text"] for r in records], images=inputs, batch_size=8, text_only=True)
+    _same(no_image, _tag_corpus(dump, tmp_path / "out_text", ckpt, tmp_path / "cache", "text_only=true"))
+    assert not any(r["image_used"] for r in no_image)
 
 
 def test_predict_refuses_a_string_for_words(tag_env):
