@@ -32,7 +32,7 @@ class NullTagger:
     def __init__(self, load_path: str, device: str, threads: int, precision: str):
         pass
 
-    def predict(self, words, features=None, batch_size=64):
+    def predict(self, words, features=None, batch_size=64, sources=(), text_only=False):
         return [_Pred() for _ in words]
 
 

@@ -209,7 +209,7 @@ def test_resume_of_a_run_killed_before_its_first_epoch_starts_fresh(world, tmp_p
     _exit2(cli(*map(str, world["train"]), *sets(save_path=tmp_path / "r2", load_path=world["ckpt"])),
            "no trainer_state.pt", "best/ checkpoint holds weights only")
     _exit2(cli(*map(str, world["train"]), *sets(save_path=tmp_path / "r3", load_path=tmp_path / "nowhere")),
-           "no such folder")
+           "load_path not found")
 
 
 # ---- a Ray worker that dies ----------------------------------------------------------------------------------------

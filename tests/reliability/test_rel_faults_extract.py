@@ -42,9 +42,10 @@ def test_extract_killed_at_each_point_then_rerun_equals_uninterrupted(tiny_clip_
     kill_when(proc, lambda: (cache / ".extract_memo.json").exists(), log)
     assert not list(cache.glob("*/shard-*.h5"))
 
-    # 2. mid-shard: polled until a temp shard is on disk, then killed
-    proc = spawn(args, log)
-    kill_when(proc, lambda: bool(list(cache.glob("*/.shard-*.tmp-*"))), log)
+    # 2. mid-shard: killed while a shard's temp file is on disk but not yet fsynced (shards are built in memory and
+    # written whole at commit, so this is the only moment a part of one is on disk)
+    proc = spawn(args, log, {"target": "os.fsync", "match": "/.shard-", "nth": 1, "when": "before", "action": "kill"})
+    assert finish(proc, log) == -9, log.read_text()[-3000:]
     seen_mid = readable_cache_state(cache)  # only finished shards are visible; every key reads back
 
     # 3. during the rename: killed with the next shard complete under its temp name
