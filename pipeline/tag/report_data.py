@@ -159,8 +159,10 @@ def _footer_meta(parts: Parts, schema: pa.Schema) -> None:
                 values["(other values)"] += 1
 
 
-def find_parts(state: OutputState) -> Parts:
-    """The readable parts among `state.parts`, with their footers; UsageError if none."""
+def find_parts(state: OutputState | str | os.PathLike) -> Parts:
+    """The readable parts among `state.parts` (of an output folder's state when given a path), with their footers;
+    UsageError if none."""
+    state = state if isinstance(state, OutputState) else read_output_state(state)
     folder = state.folder
     parts = Parts(folder)
     times: list[float] = []
