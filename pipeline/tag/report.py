@@ -147,7 +147,7 @@ def _tagged(a: Aggregates, parts: Parts) -> str:
     if a.tagged is not None:
         lo, hi = (_utc(v.timestamp()) if isinstance(v, datetime) and v.tzinfo else
                   v.isoformat() if hasattr(v, "isoformat") else str(v) for v in a.tagged)
-        return f"{lo} to {hi}" if lo != hi else lo
+        return f"{lo} to {hi} (tagged_at column)"
     lo, hi = parts.mtimes
     return f"{_utc(lo)} to {_utc(hi)} (part file times; the parts have no tagged_at column)"
 

@@ -60,7 +60,7 @@ def nice_ticks(top: float, most: int = 5) -> list[float]:
 
 
 def _svg(width: float, height: float, label: str) -> ET.Element:
-    svg = ET.Element("svg", {"xmlns": "http://www.w3.org/2000/svg", "width": f"{width:.0f}", "height": f"{height:.0f}",
+    svg = ET.Element("svg", {"width": f"{width:.0f}", "height": f"{height:.0f}",
                              "viewBox": f"0 0 {width:.0f} {height:.0f}", "role": "img", "aria-label": clean(label, 600),
                              "font-family": "system-ui, sans-serif", "font-size": "11"})
     ET.SubElement(svg, "title").text = clean(label, 600)
