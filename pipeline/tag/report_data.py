@@ -1,5 +1,8 @@
 """What the report reads from a tag-corpus output: the Parquet parts (as one pyarrow dataset), their footers, the
 optional manifest and the rejects, each read defensively (regular files only, never a FIFO, damage noted not raised).
+
+`read_output_state` is the one function that knows where an output records its state (part list, rejects, model ids);
+the rest reads only what it returns.
 """
 from __future__ import annotations
 
@@ -16,11 +19,12 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from pipeline.tag.manifest import MANIFEST_NAME, REJECTS_NAME, data_folder, read_state
+from pipeline.tag.manifest import MANIFEST_NAME, REJECTS_NAME, STATE_NAME, data_folder, read_state
 from pipeline.tag.report_stats import AGG_COLUMNS
 from rpihmif.errors import UsageError
 
-__all__ = ["Parts", "find_parts", "read_regular", "read_json_file", "read_output_state", "reject_reasons", "fetch_rows", "DISPLAY_COLUMNS"]
+__all__ = ["OutputState", "read_output_state", "Parts", "find_parts", "read_regular", "read_json_file",
+           "reject_reasons", "fetch_rows", "DISPLAY_COLUMNS"]
 
 DISPLAY_COLUMNS = ("id", "text", "entities", "image_used", "image", "crops", "rcnn_crops", "source", "line",
                    "model_id", "tagged_at")
@@ -32,11 +36,71 @@ _REQUIRED = {"text": pa.types.is_string, "type": pa.types.is_string, "score": pa
 
 
 @dataclass
+class OutputState:
+    """What a tag-corpus output says about itself: its part files, its rejects and what produced each chunk."""
+
+    out: Path
+    folder: Path  # the data folder the parts sit under (a hive layout: data/dt=YYYY-MM-DD/*.parquet)
+    parts: list[Path] = field(default_factory=list)  # candidate part files, sorted by path under `folder`
+    rejects: Counter = field(default_factory=Counter)  # reason (up to its first ';' or ' (') -> records
+    entries: list[dict[str, Any]] = field(default_factory=list)  # per input or chunk: image_root, load_path, ...
+    model_ids: Counter = field(default_factory=Counter)  # model id -> chunks that recorded it
+    notes: list[str] = field(default_factory=list)  # optional state present but unusable (shown on the page)
+
+
+def read_output_state(out: str | os.PathLike) -> OutputState:
+    """The state of output `out`: Parquet files under out/data/ (or `out` itself for an older output; any depth,
+    hidden and '_' names skipped as Parquet readers do), the commit log's (or an old `_manifest.json`'s) entries and `_rejects.jsonl` reasons."""
+    out = Path(out)
+    if not out.is_dir():
+        raise UsageError(f"{out}: no such output folder; pass the --out folder of a tag-corpus run")
+    folder = data_folder(out) if data_folder(out).is_dir() else out
+    state = OutputState(out, folder, parts=_parquet_files(folder))
+    manifest, note = _state_dicts(out)
+    state.entries = _manifest_entries(manifest)
+    state.model_ids = Counter(e["model_id"] for e in state.entries if isinstance(e.get("model_id"), str))
+    state.rejects, rejects_note = reject_reasons(out)
+    state.notes = [n for n in (note, rejects_note) if n]
+    return state
+
+
+def _state_dicts(out: Path) -> tuple[Any, str | None]:
+    """(the output's state as dicts or None, a note when present but unusable): the commit log (`_state.sqlite`),
+    else a version-2 `_manifest.json` not yet migrated; optional metadata, never fatal."""
+    try:
+        dicts = read_state(out, limit=20_000)
+    except Exception as exc:  # noqa: BLE001 -- damaged or crafted state: the report goes on without it
+        return None, f"{out / STATE_NAME}: unreadable ({str(exc)[:200]}); ignored"
+    return (dicts, None) if dicts is not None else read_json_file(out)
+
+
+def _parquet_files(folder: Path) -> list[Path]:
+    """`*.parquet` under `folder` at any depth (folder links not followed), skipping '.' and '_' names."""
+    found = []
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith((".", "_")))
+        found += [Path(root) / f for f in files if f.endswith(".parquet") and not f.startswith((".", "_"))]
+    return sorted(found, key=lambda p: p.relative_to(folder).parts)
+
+
+def _manifest_entries(manifest: Any) -> list[dict[str, Any]]:
+    """Entry dicts of any manifest shape (per input or per chunk, dict or list); [] when absent or odd."""
+    if not isinstance(manifest, dict):
+        return []
+    found = []
+    for value in manifest.values():
+        items = value.values() if isinstance(value, dict) else value if isinstance(value, list) else []
+        found += [e for e in items if isinstance(e, dict)]
+    return found
+
+
+@dataclass
 class Parts:
     """The readable parts of a data folder, in name order, and what was set aside (name, reason)."""
 
     folder: Path
     files: list[Path] = field(default_factory=list)
+    names: list[str] = field(default_factory=list)  # path under `folder` per file (`dt=2026-01-02/part.parquet`)
     rows: list[int] = field(default_factory=list)  # footer row count per file
     sources: list[str | None] = field(default_factory=list)  # footer `rpihmif.source` (the input) per file
     schema: pa.Schema | None = None  # unified schema of the readable parts
@@ -105,38 +169,24 @@ def _footer_meta(parts: Parts, schema: pa.Schema) -> None:
                 values["(other values)"] += 1
 
 
-def _part_entries(folder: Path) -> list[os.DirEntry]:
-    """The entries of `folder` and of its `dt=YYYY-MM-DD/` partition folders (not links), in path order."""
-    found = []
-    for entry in os.scandir(folder):
-        if entry.name.startswith("dt=") and entry.is_dir(follow_symlinks=False):
-            found += list(os.scandir(entry.path))
-        else:
-            found.append(entry)
-    return sorted(found, key=lambda e: e.path)
-
-
-def find_parts(out: Path) -> Parts:
-    """The Parquet parts of `out` (in `out/data/`; an older output keeps them in `out` itself); UsageError if none."""
-    out = Path(out)
-    if not out.is_dir():
-        raise UsageError(f"{out}: no such output folder; pass the --out folder of a tag-corpus run")
-    folder = data_folder(out) if data_folder(out).is_dir() else out
+def find_parts(state: OutputState | str | os.PathLike) -> Parts:
+    """The readable parts among `state.parts` (of an output folder's state when given a path), with their footers;
+    UsageError if none."""
+    state = state if isinstance(state, OutputState) else read_output_state(state)
+    folder = state.folder
     parts = Parts(folder)
     times: list[float] = []
-    for entry in _part_entries(folder):
-        if entry.name.startswith((".", "_")) or not entry.name.endswith(".parquet"):
-            continue  # hidden temps and '_' files: what Parquet readers skip too
-        path = Path(entry.path)
+    for path in state.parts:
+        name = path.relative_to(folder).as_posix()
         st = _regular(path)
         if st is None:
-            parts.skipped.append((entry.name, "not a regular file (or a dangling link)"))
+            parts.skipped.append((name, "not a regular file (or a dangling link)"))
             continue
         try:
             pf = pq.ParquetFile(path)
             schema, rows = pf.schema_arrow, pf.metadata.num_rows
         except Exception as exc:  # noqa: BLE001 -- any Arrow/OS error: the part is reported, not fatal
-            parts.skipped.append((entry.name, f"not a readable Parquet file ({type(exc).__name__}: {exc})"[:300]))
+            parts.skipped.append((name, f"not a readable Parquet file ({type(exc).__name__}: {exc})"[:300]))
             continue
         why = _entities_ok(schema)
         try:
@@ -144,10 +194,11 @@ def find_parts(out: Path) -> Parts:
         except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
             why = why or f"schema conflicts with the other parts ({exc})"[:300]
         if why:
-            parts.skipped.append((entry.name, why))
+            parts.skipped.append((name, why))
             continue
         parts.schema = unified.remove_metadata()
         parts.files.append(path)
+        parts.names.append(name)
         parts.rows.append(rows)
         source = (schema.metadata or {}).get(_META_PREFIX + b"source")
         parts.sources.append(source.decode("utf-8", "replace") if source else None)
@@ -156,7 +207,7 @@ def find_parts(out: Path) -> Parts:
     if not parts.files:
         why = "; ".join(f"{n}: {r}" for n, r in parts.skipped[:5])
         raise UsageError(f"{folder}: no readable Parquet parts to report on{' (' + why + ')' if why else ''}; "
-                         f"run tag-corpus with --out {out} first")
+                         f"run tag-corpus with --out {state.out} first")
     parts.mtimes = (min(times), max(times))
     return parts
 
@@ -194,16 +245,6 @@ def read_json_file(out: Path, name: str = MANIFEST_NAME) -> tuple[Any, str | Non
         return json.loads(read_regular(path, _MAX_JSON_BYTES).decode("utf-8")), None
     except (OSError, ValueError, RecursionError) as exc:
         return None, f"{path}: unreadable ({exc}); ignored"
-
-
-def read_output_state(out: Path) -> tuple[Any, str | None]:
-    """(the output's state as dicts or None, note when present but unusable): the commit log, else a version-2
-    `_manifest.json` not yet migrated; optional metadata, never fatal."""
-    try:
-        state = read_state(out, limit=20_000)
-    except Exception as exc:  # noqa: BLE001 -- damaged or crafted state: the report goes on without it
-        return None, f"{Path(out) / 'state'}: unreadable ({str(exc)[:200]}); ignored"
-    return (state, None) if state is not None else read_json_file(out)
 
 
 def _reason(line: bytes) -> str:
@@ -254,6 +295,6 @@ def fetch_rows(parts: Parts, rows: list[int]) -> dict[int, dict[str, Any]]:
             table = pf.read_row_group(int(rg), columns=cols)
             picked = local[rg_of == rg]
             for g, rec in zip(picked + starts[f], table.take(pa.array(picked - rg_starts[rg])).to_pylist()):
-                rec["_part"] = parts.files[f].name
+                rec["_part"] = parts.names[f]
                 found[int(g)] = rec
     return found

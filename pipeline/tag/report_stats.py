@@ -1,7 +1,8 @@
 """Aggregates of a tag-corpus dataset in one streaming pass of vectorized Arrow compute over record batches.
 
-Counts per type, top entities, score spread, image and routing shares, tagged-at range, a seeded random sample and the
-least confident tweets (as global row indices); memory is bounded by the batch size and a few fixed-size buffers.
+Counts per type, top entities per type (case-folded), score spread, image and routing shares, tagged-at range, a seeded
+random sample and the least confident tweets (as global row indices); memory is bounded by the batch size and a few
+fixed-size buffers.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-__all__ = ["Aggregates", "BottomK", "aggregate", "row_keys", "ROUTING", "AGG_COLUMNS"]
+__all__ = ["Aggregates", "TopEntity", "BottomK", "aggregate", "row_keys", "ROUTING", "AGG_COLUMNS"]
 
 ROUTING = ("routing_orig", "routing_grounding", "routing_rcnn")
 AGG_COLUMNS = ("entities", "image_used", "tagged_at")  # the only columns the pass reads (no text, no tokens)
@@ -63,20 +64,32 @@ class BottomK:
 
 
 @dataclass
+class TopEntity:
+    """One entity of a type's top list: its case-folded spellings counted together, shown as the most common one."""
+
+    text: str  # the most common surface form (ties: the first in code point order)
+    n: int  # mentions over every spelling
+    mean: float | None  # mean score over the scored mentions
+    forms: list[tuple[str, int]]  # up to 5 spellings with their counts, most common first
+    spellings: int  # distinct spellings
+
+
+@dataclass
 class Aggregates:
     """What the report shows about the whole dataset; per-type dicts are keyed by entity type."""
 
     rows: int = 0
     with_image: int = 0
     with_entities: int = 0
+    with_image_entities: int = 0  # tagged with their image and with at least one entity
     entities: int = 0
     types: dict[str, dict[str, float]] = field(default_factory=dict)  # n, scored, sum, min, max, routing sums/counts
     hist: dict[str, list[int]] = field(default_factory=dict)  # type -> BINS counts of entity scores
-    top: list[tuple[str, str, int, float | None]] = field(default_factory=list)  # (text, type, count, mean score)
+    top: dict[str, list[TopEntity]] = field(default_factory=dict)  # type -> its most mentioned entities
     top_exact: bool = True  # False when the distinct-entity table was pruned to stay bounded
     tagged: tuple[Any, Any] | None = None  # (min, max) of the tagged_at column, None when absent
     sample: list[int] = field(default_factory=list)  # global row indices of the random sample
-    image_sample: list[int] = field(default_factory=list)  # ... of tweets tagged with an image and with entities
+    image_sample: list[int] = field(default_factory=list)  # ... of tweets with an image and entities, not in `sample`
     least: list[tuple[int, float]] = field(default_factory=list)  # (global row, lowest entity score), ascending
 
 
@@ -101,7 +114,8 @@ class _Pass:
         self.agg = Aggregates()
         self.seed, self.top_n, self.max_distinct = seed, top, max_distinct
         self.sample = BottomK(sample, np.uint64)
-        self.image_sample = BottomK(image_sample, np.uint64)
+        self.image_k = image_sample
+        self.image_sample = BottomK(image_sample + sample, np.uint64)  # the sample's own are dropped at the end
         self.least = BottomK(least)
         self.groups: pa.Table | None = None  # (text, type, n, score_sum, scored) over distinct entities
         self.pending: list[pa.Table] = []
@@ -121,6 +135,7 @@ class _Pass:
         keys = row_keys(self.seed, rows)
         self.sample.offer(keys, rows)
         eligible = pc.and_(used, has).to_numpy(zero_copy_only=False)
+        a.with_image_entities += int(eligible.sum())
         self.image_sample.offer(keys[eligible], rows[eligible])
         if "tagged_at" in batch.schema.names:
             self._tagged(batch.column("tagged_at"))
@@ -204,22 +219,43 @@ class _Pass:
             g = g.take(pc.select_k_unstable(g, self.max_distinct // 2, [("n", "descending")]))
         self.groups = g
 
+    def _top_per_type(self) -> dict[str, list[TopEntity]]:
+        """The `top_n` most mentioned entities of each type, spellings that differ only in case counted together."""
+        g = self.groups
+        if g is None or not len(g) or self.top_n <= 0:
+            return {}
+        # shape: (distinct (text, type),) most frequent spelling first, so "first" below is the most common one
+        g = g.append_column("key", pc.utf8_lower(g["text"]))
+        g = g.take(pc.sort_indices(g, [("n", "descending"), ("text", "ascending")]))
+        folded = g.group_by(["type", "key"], use_threads=False).aggregate(
+            [("n", "sum"), ("score_sum", "sum"), ("scored", "sum"), ("text", "first"), ("text", "count")])
+        top: dict[str, list[TopEntity]] = {}
+        for etype in pc.unique(folded["type"]).to_pylist():  # a handful of types
+            mine = folded.filter(pc.equal(folded["type"], etype))
+            order = pc.sort_indices(mine, [("n_sum", "descending"), ("key", "ascending")])[: self.top_n]
+            best = mine.take(order)
+            spellings = g.filter(pc.and_(pc.equal(g["type"], etype), pc.is_in(g["key"], best["key"])))
+            forms: dict[str, list[tuple[str, int]]] = {}
+            for rec in spellings.select(["key", "text", "n"]).to_pylist():  # sorted: most common first
+                forms.setdefault(rec["key"], []).append((rec["text"], rec["n"]))
+            top[etype] = [TopEntity(r["text_first"], r["n_sum"], r["score_sum_sum"] / r["scored_sum"]
+                                    if r["scored_sum"] else None, forms[r["key"]][:5], r["text_count"])
+                          for r in best.to_pylist()]
+        return top
+
     def finish(self) -> Aggregates:
         self._merge_top()
         a = self.agg
-        if self.groups is not None and len(self.groups) and self.top_n > 0:
-            order = pc.sort_indices(self.groups, [("n", "descending"), ("type", "ascending"), ("text", "ascending")])
-            for rec in self.groups.take(order[: self.top_n]).to_pylist():
-                mean = rec["score_sum"] / rec["scored"] if rec["scored"] else None
-                a.top.append((rec["text"], rec["type"], rec["n"], mean))
+        a.top = self._top_per_type()
         a.sample = sorted(int(r) for r in self.sample.rows)
-        a.image_sample = sorted(int(r) for r in self.image_sample.rows)
+        shown = set(a.sample)
+        a.image_sample = sorted(int(r) for r in self.image_sample.rows if int(r) not in shown)[: self.image_k]
         a.least = [(int(r), float(k)) for k, r in zip(self.least.keys, self.least.rows)]
         return a
 
 
 def aggregate(batches: Iterable[pa.RecordBatch], seed: int = 0, sample: int = 30, image_sample: int = 12,
-              least: int = 12, top: int = 25, max_distinct: int = 500_000) -> Aggregates:
+              least: int = 12, top: int = 10, max_distinct: int = 500_000) -> Aggregates:
     """Aggregate record batches (columns of AGG_COLUMNS; tagged_at optional) given in global row order."""
     p = _Pass(seed, sample, image_sample, least, top, max_distinct)
     offset = 0

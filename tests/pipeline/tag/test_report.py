@@ -116,15 +116,32 @@ def test_aggregates_equal_a_hand_count(dataset):
         assert a.types[t]["routing_orig_count"] == len(routed)
         assert a.types[t]["routing_rcnn_sum"] == pytest.approx(sum(e["routing_rcnn"] for e in routed), abs=1e-5)
     counts = Counter((e["text"], e["type"]) for e in ents)
-    assert {(t, ty): n for t, ty, n, _ in a.top} == dict(counts) and a.top_exact
-    assert [n for _, _, n, _ in a.top] == sorted(counts.values(), reverse=True)
+    assert {(e.text, t): e.n for t, top in a.top.items() for e in top} == dict(counts) and a.top_exact
+    for top in a.top.values():
+        assert [e.n for e in top] == sorted((e.n for e in top), reverse=True)
+
+
+def test_top_entities_are_per_type_and_case_folded_with_the_most_common_spelling(tmp_path):
+    ents = [("NBA", "ORG", 0.9)] * 3 + [("nba", "ORG", 0.5)] * 2 + [("Nba", "ORG", 0.1)] + [("nba", "PER", 0.4)] + \
+        [("Paris", "LOC", 0.8)] * 2 + [("PARIS", "LOC", 0.6)] * 2 + [("Obama", "PER", 0.7)] * 2
+    rows = [_row(i, [_ent(t, ty, s)]) for i, (t, ty, s) in enumerate(ents)]
+    _part(tmp_path, "p.parquet", rows)
+    a = aggregate(find_parts(tmp_path).batches(), top=5)
+    org = a.top["ORG"][0]
+    assert (org.text, org.n, org.spellings, org.forms) == ("NBA", 6, 3, [("NBA", 3), ("nba", 2), ("Nba", 1)])
+    assert org.mean == pytest.approx((3 * 0.9 + 2 * 0.5 + 0.1) / 6, abs=1e-6)
+    assert [(e.text, e.n) for e in a.top["PER"]] == [("Obama", 2), ("nba", 1)]  # another type: its own row
+    assert [(e.text, e.n) for e in a.top["LOC"]] == [("PARIS", 4)]  # a 2-2 tie: the first in code point order
+    _, text = _parse(write_report(tmp_path).read_text())
+    assert "NBA +2 spellings" in " ".join(text.split()) and "nba" not in text.split("Random sample")[0].split(
+        "Top entities")[1].split("PER")[0]
 
 
 def test_top_entities_stay_bounded_and_keep_the_frequent_ones():
     rows = [_row(i, [_ent(f"rare{i}", "PER", 0.5), _ent("obama", "PER", 0.9)]) for i in range(400)]
     batch = pa.RecordBatch.from_pylist(rows, schema=SCHEMA).select(["entities", "image_used"])
     a = aggregate([batch.slice(i, 20) for i in range(0, 400, 20)], top=3, max_distinct=50)
-    assert a.top[0][:3] == ("obama", "PER", 400) and not a.top_exact
+    assert (a.top["PER"][0].text, a.top["PER"][0].n) == ("obama", 400) and not a.top_exact
 
 
 def test_sample_is_random_seeded_and_independent_of_batching(dataset):
@@ -224,8 +241,10 @@ def test_hostile_images_become_placeholders(tmp_path):
     page = write_report(tmp_path / "out", sample_size=len(cases), image_root=str(root)).read_text()
     _, text = _parse(page)
     for reason in cases.values():
-        assert f"grounding: {reason}" in text, reason
-    assert "<figcaption>RCNN: img/big.jpg" in page and page.count('alt="image"') >= len(cases)
+        assert f'<span class="ph">{reason}' in page, reason
+    assert '<figure title="img/big.jpg"><img' in page and "<figcaption>RCNN 1</figcaption>" in page
+    assert "<figcaption>grounding 1</figcaption>" in page and "img/big.jpg</figcaption>" not in page  # path: title only
+    assert page.count('alt="image"') >= len(cases)
     assert "f.parquet" in text and "_rejects.jsonl: not a regular file" in text
 
 
@@ -260,7 +279,7 @@ def test_zero_rows_still_report_the_rejects(tmp_path):
                                                  + "\n" for i in range(3)) + "{damaged\n")
     _, text = _parse(write_report(tmp_path).read_text())
     flat = "".join(text.split())
-    assert "0 tweets in 1 Parquet part(s)" in text and "badJSON3" in flat and "(damagedlineintherejectsfile)1" in flat
+    assert "0tweetsin1Parquetpart(s)" in flat and "bad JSON: 3" in text and "(damaged line in the rejects file): 1" in text
 
 
 def test_tagged_at_range_and_encoder_from_footers(tmp_path):
@@ -275,7 +294,7 @@ def test_tagged_at_range_and_encoder_from_footers(tmp_path):
     pq.write_table(pa.Table.from_pylist(rows, schema=schema.with_metadata(meta)), folder / "p.parquet")
     _part(tmp_path, "q.parquet", [_row(9, [])], {"model_id": "m-7"})  # an older part without tagged_at
     _, text = _parse(write_report(tmp_path).read_text())
-    assert "2026-01-01 00:00:00 UTC to 2026-01-03 00:00:00 UTC (tagged_at column)" in text
+    assert "2026-01-01 00:00 UTC to 2026-01-03 00:00 UTC" in text
     assert "3fa9c0d1e2b4a5c6" in text and "random-init" not in text and "m-7 (2 part(s))" in text
 
 
@@ -303,4 +322,23 @@ def test_odd_column_types_and_huge_values_do_not_break_the_page(tmp_path):
     data_folder(tmp_path).mkdir(parents=True)
     pq.write_table(pa.Table.from_pylist(rows, schema=schema), data_folder(tmp_path) / "odd.parquet")
     page = write_report(tmp_path).read_text()
-    assert len(page) < 100_000 and "1 tweets in 1 Parquet part(s)" in page and "(part file times" in page
+    assert len(page) < 100_000 and "1tweetsin1Parquetpart(s)" in "".join(_parse(page)[1].split())
+    assert "(part file times" in page
+
+
+def test_hive_partitioned_parts_read_as_one_table(dataset, tmp_path_factory):
+    out, rows = dataset
+    hive = tmp_path_factory.mktemp("hive")
+    for name, day in (("a.parquet", "2026-01-01"), ("b.parquet", "2026-01-02")):
+        (data_folder(hive) / f"dt={day}").mkdir(parents=True)
+        os.replace(data_folder(out) / name, data_folder(hive) / f"dt={day}" / name)
+    (data_folder(hive) / "_tmp").mkdir()
+    (data_folder(hive) / "_tmp" / "x.parquet").write_bytes(b"half")  # '_' folders: skipped as readers do
+    parts = find_parts(hive)
+    assert parts.names == ["dt=2026-01-01/a.parquet", "dt=2026-01-02/b.parquet"] and not parts.skipped
+    a = aggregate(parts.batches(batch_size=8), sample=60)
+    assert a.rows == 60 and a.entities == sum(len(r["entities"] or []) for r in rows)
+    got = fetch_rows(parts, [0, 59])
+    assert (got[0]["id"], got[59]["id"], got[59]["_part"]) == ("t0", "t59", "dt=2026-01-02/b.parquet")
+    _, text = _parse(write_report(hive).read_text())
+    assert "60tweetsin2Parquetpart(s)" in "".join(text.split())
