@@ -158,7 +158,7 @@ def check_train(cfg) -> None:
         model_dir(cfg.vision.vit_name, "vision.vit_name")
     if cfg.load_path:  # a run killed before its first epoch has no last/ yet: the trainer then starts fresh
         run = Path(cfg.load_path)
-        run = run.parent if run.name == "last" and not os.path.lexists(run) else run
+        run = run.parent if run.name == "last" and not os.path.lexists(run) and run.parent.is_dir() else run
         input_dir(run, "load_path", "point it at a run folder or its last/ folder, or drop it")
     output_dir(cfg.save_path, "save_path")
     if cfg.log_dir:
