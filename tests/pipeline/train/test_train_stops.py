@@ -23,7 +23,8 @@ from pipeline.runtime.progress import Progress
 
 
 def train_cli(tiny_bert_dir, data: Path, run: Path, *extra: str):
-    sets = tiny_overrides(tiny_bert_dir, data, run, train_also="", log_every_s=0.001)
+    """`train` in-process; fp32: bf16 runs on this CPU did not reproduce bit for bit (exact-resume checks)."""
+    sets = tiny_overrides(tiny_bert_dir, data, run, train_also="", log_every_s=0.001, precision="fp32")
     args = ["train", *[a for s in sets for a in ("--set", s)], *extra]
     return CliRunner().invoke(app, args, catch_exceptions=False)
 
