@@ -48,7 +48,7 @@ demo: $(STAMP)
 	@echo "  feature cache (HDF5):    $(DEMO)/cache"
 	@echo "  run (checkpoint, log):   $(DEMO)/run/best, $(DEMO)/run/metrics.json, $(DEMO)/run/train.log"
 	@echo "  test metrics:            $(DEMO)/test_metrics.json, predictions $(DEMO)/test_predictions.txt"
-	@echo "  tagged Parquet:          $(DEMO)/tagged (+ _manifest.json, _rejects.jsonl)"
+	@echo "  tagged Parquet:          $(DEMO)/tagged/data (+ _state.sqlite, _rejects.jsonl)"
 	@echo "  report:                  $(DEMO)/tagged/_report.html"
 
 clean:
