@@ -15,13 +15,13 @@ from typing import Any, Callable, Iterator
 from cache.format import DUMP_SOURCE
 from pipeline.io.dumps import DumpFields, DumpRecord, Reject, UniqueIds, line_record
 from pipeline.tag.parquet_parts import PartWriter
+from rpihmif.api import entity_dicts
 from rpihmif.tweet_tokenizer import tokenize
 
 __all__ = ["ChunkTagger", "TaggerSettings", "TagTask", "TagResult", "load_tagger"]
 
 log = logging.getLogger("rpihmif.tag")
 
-_ROUTING = ("routing_orig", "routing_grounding", "routing_rcnn")
 
 
 def load_tagger(load_path: str, device: str = "auto", threads: int = 0, precision: str = "fp32") -> Any:
@@ -202,13 +202,7 @@ class ChunkTagger:
 
     def _row(self, item: tuple, pred: Any, has_feat: bool, source: str, tagged_at: datetime) -> dict[str, Any]:
         rec, toks, _ = item
-        entities = []
-        for ent in pred.entities:
-            s, e = toks[ent.start].start, toks[ent.end - 1].end
-            r = ent.routing if has_feat and ent.routing else {}
-            entities.append({"text": rec.text[s:e], "type": ent.type, "start_char": s, "end_char": e,
-                             "start_token": int(ent.start), "end_token": int(ent.end), "score": float(ent.score),
-                             **{k: r.get(k.split("_", 1)[1]) for k in _ROUTING}})
+        entities = entity_dicts(rec.text, toks, pred, has_feat)  # the notebook API's entities, exactly
         return {"id": rec.id, "text": rec.text, "tokens": [t.text for t in toks], "entities": entities,
                 "image_used": bool(pred.image_used), "model_id": self.model_id, "image": rec.image,
                 "crops": rec.crops, "rcnn_crops": rec.rcnn, "line": rec.line, "source": source,
