@@ -51,8 +51,20 @@ def data(tmp_path) -> Path:
     return tiny_dataset(tmp_path)  # 16 train tweets: 2 batches of 8 per epoch
 
 
+@pytest.fixture
+def outer_sigterm():
+    """A SIGTERM handler of the process's own (as an earlier in-process `ray.init` leaves one), restored after."""
+    def handler(signum, frame):
+        raise AssertionError("train's own SIGTERM handler must be in place while it runs")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    yield handler
+    signal.signal(signal.SIGTERM, previous)
+
+
 @pytest.mark.slow  # three tiny training runs
-def test_sigterm_stops_at_a_batch_boundary_and_resumes_exactly(tiny_bert_dir, data, tmp_path, monkeypatch):
+def test_sigterm_stops_at_a_batch_boundary_and_resumes_exactly(tiny_bert_dir, data, tmp_path, monkeypatch,
+                                                               outer_sigterm):
     ref = tmp_path / "ref"
     assert train_cli(tiny_bert_dir, data, ref).exit_code == 0
     run, calls, real_loss = tmp_path / "run", [0], trainer_module.Trainer._loss
@@ -70,7 +82,7 @@ def test_sigterm_stops_at_a_batch_boundary_and_resumes_exactly(tiny_bert_dir, da
     assert "stopped by SIGTERM at batch 1/2 of epoch 2" in line and f"load_path={run / 'last'}" in line
     assert "ERROR" in (run / "train.log").read_text().splitlines()[-1] and "SIGTERM" in (run / "train.log").read_text()
     assert saved_epoch(run) == 1 and calls[0] == 3
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler lives only while train runs
+    assert signal.getsignal(signal.SIGTERM) is outer_sigterm  # train's handler lives only while it runs
     monkeypatch.setattr(trainer_module.Trainer, "_loss", real_loss)
     assert train_cli(tiny_bert_dir, data, run, "--set", f"load_path={run / 'last'}").exit_code == 0
     assert [(e["loss"], e["dev"]) for e in epochs_of(run)] == [(e["loss"], e["dev"]) for e in epochs_of(ref)]
