@@ -20,12 +20,13 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 if not sys.stderr.isatty():  # before transformers is imported: no progress bars in cron logs (Ray workers inherit it)
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
+from exit_codes import PipelineError, UsageError  # noqa: E402
 from pipeline import preflight  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
 from pipeline.runtime.progress import log_error_to_files, setup_logging  # noqa: E402
 from pipeline.config_render import render_yaml  # noqa: E402
 from pipeline.stage_config import COMMANDS, STAGES, stage_config  # noqa: E402
-from rpihmif.errors import PipelineError  # noqa: E402
+from rpihmif.errors import ModelError  # noqa: E402
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   context_settings={"help_option_names": ["-h", "--help"]},
@@ -38,13 +39,14 @@ SET_HELP = "Override a config key, repeatable: --set num_epochs=3 --set iffe.ite
 
 
 @contextmanager
-def exit_codes() -> Iterator[None]:
-    """Map pipeline errors to exit codes 1/2/3 with one readable line instead of a traceback."""
+def reported_errors() -> Iterator[None]:
+    """Map pipeline errors to exit codes 1/2/3 (the model library's ModelError is bad usage: 2) with one readable
+    line instead of a traceback."""
     try:
         yield
-    except PipelineError as exc:
+    except (PipelineError, ModelError) as exc:
         _fail(f"error: {exc}")
-        raise typer.Exit(exc.exit_code)
+        raise typer.Exit(exc.exit_code if isinstance(exc, PipelineError) else UsageError.exit_code)
     except KeyboardInterrupt:
         _fail("interrupted")  # on stderr and in train.log
         raise typer.Exit(130)
@@ -118,7 +120,7 @@ def make_sample_cmd(
     """Generate a small multimodal sample in the DeepKE benchmark layout, where some types only the image decides."""
     from pipeline.io.sample import make_sample
     setup_logging()
-    with exit_codes():
+    with reported_errors():
         preflight.check_make_sample(out)
         _print_json(make_sample(out, seed=seed, hard=hard))
 
@@ -131,7 +133,7 @@ def data_stats_cmd(
     """Print JSON counts per split: tweets, tokens, entities per type, images and crops found/missing."""
     from pipeline.data_stats import data_stats
     setup_logging()
-    with exit_codes():
+    with reported_errors():
         preflight.check_data_stats(dataset_dir)
         _print_json(data_stats(dataset_dir, lenient=lenient))
 
@@ -148,7 +150,7 @@ def extract_features_cmd(
     """Run the frozen CLIP vision encoder over images and crops once; store features in the HDF5 cache."""
     from pipeline.extract.stage import run_extract
     setup_logging()
-    with exit_codes():
+    with reported_errors():
         if model:
             from pipeline.extract.from_checkpoint import check_encoder, vision_overrides
             set_ = vision_overrides(model) + list(set_)
@@ -167,7 +169,7 @@ def train_cmd(
 ) -> None:
     """Train text encoder + HIM + IFFE + CRF; keep the best epoch on valid; resume with --set load_path=RUN/last."""
     from pipeline.train.trainer import train
-    with exit_codes():
+    with reported_errors():
         cfg = stage_config("train", config, set_, {"lenient": lenient})
         preflight.check_train(cfg)
         _print_json(train(cfg))
@@ -186,7 +188,7 @@ def evaluate_cmd(
     """Entity-level micro P/R/F1 (seqeval) and per type over every gold entity of SPLIT_FILE."""
     from pipeline.train.evaluate import evaluate_file
     setup_logging()
-    with exit_codes():
+    with reported_errors():
         cfg = stage_config("evaluate", config, set_, {"lenient": lenient})
         preflight.check_evaluate(checkpoint, split_file, out, predictions)
         _print_json(evaluate_file(checkpoint, split_file, cfg, out=out, predictions=predictions))
@@ -208,7 +210,7 @@ def tag_corpus_cmd(
     """Tag large tweet dumps into a Parquet dataset, chunk by chunk; reruns redo only what is not done (cron-safe)."""
     from pipeline.tag.stage import run_tag
     setup_logging()
-    with exit_codes():
+    with reported_errors():
         named = {"load_path": str(model) if model else None, "out": str(out) if out else None,
                  "workers": workers, "ray_address": ray_address, "require_images": require_images,
                  "allow_missing_images": allow_missing_images, "force": force}
@@ -227,7 +229,7 @@ def report_cmd(
     """Write OUT_DIR/_report.html: aggregates, a random sample, the least confident tweets, crops, routing per source."""
     from pipeline.tag.report import write_report
     setup_logging()
-    with exit_codes():
+    with reported_errors():
         preflight.check_report(out_dir, image_root)
         typer.echo(str(write_report(out_dir, seed=seed, sample_size=sample, least=max(1, sample // 2) if sample else 0,
                                     image_sample=min(sample, 12), image_root=str(image_root) if image_root else None)))
@@ -255,7 +257,7 @@ def cache_info_cmd(
     from cache import cache_info
     from cache.manage import info_table
     setup_logging()
-    with exit_codes():
+    with reported_errors():
         data = cache_info(_cache_root(config, set_, cache_dir))
         _print_json(data) if as_json else typer.echo(info_table(data))
 
@@ -268,7 +270,7 @@ def cache_verify_cmd(
     """Read every shard back against its checksums and structure; exit 1 naming each broken file and the fix."""
     from cache import verify_cache
     setup_logging()
-    with exit_codes():
+    with reported_errors():
         result = verify_cache(_cache_root(config, set_, cache_dir), fingerprint)
         for bad in result["broken"]:
             _fail(f"error: {bad['file']}: {bad['reason']}")
@@ -292,7 +294,7 @@ def cache_prune_cmd(
     from cache import prune_cache
     from cache.manage import prune_lines
     setup_logging()
-    with exit_codes():
+    with reported_errors():
         result = prune_cache(_cache_root(config, set_, cache_dir), fingerprint=fingerprint,
                              unused_since_days=unused_since, keep=keep, dry_run=dry_run)
         typer.echo(prune_lines(result))
@@ -305,7 +307,7 @@ def config_cmd(
     set_: List[str] = Opt([], "--set", help=SET_HELP, show_default="none"),
 ) -> None:
     """Print the effective config of STAGE (yaml with each key's comment) after --config and --set; exit 2 if invalid."""
-    with exit_codes():
+    with reported_errors():
         typer.echo(render_yaml(stage_config(stage, config, set_)), nl=False)
 # fmt: on
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Iterator
 
-from rpihmif.errors import LockHeldError, UsageError
+from exit_codes import LockHeldError, UsageError
 
 __all__ = ["atomic_file", "atomic_write_text", "atomic_write_bytes", "atomic_dir", "recover_dir", "FileLock",
            "LOCK_NAME", "ensure_dir", "refuse_link", "sha256_file", "fsync_path", "naming_path", "temp_path",

@@ -28,7 +28,7 @@ from typing import Any, Iterable
 import h5py
 import numpy as np
 
-from rpihmif.errors import UsageError
+from exit_codes import UsageError
 from rpihmif.visual import VisualSpec
 
 __all__ = ["FORMAT_VERSION", "FEATURE_NAMES", "NO_IMAGE", "DUMP_SOURCE", "SHARD_GLOB", "feature_shapes", "canonical", "describe",

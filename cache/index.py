@@ -27,7 +27,7 @@ from cache.format import (
     write_strings,
 )
 from cache.safe_open import open_index, open_shard
-from rpihmif.errors import DamagedCacheError
+from exit_codes import DamagedCacheError
 
 __all__ = ["CacheIndex", "load_index", "read_index_file", "write_index", "INDEX_NAME"]
 

@@ -15,7 +15,7 @@ from cache.format import FEATURE_NAMES, SHARD_GLOB, read_alias_tables
 from cache.index import INDEX_NAME, load_index, read_index_file, write_index
 from cache.memo import StampMemo
 from cache.safe_open import open_shard
-from rpihmif.errors import DamagedCacheError
+from exit_codes import DamagedCacheError
 
 __all__ = ["DAMAGED_SUFFIX", "verify_shard", "repair_folder", "remember_verified"]
 

@@ -19,7 +19,7 @@ from cache.integrity import DAMAGED_SUFFIX, verify_shard
 from cache.memo import StampMemo, last_read
 from cache.reader import fingerprint_folders
 from cache.safe_open import open_index
-from rpihmif.errors import DamagedCacheError, LockHeldError, PipelineError, UsageError
+from exit_codes import DamagedCacheError, LockHeldError, PipelineError, UsageError
 
 __all__ = ["cache_info", "verify_cache", "prune_cache", "folder_info"]
 

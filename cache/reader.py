@@ -16,7 +16,7 @@ from cache.format import FEATURE_NAMES, FORMAT_VERSION, NO_IMAGE, describe, read
 from cache.index import CacheIndex, load_index
 from cache.memo import touch_read
 from cache.safe_open import open_shard
-from rpihmif.errors import DamagedCacheError, UsageError
+from exit_codes import DamagedCacheError, UsageError
 from rpihmif.visual import VisualSpec
 
 __all__ = ["FORMAT_VERSION", "FEATURE_NAMES", "NO_IMAGE", "find_cache", "open_cache", "FeatureCache",

@@ -19,7 +19,7 @@ import numpy as np
 from h5py import h5d, h5g, h5l, h5o, h5z
 
 from cache.format import check_fingerprint, feature_shapes, spec_of
-from rpihmif.errors import DamagedCacheError
+from exit_codes import DamagedCacheError
 
 __all__ = ["open_checked", "open_shard", "open_index", "STRING_TABLES"]
 

@@ -36,7 +36,7 @@ from cache.format import (
 )
 from cache.index import load_index, write_index
 from cache.integrity import remember_verified
-from rpihmif.errors import UsageError
+from exit_codes import UsageError
 
 __all__ = ["CacheWriter", "OWN_FILES"]
 

@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 
 from cache.location import resolve_cache_dir
-from rpihmif.errors import UsageError
+from exit_codes import UsageError
 
 __all__ = ["load_config", "parse_override", "apply_overrides"]
 

@@ -11,8 +11,8 @@ import stat
 from pathlib import Path
 from typing import Iterable
 
+from exit_codes import UsageError
 from rpihmif.checkpoint import RUN_CHECKPOINTS
-from rpihmif.errors import UsageError
 
 __all__ = ["problem", "input_file", "input_dir", "checkpoint_dir", "output_dir", "model_dir", "input_paths", "ray_address",
            "check_data_stats", "check_make_sample", "check_extract", "check_train", "check_evaluate", "check_tag",

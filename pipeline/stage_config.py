@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Union
 
+from exit_codes import UsageError
 from pipeline.config import load_config
 from rpihmif.config import HIMConfig, IFFEConfig
-from rpihmif.errors import UsageError
 from rpihmif.visual import SOURCES
 
 __all__ = ["DumpFieldNames", "DumpSection", "VisionSection", "ExtractConfig", "VisualSection", "VisualDropoutSection",

@@ -11,7 +11,7 @@ from typing import Any, Sequence
 
 from rpihmif.checkpoint import open_checkpoint
 from rpihmif.checkpoint_config import vision_record_of
-from rpihmif.errors import UsageError, bounded
+from rpihmif.errors import ModelError, bounded
 from rpihmif.predictor import Prediction, Tagger
 from rpihmif.tweet_tokenizer import Token, tokenize
 
@@ -103,21 +103,21 @@ class TweetTagger:
 
             record = vision_record_of(self.folder, self.tagger.config)
             if not record:
-                raise UsageError(f"{self.folder / 'config.json'}: the checkpoint does not record its vision encoder "
+                raise ModelError(f"{self.folder / 'config.json'}: the checkpoint does not record its vision encoder "
                                  "(nor does its metrics.json); tag its images through a feature cache (tag-corpus)")
             if record.get("source") == "folder" and not self._vit_name:
-                raise UsageError(f"{self.folder}: the model's vision encoder is a local folder named "
+                raise ModelError(f"{self.folder}: the model's vision encoder is a local folder named "
                                  f"{bounded(record.get('vit_name'))!r}; pass rpihmif.load(..., vit_name=FOLDER)")
             try:
                 settings = settings_from_record(record, self._vit_name)
             except ValueError as exc:
-                raise UsageError(f"{self.folder / 'config.json'}: {bounded(exc)}") from exc
+                raise ModelError(f"{self.folder / 'config.json'}: {bounded(exc)}") from exc
             if self._vit_name and record.get("source") != "folder":
                 settings = dataclasses.replace(settings, vit_name=self._vit_name)
             featurizer = ImageFeaturizer(settings, self.tagger.device, self.tagger.autocast, offline=self._offline)
             found = featurizer.fingerprint["id"]
             if found != self.tagger.fingerprint:
-                raise UsageError(f"{self.folder}: the vision encoder {bounded(settings.vit_name or 'random-init')!r} "
+                raise ModelError(f"{self.folder}: the vision encoder {bounded(settings.vit_name or 'random-init')!r} "
                                  f"gives features of encoder {found}, the model was trained on {self.tagger.fingerprint}"
                                  "; pass vit_name= the encoder it was trained with")
             self._featurizer = featurizer

@@ -1,8 +1,8 @@
 """Checkpoint folders: `RPIHMIF.save_pretrained` (config.json with model_type "rpihmif", model.safetensors) + tokenizer
 files + metrics.json + a model card. `open_checkpoint` is the one way to open one: it validates everything it reads.
 
-A checkpoint is named by its folder, a run folder (its best/) or a Hugging Face Hub id; every failure is a UsageError
-(exit 2) naming the file, so no caller wraps it.
+A checkpoint is named by its folder, a run folder (its best/) or a Hugging Face Hub id; every failure is a ModelError
+naming the file, so no caller wraps it.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from typing import Any
 from rpihmif.checkpoint_check import check_tokenizer, refuse
 from rpihmif.checkpoint_config import CONFIG, FORMAT, METRICS, WEIGHTS, config_text, read_checkpoint_config
 from rpihmif.config import ModelConfig
-from rpihmif.errors import UsageError, bounded
+from rpihmif.errors import ModelError, bounded
 from rpihmif.model import checked_config, load_model_folder
 
 __all__ = ["FORMAT", "Checkpoint", "save_checkpoint", "open_checkpoint", "inspect_checkpoint", "load_checkpoint",
@@ -64,10 +64,10 @@ def resolve_checkpoint(name: str | Path, offline: bool = False) -> Path:
         for sub in RUN_CHECKPOINTS:
             if (path / sub / CONFIG).is_file():
                 return path / sub
-        raise UsageError(f"{bounded(str(path), 400)}: not a checkpoint folder (no {CONFIG}) nor a run folder (no "
+        raise ModelError(f"{bounded(str(path), 400)}: not a checkpoint folder (no {CONFIG}) nor a run folder (no "
                          "best/); pass the best/ folder of a train run, the run folder, or a Hugging Face Hub id")
     if _looks_like_path(str(name)) or not str(name).strip():
-        raise UsageError(f"model {bounded(str(name), 400)!r}: no such folder, so not a checkpoint folder (no "
+        raise ModelError(f"model {bounded(str(name), 400)!r}: no such folder, so not a checkpoint folder (no "
                          "config.json to read); pass the best/ folder of a train run, the run folder, or a Hugging "
                          "Face Hub id")
     from huggingface_hub import snapshot_download
@@ -78,7 +78,7 @@ def resolve_checkpoint(name: str | Path, offline: bool = False) -> Path:
     except Exception as exc:  # noqa: BLE001 -- any hub failure (bad id, network, not cached) is one line
         how = ("it is not in the Hugging Face cache and offline mode is on (HF_HUB_OFFLINE / --offline); fetch it "
                f"once with `huggingface-cli download {name}`" if offline else "check the id and the network")
-        raise UsageError(f"model {bounded(str(name))!r}: cannot get it from the Hugging Face Hub "
+        raise ModelError(f"model {bounded(str(name))!r}: cannot get it from the Hugging Face Hub "
                          f"({type(exc).__name__}: {bounded(exc)}); {how}, or give a local folder") from exc
 
 
@@ -86,7 +86,7 @@ def inspect_checkpoint(folder: str | Path, expected_labels: list[str] | None = N
     """`(model id, ModelConfig)` of a checkpoint folder, checked before any weight is loaded: config.json readable
     with sane types and sizes, model.safetensors whole and shaped as the config says, tokenizer files present.
 
-    expected_labels: when given, refuse (UsageError) a checkpoint whose label list differs.
+    expected_labels: when given, refuse (ModelError) a checkpoint whose label list differs.
     """
     folder = Path(folder)
     config, _ = checked_config(folder, expected_labels)
@@ -116,7 +116,7 @@ def open_checkpoint(name: str | Path, device: str = "cpu", expected_labels: list
     try:
         model = model.to(device)
     except (RuntimeError, ValueError, TypeError) as exc:
-        raise UsageError(f"device {bounded(str(device))!r}: cannot move the model there ({bounded(exc)})") from exc
+        raise ModelError(f"device {bounded(str(device))!r}: cannot move the model there ({bounded(exc)})") from exc
     return Checkpoint(folder, model, tokenizer, model.model_config, model_id(folder))
 
 

@@ -1,7 +1,7 @@
 """Checks of a checkpoint folder before anything is built from it: config.json sizes and types, the safetensors header
 against the model the config describes (on the meta device), the tokenizer files and a probe of the tokenizer.
 
-Every failure is a UsageError (exit 2) naming the file, its message bounded however large the file's content is.
+Every failure is a ModelError naming the file, its message bounded however large the file's content is.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import struct
 from pathlib import Path
 from typing import Any, Iterator
 
-from rpihmif.errors import PipelineError, UsageError, bounded
+from rpihmif.errors import ModelError, bounded
 
 __all__ = ["CHECK_FAILURES", "check_weights_header", "check_config_file", "check_shapes", "check_tokenizer",
            "refuse"]
@@ -36,13 +36,13 @@ _PROBES = ("RT @user: John Smith visits New York today #NBA http://t.co/x 😂",
            " ".join(["word"] * 200) + " !", "!" * 300 + "a", "aA1_" * 80 + "\u00e9", " " * 300 + "a")
 
 
-def refuse(path: Path, what: str) -> UsageError:
+def refuse(path: Path, what: str) -> ModelError:
     """The exit-2 error for a checkpoint file that cannot be used."""
-    return UsageError(f"{bounded(str(path), 400)}: {what}; retrain, or copy the checkpoint folder again")
+    return ModelError(f"{bounded(str(path), 400)}: {what}; retrain, or copy the checkpoint folder again")
 
 
 def read_json(path: Path) -> Any:
-    """A JSON file of the checkpoint (size-bounded), UsageError naming it when unreadable."""
+    """A JSON file of the checkpoint (size-bounded), ModelError naming it when unreadable."""
     try:
         if path.stat().st_size > _MAX_CONFIG:
             raise ValueError(f"{path.stat().st_size} bytes; a checkpoint config is well under {_MAX_CONFIG >> 20} MiB")
@@ -55,7 +55,7 @@ def check_config_file(folder: Path) -> dict:
     """config.json as a dict whose integers are sane and whose label list is bounded."""
     path = folder / CONFIG
     if not path.is_file():
-        raise UsageError(f"{bounded(str(folder), 400)}: not a checkpoint folder (no {CONFIG}); pass the best/ folder "
+        raise ModelError(f"{bounded(str(folder), 400)}: not a checkpoint folder (no {CONFIG}); pass the best/ folder "
                          "of a train run, the run folder, or a Hugging Face Hub id")
     data = read_json(path)
     if not isinstance(data, dict):
@@ -88,7 +88,7 @@ def _check_sizes(data: Any, path: Path, where: str = "") -> None:
 
 
 def check_weights_header(path: Path) -> dict[str, tuple[str, list[int]]]:
-    """`{tensor name: (dtype, shape)}` of a safetensors file whose header and data size agree; UsageError otherwise.
+    """`{tensor name: (dtype, shape)}` of a safetensors file whose header and data size agree; ModelError otherwise.
 
     Reads only the header: a truncated or padded file, or absurd shapes, are refused before anything is allocated.
     """
@@ -124,7 +124,7 @@ def check_shapes(folder: Path, model: Any, tensors: dict[str, tuple[str, list[in
     expected = {k: list(v.shape) for k, v in model.state_dict().items()}
     for name, (_, shape) in tensors.items():
         if name not in expected or expected[name] != shape:
-            raise UsageError(f"{folder / CONFIG} does not match {folder / WEIGHTS}: tensor {bounded(name)} is "
+            raise ModelError(f"{folder / CONFIG} does not match {folder / WEIGHTS}: tensor {bounded(name)} is "
                              f"{bounded(shape)} in the weights, {expected.get(name, 'absent')} by the config; the "
                              "folder was altered or mixed: retrain, or copy the checkpoint folder again")
     missing = sorted(set(expected) - set(tensors))
@@ -165,8 +165,8 @@ def check_tokenizer(folder: Path, tokenizer: Any) -> None:
                            "pre-tokenizer or normalizer regex was altered") from exc
 
 
-def build_failure(path: Path, exc: BaseException) -> UsageError:
+def build_failure(path: Path, exc: BaseException) -> ModelError:
     """The exit-2 error for a config that passes the schema but cannot build its model."""
-    if isinstance(exc, PipelineError):
+    if isinstance(exc, ModelError):
         return exc  # type: ignore[return-value]
     return refuse(path, f"cannot build the model it describes ({type(exc).__name__}: {bounded(exc)})")

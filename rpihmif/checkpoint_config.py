@@ -11,7 +11,7 @@ from typing import Any
 
 from rpihmif.checkpoint_check import CHECK_FAILURES, check_config_file, read_json, refuse
 from rpihmif.config import ModelConfig, RPIHMIFConfig
-from rpihmif.errors import UsageError, bounded
+from rpihmif.errors import ModelError, bounded
 
 __all__ = ["FORMAT", "WEIGHTS", "CONFIG", "METRICS", "read_checkpoint_config", "vision_record_of"]
 
@@ -23,7 +23,7 @@ LEGACY_VISION_SOURCE = ("config", "vision")
 
 
 def read_checkpoint_config(folder: str | Path) -> tuple[ModelConfig, dict]:
-    """(ModelConfig, encoder config dict) of a checkpoint folder, new or old format; UsageError naming config.json."""
+    """(ModelConfig, encoder config dict) of a checkpoint folder, new or old format; ModelError naming config.json."""
     folder = Path(folder)
     data = check_config_file(folder)
     path = folder / CONFIG
@@ -32,21 +32,21 @@ def read_checkpoint_config(folder: str | Path) -> tuple[ModelConfig, dict]:
     elif data.get("format") == FORMAT:
         model, encoder = data.get("model"), data.get("encoder")
     else:
-        raise UsageError(f"{path}: not an RPI-HMIF checkpoint config (no model_type \"rpihmif\" and not the old "
+        raise ModelError(f"{path}: not an RPI-HMIF checkpoint config (no model_type \"rpihmif\" and not the old "
                          f"format {FORMAT!r})")
     if not isinstance(model, dict) or not isinstance(encoder, dict) or not isinstance(encoder.get("model_type"), str):
-        raise UsageError(f"{path}: the model or encoder section is missing or has no model_type")
+        raise ModelError(f"{path}: the model or encoder section is missing or has no model_type")
     try:
         config = ModelConfig.from_dict(model)
     except CHECK_FAILURES as exc:
-        raise UsageError(f"{path}: bad model config ({bounded(exc)})") from exc
+        raise ModelError(f"{path}: bad model config ({bounded(exc)})") from exc
     if config.visual.encoder:
         from rpihmif.vision_encoder import settings_from_record
 
         try:
             settings_from_record(config.visual.encoder)
         except CHECK_FAILURES as exc:
-            raise UsageError(f"{path}: bad vision encoder record ({bounded(exc)})") from exc
+            raise ModelError(f"{path}: bad vision encoder record ({bounded(exc)})") from exc
     return config, encoder
 
 

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from rpihmif.errors import UsageError, bounded
+from rpihmif.errors import ModelError, bounded
 
 __all__ = ["is_offline", "local_folder", "load_pretrained"]
 
@@ -55,24 +55,24 @@ def local_folder(name: str) -> Path | None:
 
 
 def load_pretrained(loader: Any, name: str, what: str, offline: bool = False, **kwargs: Any) -> Any:
-    """`loader.from_pretrained(name)` for a local folder or a hub id, errors as UsageError (exit 2) naming `what`
+    """`loader.from_pretrained(name)` for a local folder or a hub id, errors as ModelError naming `what`
     (e.g. "bert_name") and how to get the model; never reaches the network when offline."""
     path = Path(name).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
-            raise UsageError(f"{what} {bounded(str(path))!r} has no config.json; is it a transformers model folder "
+            raise ModelError(f"{what} {bounded(str(path))!r} has no config.json; is it a transformers model folder "
                              f"saved with save_pretrained?")
         if _is_model_loader(loader) and not any(path.glob("*.safetensors")):
-            raise UsageError(f"{what} {bounded(str(path))!r} has no .safetensors weights (pickled weights such as "
+            raise ModelError(f"{what} {bounded(str(path))!r} has no .safetensors weights (pickled weights such as "
                              "pytorch_model.bin are never loaded); save the model again with save_pretrained "
                              "(safetensors is its default)")
         try:
             return loader.from_pretrained(str(path), local_files_only=True, **_safe(loader), **kwargs)
         except (OSError, ValueError, TypeError, KeyError) as exc:
-            raise UsageError(f"{what} {bounded(str(path))!r}: cannot load it ({type(exc).__name__}: "
+            raise ModelError(f"{what} {bounded(str(path))!r}: cannot load it ({type(exc).__name__}: "
                              f"{bounded(exc)})") from exc
     if _looks_like_path(name):
-        raise UsageError(f"{what} {name!r}: folder does not exist; give a model folder saved with save_pretrained "
+        raise ModelError(f"{what} {name!r}: folder does not exist; give a model folder saved with save_pretrained "
                          f"or a Hugging Face Hub id")
     offline = is_offline(offline)
     try:
@@ -81,8 +81,8 @@ def load_pretrained(loader: Any, name: str, what: str, offline: bool = False, **
         if offline:
             from huggingface_hub.constants import HF_HUB_CACHE
 
-            raise UsageError(f"{what} {name!r} is not in the Hugging Face cache ({HF_HUB_CACHE}) and offline mode is "
+            raise ModelError(f"{what} {name!r} is not in the Hugging Face cache ({HF_HUB_CACHE}) and offline mode is "
                              f"on (HF_HUB_OFFLINE / --offline); fetch it once with `huggingface-cli download {name}` "
                              f"(or run once online), or give a local folder") from exc
-        raise UsageError(f"{what} {name!r}: cannot load it from the Hugging Face Hub ({bounded(exc)}); check the "
+        raise ModelError(f"{what} {name!r}: cannot load it from the Hugging Face Hub ({bounded(exc)}); check the "
                          f"id and the network, or give a local folder") from exc

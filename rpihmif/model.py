@@ -22,7 +22,7 @@ from rpihmif.checkpoint_check import (
 from rpihmif.checkpoint_config import CONFIG, WEIGHTS, read_checkpoint_config
 from rpihmif.config import ModelConfig, RPIHMIFConfig
 from rpihmif.crf_head import CRFHead
-from rpihmif.errors import UsageError, bounded
+from rpihmif.errors import ModelError, bounded
 from rpihmif.fusion import IFFE
 from rpihmif.him import HIM
 from rpihmif.text_encoder import load_text_encoder
@@ -111,7 +111,7 @@ class RPIHMIF(PreTrainedModel):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs) -> "RPIHMIF":
         """A local checkpoint folder (this or the old format) loads strictly with errors naming the file
-        (`rpihmif.errors.UsageError`); anything else goes to transformers' loader."""
+        (`rpihmif.errors.ModelError`); anything else goes to transformers' loader."""
         if not Path(pretrained_model_name_or_path).is_dir():
             return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
         model = cls._load_folder(Path(pretrained_model_name_or_path))
@@ -235,7 +235,7 @@ def checked_config(folder: Path, expected_labels: list[str] | None = None) -> tu
     """The configs of a checkpoint folder whose weights header and tokenizer files fit them (nothing loaded)."""
     config, encoder = read_checkpoint_config(folder)
     if expected_labels is not None and list(expected_labels) != list(config.labels):
-        raise UsageError(f"{folder}: checkpoint labels {bounded(config.labels)} are not the expected label set "
+        raise ModelError(f"{folder}: checkpoint labels {bounded(config.labels)} are not the expected label set "
                          f"{list(expected_labels)}; retrain it with this pipeline's labels")
     tensors = check_weights_header(folder / WEIGHTS)
     check_shapes(folder, _build_model(folder, config, encoder, meta=True), tensors)
@@ -246,7 +246,7 @@ def checked_config(folder: Path, expected_labels: list[str] | None = None) -> tu
 
 
 def _build_model(folder: Path, config: ModelConfig, encoder: dict, meta: bool = False) -> "RPIHMIF":
-    """The RPIHMIF the config describes (on the meta device: shapes only, no memory); UsageError naming config.json."""
+    """The RPIHMIF the config describes (on the meta device: shapes only, no memory); ModelError naming config.json."""
     try:
         if meta:
             with torch.device("meta"):

@@ -12,7 +12,7 @@ from typing import ContextManager
 
 import torch
 
-from rpihmif.errors import UsageError
+from rpihmif.errors import ModelError
 
 __all__ = ["PRECISIONS", "Precision", "cpu_bf16_support", "resolve_precision"]
 
@@ -62,9 +62,9 @@ def cpu_bf16_support(cpuinfo: str | Path | None = None) -> tuple[bool, str]:
 
 
 def resolve_precision(name: str, device: str | torch.device, log_it: bool = True) -> Precision:
-    """`auto | fp32 | bf16` on `device` -> Precision; an unknown name is a UsageError (exit 2)."""
+    """`auto | fp32 | bf16` on `device` -> Precision; an unknown name is a ModelError."""
     if name not in PRECISIONS:
-        raise UsageError(f"precision {name!r}: expected one of {', '.join(PRECISIONS)}")
+        raise ModelError(f"precision {name!r}: expected one of {', '.join(PRECISIONS)}")
     device_type = torch.device(device).type
     if device_type not in ("cpu", "cuda"):
         precision = Precision("fp32", device_type, f"no bf16 autocast on {device_type}")

@@ -67,7 +67,7 @@ class Tagger:
     def from_pretrained(cls, folder: str | Path, device: str | torch.device = "cpu",
                         expected_labels: list[str] | None = None, autocast: AutocastFactory | None = None) -> "Tagger":
         """Open a checkpoint (folder, run folder or hub id) with `rpihmif.checkpoint.open_checkpoint`: every failure
-        is a UsageError naming the file."""
+        is a ModelError naming the file."""
         ckpt = open_checkpoint(folder, device=str(device), expected_labels=expected_labels)
         return cls(ckpt.model, ckpt.tokenizer, ckpt.config, device, model_id=ckpt.model_id, autocast=autocast)
 

@@ -28,7 +28,7 @@ def resolve_bert_path(bert_name: str) -> str:
 
 def load_text_encoder(bert_name: str = "", offline: bool = False):
     """Load `(PreTrainedModel, PreTrainedTokenizerFast)` from `bert_name`: a local folder, a Hugging Face Hub id
-    (cached copies load offline), or "" = the packaged MiniLM. Errors are UsageError (exit 2) naming the model;
+    (cached copies load offline), or "" = the packaged MiniLM. Errors are ModelError naming the model;
     ValueError when the tokenizer is not a fast one (word alignment needs it)."""
     from transformers import AutoModel, AutoTokenizer
 

@@ -1,4 +1,4 @@
-"""The import graph of the code: cli -> pipeline -> cache -> rpihmif, stages above their shared rooms, no circle.
+"""The import graph of the code: cli -> pipeline -> cache -> rpihmif, exit_codes at the bottom, no circle.
 
 Every import counts, at module top or inside a function; the graph is read from the source with `ast`.
 """
@@ -12,13 +12,13 @@ import helpers
 ROOT = helpers.ROOT
 PACKAGES = ("rpihmif", "cache", "pipeline")
 # a room may import only rooms of a lower rank (same rank: only itself)
-RANK = {"rpihmif": 0, "cache": 1, "pipeline": 2, "pipeline.runtime": 2, "pipeline.io": 2, "pipeline.config": 2,
+RANK = {"exit_codes": -1, "rpihmif": 0, "cache": 1, "pipeline": 2, "pipeline.runtime": 2, "pipeline.io": 2, "pipeline.config": 2,
         "pipeline.stage_config": 3, "pipeline.preflight": 3, "pipeline.config_render": 3, "pipeline.data_stats": 4, "pipeline.extract": 4, "pipeline.train": 5,
         "pipeline.tag": 5, "cli": 9}
 
 
 def modules() -> dict[str, Path]:
-    found = {"cli": ROOT / "cli.py"}
+    found = {"cli": ROOT / "cli.py", "exit_codes": ROOT / "exit_codes.py"}
     for package in PACKAGES:
         for path in sorted((ROOT / package).rglob("*.py")):
             parts = path.relative_to(ROOT).with_suffix("").parts
@@ -37,7 +37,7 @@ def imports(path: Path, name: str) -> set[str]:
             if node.level:
                 base = ".".join(name.split(".")[: -node.level] + ([base] if base else []))
             out |= {base} | {f"{base}.{a.name}" for a in node.names}
-    return {m for m in out if m.split(".")[0] in PACKAGES + ("cli",)}
+    return {m for m in out if m.split(".")[0] in PACKAGES + ("cli", "exit_codes")}
 
 
 def graph() -> dict[str, set[str]]:
@@ -96,6 +96,13 @@ def test_model_library_stays_pure():
             names = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
             names |= {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
             assert not {m.split(".")[0] for m in names} & {"ray", "h5py", "pyarrow", "pipeline", "cache"}, name
+
+
+def test_model_library_raises_plain_exceptions():
+    """rpihmif knows no exit codes: it never imports exit_codes, and exit_codes imports nothing of the project."""
+    g = graph()
+    assert [m for m in g if room(m) == "rpihmif" and "exit_codes" in g[m]] == []
+    assert g["exit_codes"] == set()
 
 
 def test_contributing_layout_names_every_module():

@@ -13,11 +13,11 @@ import torch
 
 from cache.durable import ensure_dir
 from cache.format import FEATURE_NAMES, feature_shapes
+from exit_codes import InputError, UsageError
 from pipeline.extract.memo import PlanMemo
 from pipeline.io.images import DEFAULT_MAX_PIXELS, sha256_bytes
 from pipeline.io.safe_paths import safe_resolve
 from pipeline.runtime.precision import resolve_precision
-from rpihmif.errors import InputError, UsageError
 from rpihmif.hub import local_folder
 from rpihmif.vision_encoder import Preprocessor, VisionSettings, encoder_fingerprint, load_vision_encoder
 from rpihmif.vision_features import ImageFeaturizer, read_bytes
@@ -184,7 +184,7 @@ def _fingerprint(settings: VisionSettings) -> dict[str, Any]:
     """Load the encoder and fingerprint it (seconds for a ViT-B: the weights are hashed)."""
     try:
         model = load_vision_encoder(settings)
-    except (OSError, ValueError, UsageError) as exc:
+    except (OSError, ValueError) as exc:  # ModelError is a ValueError
         raise UsageError(f"vit_name {settings.vit_name!r}: cannot load a CLIP vision encoder ({exc}); give a local "
                          "folder saved with save_pretrained or a Hugging Face Hub id, or leave vit_name empty for the "
                          "random-init encoder") from exc

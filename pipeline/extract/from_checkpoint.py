@@ -5,10 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from exit_codes import UsageError
 from pipeline.runtime.commands import command_line
 from rpihmif.checkpoint import read_checkpoint_config, resolve_checkpoint
 from rpihmif.checkpoint_config import METRICS, vision_record_of
-from rpihmif.errors import UsageError, bounded
+from rpihmif.errors import ModelError, bounded
 
 __all__ = ["vision_overrides", "check_encoder", "extract_hint"]
 
@@ -86,7 +87,7 @@ def extract_hint(model: str | Path, dumps: list[str], cache_dir: str | Path, fie
     folder = resolve_checkpoint(model)
     try:
         record = _record(folder)
-    except UsageError:  # a checkpoint from before the record: the user must give the vision section
+    except (UsageError, ModelError):  # a checkpoint from before the record: the user must give the vision section
         record = {}
     args = ["--model", str(Path(folder).resolve())] if record else []
     for dump in dumps:

@@ -17,11 +17,11 @@ import numpy as np
 
 from cache.durable import sha256_file
 from cache.format import DUMP_SOURCE
+from exit_codes import InputError
 from pipeline.extract.featurizer import pad_crops
 from pipeline.extract.memo import PlanMemo
 from pipeline.io.safe_paths import safe_resolve
 from pipeline.stage_config import ExtractConfig
-from rpihmif.errors import InputError
 
 __all__ = ["WorkItem", "benchmark_items", "dump_items", "hash_items", "item_batches"]
 

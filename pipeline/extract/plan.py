@@ -12,12 +12,12 @@ from typing import Any
 
 from cache import CacheIndex, FeatureCache, fingerprint_folders, repair_folder
 from cache.durable import FileLock
+from exit_codes import LockHeldError, UsageError
 from pipeline.extract.clip_encoder import VisionSettings
 from pipeline.extract.featurizer import resolve_fingerprint
 from pipeline.extract.items import WorkItem, benchmark_items, dump_items, hash_items
 from pipeline.extract.memo import PlanMemo
 from pipeline.stage_config import ExtractConfig
-from rpihmif.errors import LockHeldError, UsageError
 
 __all__ = ["ExtractPlan", "plan_extract"]
 

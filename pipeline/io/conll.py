@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from cache.durable import atomic_write_text
-from rpihmif.errors import InputError
+from exit_codes import InputError
 from rpihmif.labels import LABEL2ID, normalize_label, repair_bio
 
 __all__ = ["Tweet", "ReadReport", "read_conll", "read_conll_report", "write_conll"]

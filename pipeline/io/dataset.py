@@ -10,9 +10,9 @@ import re
 import zipfile
 from pathlib import Path
 
+from exit_codes import InputError, UsageError
 from pipeline.io.conll import Tweet, read_conll
 from pipeline.io.safe_paths import UnsafePathError, safe_resolve
-from rpihmif.errors import InputError, UsageError
 
 __all__ = ["load_crop_dict", "BenchmarkDataset", "SPLITS", "MAX_CROPS"]
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Iterator
 
-from rpihmif.errors import InputError
+from exit_codes import InputError
 
 __all__ = ["DumpFields", "DumpRecord", "Reject", "iter_dump", "line_record", "expand_inputs", "DUMP_SUFFIXES",
            "open_dump", "read_lines", "UniqueIds", "duplicate_reject", "tail_reason", "GZIP_ERRORS", "parse_record"]

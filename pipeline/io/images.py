@@ -10,8 +10,8 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from exit_codes import InputError
 from pipeline.io.safe_paths import safe_resolve
-from rpihmif.errors import InputError
 from rpihmif.image_decode import DEFAULT_MAX_PIXELS, decode_image
 
 if TYPE_CHECKING:

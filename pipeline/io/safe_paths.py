@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from rpihmif.errors import InputError
+from exit_codes import InputError
 
 __all__ = ["UnsafePathError", "safe_resolve"]
 

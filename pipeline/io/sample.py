@@ -19,9 +19,9 @@ import numpy as np
 from PIL import Image
 
 from cache.durable import atomic_file, ensure_dir, file_mode, refuse_link, remove_stale_temps
+from exit_codes import UsageError
 from pipeline.io.conll import Tweet, write_conll
 from pipeline.io.sample_pictures import IMAGE_SIZE, TYPE_STYLE, closeup, crop_boxes, draw_scene, encode_image
-from rpihmif.errors import UsageError
 from rpihmif.labels import ENTITY_TYPES
 
 __all__ = ["make_sample", "TYPE_STYLE", "DATASET", "SIZES", "CUE_SOURCES", "CUES_FILE"]

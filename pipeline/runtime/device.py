@@ -9,7 +9,7 @@ import random
 import numpy as np
 import torch
 
-from rpihmif.errors import UsageError
+from exit_codes import UsageError
 
 __all__ = ["seed_everything", "resolve_device"]
 

@@ -10,17 +10,19 @@ import os
 from contextlib import ExitStack
 from typing import Any, Callable, Iterable, Iterator
 
-from rpihmif.errors import PipelineError
+from exit_codes import PipelineError
+from rpihmif.errors import ModelError
 
 __all__ = ["Executor", "ray_failure", "capped_workers", "available_cpus"]
 
 log = logging.getLogger("rpihmif.executor")
 
 
-def ray_failure(exc: BaseException, what: str) -> PipelineError:
-    """One line for a failed Ray task or a dead actor; a PipelineError raised inside the actor keeps its exit code."""
+def ray_failure(exc: BaseException, what: str) -> Exception:
+    """One line for a failed Ray task or a dead actor; a PipelineError (or the model library's ModelError) raised
+    inside the actor comes back as itself, keeping its exit code."""
     cause = getattr(exc, "cause", None)
-    if isinstance(cause, PipelineError):
+    if isinstance(cause, (PipelineError, ModelError)):
         return cause
     first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
     return PipelineError(f"Ray worker {what} failed ({type(exc).__name__}: {first}); rerun the command: the work "

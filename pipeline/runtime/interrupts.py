@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from rpihmif.errors import PipelineError
+from exit_codes import PipelineError
 
 __all__ = ["Terminated", "StopFlag", "stop_on_sigterm", "write_guard", "disk_of"]
 

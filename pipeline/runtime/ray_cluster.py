@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from rpihmif.errors import UsageError
+from exit_codes import UsageError
 
 __all__ = ["init_ray", "resolve_address", "check_address", "cluster_cpus", "REPO_ROOT"]
 

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+from exit_codes import InputError
 from pipeline.io.dumps import GZIP_ERRORS, open_dump, read_lines, tail_reason
-from rpihmif.errors import InputError
 
 __all__ = ["Identity", "RawChunk", "identify", "read_chunks", "stamp_of"]
 

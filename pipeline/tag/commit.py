@@ -28,6 +28,7 @@ from cache.durable import (
     refuse_link,
     temp_path,
 )
+from exit_codes import InputError
 from pipeline.io.dumps import UniqueIds, duplicate_reject
 from pipeline.tag.chunks import stamp_of
 from pipeline.tag.manifest import (
@@ -40,7 +41,6 @@ from pipeline.tag.manifest import (
     chunk_key,
     data_folder,
 )
-from rpihmif.errors import InputError
 
 __all__ = ["Committer", "part_name", "STAGING_DIR", "migrate_v2"]
 

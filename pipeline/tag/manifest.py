@@ -17,7 +17,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Iterable, Iterator
 
 from cache.durable import refuse_link
-from rpihmif.errors import InputError, PipelineError, UsageError
+from exit_codes import InputError, PipelineError, UsageError
 
 __all__ = ["Manifest", "STATE_NAME", "MANIFEST_NAME", "REJECTS_NAME", "DATA_DIR", "data_folder", "chunk_key",
            "Stamp", "read_state", "check_part_path", "CHUNK_COLUMNS"]

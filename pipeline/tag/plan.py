@@ -13,12 +13,12 @@ from itertools import islice
 from pathlib import Path
 from typing import Any, Callable
 
+from exit_codes import InputError, UsageError
 from pipeline.io.checkpoint_folder import checkpoint_info
 from pipeline.io.dumps import GZIP_ERRORS, open_dump, read_lines
 from pipeline.stage_config import TagConfig
 from pipeline.tag.chunks import Identity, identify
 from pipeline.tag.manifest import Manifest, data_folder
-from rpihmif.errors import InputError, UsageError
 from rpihmif.visual import resolve_sources
 
 __all__ = ["ModelSpec", "Freshness", "InputPlan", "resolve_model_path", "model_spec", "plan_input",

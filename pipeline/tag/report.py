@@ -18,11 +18,11 @@ from typing import Any
 import jinja2
 
 from cache.durable import atomic_write_text, refuse_link
+from exit_codes import PipelineError, UsageError
 from pipeline.tag.report_charts import Bar, Series, bar_chart, histogram, share_bar, stacked_bars
 from pipeline.tag.report_data import Parts, fetch_rows, find_parts, read_output_state
 from pipeline.tag.report_images import RowImages
 from pipeline.tag.report_stats import BINS, ROUTING, Aggregates, aggregate
-from rpihmif.errors import PipelineError, UsageError
 
 __all__ = ["write_report", "REPORT_NAME"]
 

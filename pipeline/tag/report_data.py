@@ -19,9 +19,9 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
+from exit_codes import UsageError
 from pipeline.tag.manifest import MANIFEST_NAME, REJECTS_NAME, STATE_NAME, data_folder, read_state
 from pipeline.tag.report_stats import AGG_COLUMNS
-from rpihmif.errors import UsageError
 
 __all__ = ["OutputState", "read_output_state", "Parts", "find_parts", "read_regular", "read_json_file",
            "reject_reasons", "fetch_rows", "DISPLAY_COLUMNS"]

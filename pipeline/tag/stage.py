@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from cache.durable import FileLock, ensure_dir
+from exit_codes import PipelineError, UsageError
 from pipeline.io.dumps import DumpFields, expand_inputs
 from pipeline.runtime.executor import Executor
 from pipeline.runtime.progress import Progress, is_terminal
@@ -35,7 +36,6 @@ from pipeline.tag.plan import (
     resolve_model_path,
 )
 from pipeline.tag.worker import ChunkTagger, TaggerSettings, TagResult, TagTask
-from rpihmif.errors import PipelineError, UsageError
 
 __all__ = ["run_tag", "resolve_model_path", "RunSummary"]
 

@@ -7,10 +7,10 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from exit_codes import UsageError
 from pipeline.io.conll import Tweet
 from pipeline.io.dataset import BenchmarkDataset
 from pipeline.stage_config import TrainConfig
-from rpihmif.errors import UsageError
 
 __all__ = ["Corpus", "TWITTER_BENCHMARKS", "joint_datasets", "load_corpus"]
 

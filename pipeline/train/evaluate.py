@@ -12,10 +12,10 @@ from typing import Any
 from seqeval.metrics import classification_report
 
 from cache.durable import atomic_write_text, ensure_dir, refuse_link
+from exit_codes import UsageError
 from pipeline.runtime.device import resolve_device
 from pipeline.runtime.precision import resolve_precision
 from pipeline.stage_config import EvaluateConfig
-from rpihmif.errors import UsageError
 from rpihmif.labels import ENTITY_TYPES, LABELS, bio_spans
 from rpihmif.visual import resolve_sources
 

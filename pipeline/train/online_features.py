@@ -8,13 +8,13 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from exit_codes import InputError, UsageError
 from pipeline.extract.clip_encoder import VisionSettings
 from pipeline.io.conll import Tweet
 from pipeline.io.dataset import BenchmarkDataset
 from pipeline.stage_config import TrainConfig
 from pipeline.train.cached_features import TweetFeatures
 from rpihmif.config import VisualConfig
-from rpihmif.errors import InputError, UsageError
 
 __all__ = ["OnlineFeatures"]
 

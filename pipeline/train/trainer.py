@@ -20,6 +20,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from transformers import get_linear_schedule_with_warmup
 
 from cache.durable import atomic_dir, atomic_write_text, ensure_dir, recover_dir, refuse_link
+from exit_codes import UsageError
 from pipeline.io.conll import Tweet
 from pipeline.io.dataset import BenchmarkDataset
 from pipeline.runtime.device import resolve_device, seed_everything
@@ -35,7 +36,6 @@ from pipeline.train.online_features import OnlineFeatures
 from rpihmif.alignment import TextBatch, TweetEncoder
 from rpihmif.checkpoint import load_checkpoint, save_checkpoint
 from rpihmif.config import ModelConfig, TextEncoderConfig, VisualConfig
-from rpihmif.errors import UsageError
 from rpihmif.labels import LABEL2ID
 from rpihmif.model import RPIHMIF
 from rpihmif.predictor import Tagger
@@ -111,7 +111,7 @@ class Trainer:
         self.features = training_features(cfg, corpus.dataset)
         try:
             encoder, self.tokenizer = load_text_encoder(cfg.bert_name, offline=cfg.offline)
-        except (OSError, ValueError, UsageError) as exc:
+        except (OSError, ValueError) as exc:  # ModelError is a ValueError
             raise UsageError(f"bert_name {cfg.bert_name!r}: cannot load a text encoder: {exc}") from exc
         self.model_config = build_model_config(cfg, self.features.visual_config(), self.train_datasets)
         try:

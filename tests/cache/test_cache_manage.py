@@ -12,7 +12,7 @@ from cache import CacheWriter, FeatureCache, StampMemo, cache_info, find_cache, 
 from cache.durable import FileLock
 from cache.format import read_fingerprint
 from cache.memo import READ_STAMP, last_read
-from rpihmif.errors import LockHeldError, UsageError
+from exit_codes import LockHeldError, UsageError
 
 
 def _fill(root, fid: str, n: int = 3) -> dict:

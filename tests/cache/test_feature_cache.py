@@ -16,7 +16,7 @@ from helpers import fake_fingerprint, fake_rows
 
 from cache import CacheWriter, open_cache
 from cache.writer import OWN_FILES
-from rpihmif.errors import LockHeldError, UsageError
+from exit_codes import LockHeldError, UsageError
 
 REPO = helpers.ROOT
 

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from helpers import write_split
 
+from exit_codes import UsageError
 from pipeline import preflight
-from rpihmif.errors import UsageError
 
 ROOT = Path(__file__).resolve().parents[2]
 BOGUS = "{not json"  # config.json of the bogus model and checkpoint folders: loading them fails differently
@@ -159,13 +159,13 @@ def test_os_errors_map_to_exit_codes(capsys):
     """An OSError escaping a stage: a path problem is exit 2, a full disk exit 1 with the fix, both one line."""
     import typer
 
-    from cli import exit_codes
+    from cli import reported_errors
 
     for exc, code, text in [(PermissionError(errno.EACCES, "Permission denied", "/x/y"), 2, "/x/y: Permission denied"),
                             (FileNotFoundError(errno.ENOENT, "No such file or directory", "/x/z"), 2, "/x/z: No such"),
                             (OSError(errno.ENOSPC, "No space left on device", "/x/w"), 1, "free space on that disk")]:
         with pytest.raises(typer.Exit) as stop:
-            with exit_codes():
+            with reported_errors():
                 raise exc
         err = capsys.readouterr().err
         assert stop.value.exit_code == code and text in err and err.count("\n") == 1, err

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from exit_codes import UsageError
 from pipeline.runtime.executor import Executor, available_cpus, capped_workers
 from pipeline.runtime.ray_cluster import check_address, resolve_address
-from rpihmif.errors import UsageError
 
 ROOT = Path(__file__).resolve().parents[2]
 

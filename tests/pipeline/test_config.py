@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
+from exit_codes import UsageError
 from pipeline.config import load_config, parse_override
-from rpihmif.errors import UsageError
 
 
 def test_defaults_and_dotted_override():

@@ -11,12 +11,12 @@ import yaml
 from typer.testing import CliRunner
 
 import cli
+from exit_codes import UsageError
 from pipeline.config import CONF_DIR
 from pipeline.config_render import render_yaml, yaml_comments
 from pipeline.stage_config import CHECKS, STAGES, EvaluateConfig, TrainConfig, from_dict, stage_config
 from pipeline.train.trainer import build_model_config
 from rpihmif.config import HIMConfig, IFFEConfig, ModelConfig, TextEncoderConfig, VisualConfig
-from rpihmif.errors import UsageError
 
 
 def _keys(data: dict, prefix: str = "") -> set[str]:

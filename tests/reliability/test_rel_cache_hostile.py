@@ -22,7 +22,7 @@ from rel_helpers import cli, sets
 
 from cache import FeatureCache, repair_folder, verify_cache
 from cache.format import FEATURE_NAMES, read_fingerprint
-from rpihmif.errors import DamagedCacheError, UsageError
+from exit_codes import DamagedCacheError, UsageError
 from rpihmif.visual import VisualSpec
 
 SPEC = VisualSpec(dim=8, orig_tokens=5, grounding_tokens=3, rcnn_tokens=2, max_crops=2)

@@ -13,7 +13,7 @@ import helpers
 import pytest
 
 from rpihmif.checkpoint import open_checkpoint
-from rpihmif.errors import UsageError
+from rpihmif.errors import ModelError
 
 ROOT = helpers.ROOT
 MAX_LINE = 1200  # a bounded message: the path twice plus a few hundred characters
@@ -33,7 +33,7 @@ def _edit(path, change):
 
 
 def _refused(folder, match):
-    with pytest.raises(UsageError, match=match or None) as info:
+    with pytest.raises(ModelError, match=match or None) as info:
         open_checkpoint(folder)
     assert len(str(info.value)) < MAX_LINE, len(str(info.value))
     return str(info.value)
@@ -153,13 +153,13 @@ def test_bert_name_folder_with_only_a_pickle(tiny_bert_dir, tmp_path):
     (folder / "model.safetensors").unlink()
     marker = tmp_path / "UNPICKLED"
     (folder / "pytorch_model.bin").write_bytes(pickle.dumps(_Bomb(str(marker))))
-    with pytest.raises(UsageError, match="no .safetensors weights"):
+    with pytest.raises(ModelError, match="no .safetensors weights"):
         load_text_encoder(str(folder))
     assert not marker.exists()
     only_pickle = tmp_path / "only"
     only_pickle.mkdir()
     (only_pickle / "pytorch_model.bin").write_bytes(pickle.dumps(_Bomb(str(marker))))
-    with pytest.raises(UsageError, match="config.json"):
+    with pytest.raises(ModelError, match="config.json"):
         load_text_encoder(str(only_pickle))
     assert not marker.exists()
 
@@ -171,7 +171,7 @@ def test_vision_record_with_wrong_types_is_usage_error(ckpt):
     _edit(ckpt / "config.json", lambda d: d["rpihmif"]["visual"].update(encoder={"image_size": "x"}))
     with pytest.raises(ValueError, match="visual.encoder"):
         settings_from_record({"image_size": "x"})
-    with pytest.raises(UsageError, match="config.json"):
+    with pytest.raises(ModelError, match="config.json"):
         vision_overrides(ckpt)
     from rpihmif.vision_encoder import VisionSettings
 

@@ -20,7 +20,7 @@ from cache.format import SHARD_GLOB
 from cache.integrity import repair_folder
 from cache.memo import StampMemo
 from cache import CacheWriter, FeatureCache
-from rpihmif.errors import DamagedCacheError
+from exit_codes import DamagedCacheError
 
 
 def flip_feature_byte(shard: Path, name: str = "orig", row: int = 0) -> None:

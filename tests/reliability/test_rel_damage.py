@@ -14,7 +14,7 @@ import pytest
 from rel_helpers import cli, sets
 
 from pipeline.io.checkpoint_folder import checkpoint_info
-from rpihmif.errors import UsageError
+from rpihmif.errors import ModelError
 
 
 def _exit2(res, *words):
@@ -127,7 +127,7 @@ def test_checkpoint_config_damage_is_refused_before_loading(world, tmp_path, sec
     ckpt = _ckpt(world, tmp_path)
     section = section.replace("@", _model_section(ckpt))
     _edit_config(ckpt, section, key, value)
-    with pytest.raises(UsageError) as err:
+    with pytest.raises(ModelError) as err:
         checkpoint_info(ckpt)
     assert str(ckpt) in str(err.value) and all(w in str(err.value) for w in words), str(err.value)
 
@@ -156,7 +156,7 @@ def test_checkpoint_file_damage_is_refused(world, tmp_path, damage):
         (ckpt / "tokenizer_config.json").unlink()
     else:
         weights.unlink()
-    with pytest.raises(UsageError) as err:
+    with pytest.raises(ModelError) as err:
         checkpoint_info(ckpt)
     assert str(ckpt) in str(err.value), str(err.value)
 
@@ -219,7 +219,7 @@ def test_a_dead_ray_actor_is_one_line(tmp_path):
 
     from pipeline.runtime.executor import Executor
     from pipeline.runtime.ray_cluster import init_ray
-    from rpihmif.errors import PipelineError
+    from exit_codes import PipelineError
 
     class Dies:
         def __call__(self, batch):

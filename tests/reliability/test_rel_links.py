@@ -165,7 +165,7 @@ def test_tag_and_report_never_write_through_links(world, tmp_path):
 # ---- make-sample -------------------------------------------------------------------------------------------------
 def test_make_sample_never_writes_through_links(tmp_path):
     from pipeline.io.sample import make_sample
-    from rpihmif.errors import UsageError
+    from exit_codes import UsageError
 
     victims = Victims(tmp_path / "victims")
     out = tmp_path / "s"

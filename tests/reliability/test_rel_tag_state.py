@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 from helpers import assert_live_rows, files_outside, null_tag, records, write_dump
 
+from exit_codes import InputError, PipelineError, UsageError
 import pipeline.tag.stage as stage
 from pipeline.tag.manifest import STATE_NAME, data_folder
-from rpihmif.errors import InputError, PipelineError, UsageError
 
 
 def _ids(n: int, prefix: str = "t") -> list[str]:

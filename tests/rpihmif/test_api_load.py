@@ -6,7 +6,7 @@ import helpers
 import pytest
 
 import rpihmif
-from rpihmif.errors import UsageError
+from rpihmif.errors import ModelError
 
 
 def _same(api_rows, parquet_rows):
@@ -103,14 +103,14 @@ def test_predict_refuses_a_string_for_words(tag_env):
 
 
 def test_missing_model_is_usage_error(tmp_path):
-    with pytest.raises(UsageError, match="no such folder"):
+    with pytest.raises(ModelError, match="no such folder"):
         rpihmif.load(tmp_path / "nowhere")
-    with pytest.raises(UsageError, match="not a checkpoint folder"):
+    with pytest.raises(ModelError, match="not a checkpoint folder"):
         rpihmif.load(tmp_path)
 
 
 def test_hub_id_offline_not_cached_is_usage_error(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
-    with pytest.raises(UsageError, match="offline mode is on"):
+    with pytest.raises(ModelError, match="offline mode is on"):
         rpihmif.load("nobody/no-such-rpihmif-model", device="cpu")

@@ -19,7 +19,7 @@ from pipeline.tag.stage import run_tag
 from rpihmif.alignment import TweetEncoder
 from rpihmif.chars import CHAR_BOW, CHAR_EOW, CHAR_PAD, CharCNN, word_char_ids
 from rpihmif.checkpoint import load_checkpoint, save_checkpoint
-from rpihmif.errors import UsageError
+from rpihmif.errors import ModelError
 from rpihmif.labels import LABEL2ID, LABELS
 from rpihmif.model import build_model
 from rpihmif.predictor import Tagger
@@ -160,7 +160,7 @@ def test_checkpoint_round_trip_with_chars_is_strict_and_identical(tiny_model_con
     for key in ("char_dim", "char_emb_dim", "char_max_bytes"):
         del data["rpihmif"]["text"][key]
     (folder / "config.json").write_text(json.dumps(data))
-    with pytest.raises(UsageError, match="does not match"):
+    with pytest.raises(ModelError, match="does not match"):
         load_checkpoint(folder)
 
 

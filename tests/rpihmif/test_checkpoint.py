@@ -10,7 +10,7 @@ import torch
 
 from rpihmif.alignment import TweetEncoder
 from rpihmif.checkpoint import load_checkpoint, model_id, save_checkpoint
-from rpihmif.errors import UsageError
+from rpihmif.errors import ModelError
 from rpihmif.labels import LABELS
 from rpihmif.model import build_model
 from rpihmif.predictor import Tagger
@@ -78,9 +78,9 @@ def test_model_id_stable_and_label_check(saved, tmp_path):
     assert model_id(save_checkpoint(tmp_path / "changed", model, tokenizer)) != mid
     assert Tagger.from_pretrained(folder).model_id == mid
     load_checkpoint(folder, expected_labels=list(LABELS))
-    with pytest.raises(UsageError, match="labels"):
+    with pytest.raises(ModelError, match="labels"):
         load_checkpoint(folder, expected_labels=["O", "B-PER", "I-PER"])
-    with pytest.raises(UsageError, match="config.json"):
+    with pytest.raises(ModelError, match="config.json"):
         load_checkpoint(tmp_path / "nowhere")
 
 

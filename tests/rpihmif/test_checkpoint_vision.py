@@ -7,9 +7,10 @@ import json
 import helpers
 import pytest
 
+from exit_codes import UsageError
 from rpihmif.checkpoint import read_checkpoint_config
 from rpihmif.checkpoint_config import vision_record_of
-from rpihmif.errors import UsageError
+from rpihmif.errors import ModelError
 from rpihmif.vision_encoder import VisionSettings, settings_from_record, vision_record
 
 
@@ -55,5 +56,5 @@ def test_legacy_checkpoint_reads_metrics_config_vision(vision_ckpt, tmp_path):
     got = rpihmif.load(old, device="cpu", precision="fp32")(["obama in london"], images=[str(tmp_path / "img" / images[0])])
     assert got[0]["image_used"]
     (old / "metrics.json").write_text(json.dumps({"config": {"vision": {**helpers.TINY_VISION, "image_size": "big"}}}))
-    with pytest.raises(UsageError, match="metrics.json"):
+    with pytest.raises(ModelError, match="metrics.json"):
         vision_overrides(old)

@@ -14,13 +14,13 @@ import pytest
 import torch
 from helpers import ROOT, tiny_dataset, tiny_overrides
 
+from exit_codes import UsageError
 from pipeline.stage_config import stage_config
 from pipeline.train.evaluate import evaluate_file
 from pipeline.train.trainer import Trainer, train
 from rpihmif.alignment import TweetEncoder
 from rpihmif.checkpoint import load_checkpoint, save_checkpoint
 from rpihmif.config import ModelConfig
-from rpihmif.errors import UsageError
 from rpihmif.model import build_model
 from rpihmif.predictor import Tagger
 

@@ -11,7 +11,7 @@ from transformers import AutoConfig, AutoModel
 import rpihmif
 from rpihmif.alignment import TweetEncoder
 from rpihmif.checkpoint import FORMAT, load_checkpoint, save_checkpoint
-from rpihmif.errors import UsageError
+from rpihmif.errors import ModelError
 from rpihmif.model import RPIHMIF, build_model
 
 WORDS = [["john", "smith", "in", "london"], ["rt", "@obama", "today"]]
@@ -78,7 +78,7 @@ def test_old_format_still_loads(model_and_folder, tmp_path):
 def test_damaged_checkpoint_is_usage_error(model_and_folder, damage, match):
     _, _, folder = model_and_folder
     damage(folder)
-    with pytest.raises(UsageError, match=match):
+    with pytest.raises(ModelError, match=match):
         load_checkpoint(folder)
 
 

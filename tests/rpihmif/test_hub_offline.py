@@ -11,7 +11,7 @@ from pathlib import Path
 import helpers
 import pytest
 
-from rpihmif.errors import UsageError
+from rpihmif.errors import ModelError
 from rpihmif.text_encoder import default_bert_path, load_text_encoder
 
 REPO = helpers.ROOT
@@ -49,10 +49,10 @@ def test_cached_hub_id_loads_offline(tmp_path):
 
 
 def test_offline_and_not_cached_is_usage_error():
-    with pytest.raises(UsageError, match=r"'testorg/absent' is not in the Hugging Face cache.*"
+    with pytest.raises(ModelError, match=r"'testorg/absent' is not in the Hugging Face cache.*"
                                          r"huggingface-cli download testorg/absent"):
         load_text_encoder("testorg/absent", offline=True)
-    with pytest.raises(UsageError, match="folder does not exist"):
+    with pytest.raises(ModelError, match="folder does not exist"):
         load_text_encoder("./no/such/folder")
 
 

@@ -15,6 +15,7 @@ import torch
 from helpers import tag_config, tiny_dataset, tiny_model_config, tiny_overrides, train_tiny_checkpoint, write_dump
 from transformers import BertTokenizerFast
 
+from exit_codes import UsageError
 from pipeline.stage_config import stage_config
 from pipeline.tag.manifest import data_folder
 from pipeline.tag.stage import run_tag
@@ -22,7 +23,6 @@ from pipeline.train.trainer import Trainer
 from rpihmif.alignment import TweetEncoder, merge_windows, split_camel_case
 from rpihmif.checkpoint import load_checkpoint, save_checkpoint
 from rpihmif.config import ModelConfig
-from rpihmif.errors import UsageError
 from rpihmif.model import build_model
 from rpihmif.predictor import Tagger
 

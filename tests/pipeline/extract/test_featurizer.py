@@ -49,7 +49,7 @@ def test_max_crops_5_on_benchmark_data_is_stored_and_trained(tmp_path, tiny_bert
     from pipeline.extract.stage import run_extract
     from pipeline.stage_config import stage_config
     from pipeline.train.trainer import Trainer
-    from rpihmif.errors import UsageError
+    from exit_codes import UsageError
 
     clip = make_tiny_clip(tmp_path / "clip")
     root = make_dataset(tmp_path / "data", n_images=2)

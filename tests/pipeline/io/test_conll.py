@@ -10,8 +10,8 @@ from pathlib import Path
 import helpers
 import pytest
 
+from exit_codes import InputError
 from pipeline.io.conll import Tweet, read_conll, read_conll_report, write_conll
-from rpihmif.errors import InputError
 
 GOOD = (
     "IMGID:101\nRT\tO\n@user\tO\nGeorge\tB-PER\nZimmerman\tI-PER\nin\tO\nNew\tB-LOC\nYork\tI-LOC\n\n"

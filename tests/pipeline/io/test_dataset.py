@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from exit_codes import InputError, UsageError
 from pipeline.io.dataset import BenchmarkDataset, load_crop_dict
 from pipeline.io.safe_paths import UnsafePathError, safe_resolve
-from rpihmif.errors import InputError, UsageError
 
 SPLIT = "IMGID:{id}\nJordan\tB-PER\nrocks\tO\n\n"
 

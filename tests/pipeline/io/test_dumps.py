@@ -6,8 +6,8 @@ import json
 
 import pytest
 
+from exit_codes import InputError
 from pipeline.io.dumps import DumpFields, DumpRecord, Reject, expand_inputs, iter_dump
-from rpihmif.errors import InputError
 
 GOOD = [{"id": f"g{i}", "text": f"good tweet {i} about Paris 👍🏽", "image": f"img/{i}.jpg"} for i in range(5)]
 # (raw line bytes, expected reason fragment)

@@ -14,11 +14,11 @@ import pytest
 import torch
 from PIL import Image
 
+from exit_codes import UsageError
 from pipeline.data_stats import data_stats
 from pipeline.io.conll import read_conll
 from pipeline.io.dataset import BenchmarkDataset, load_crop_dict
 from pipeline.io.sample import CUE_SOURCES, CUES_FILE, SIZES, TYPE_STYLE, make_sample
-from rpihmif.errors import UsageError
 
 SMALL = {"train": 30, "valid": 12, "test": 12}
 

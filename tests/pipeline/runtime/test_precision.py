@@ -6,7 +6,7 @@ import torch
 
 from rpihmif import precision as P
 from rpihmif.alignment import TweetEncoder
-from rpihmif.errors import UsageError
+from rpihmif.errors import ModelError
 from rpihmif.model import build_model
 from rpihmif.predictor import Tagger
 
@@ -54,7 +54,7 @@ def test_auto_on_cuda_asks_the_gpu(monkeypatch, supported):
 
 
 def test_unknown_precision_is_usage_error():
-    with pytest.raises(UsageError, match="precision 'fp16'"):
+    with pytest.raises(ModelError, match="precision 'fp16'"):
         P.resolve_precision("fp16", "cpu")
 
 

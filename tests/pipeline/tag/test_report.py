@@ -19,12 +19,12 @@ import pytest
 from helpers import png_bytes
 from PIL import Image
 
+from exit_codes import UsageError
 from pipeline.tag.manifest import REJECTS_NAME, data_folder
 from pipeline.tag.parquet_parts import SCHEMA
 from pipeline.tag.report import REPORT_NAME, write_report
 from pipeline.tag.report_data import fetch_rows, find_parts
 from pipeline.tag.report_stats import aggregate
-from rpihmif.errors import UsageError
 
 REPO = helpers.ROOT
 XSS = '<script>alert(1)</script>"><img src=x onerror=alert(2)>'

@@ -14,8 +14,8 @@ import time
 import pytest
 from helpers import assert_live_rows, null_tag, records, write_dump
 
+from exit_codes import PipelineError, UsageError
 from pipeline.tag.manifest import MANIFEST_NAME, REJECTS_NAME, STATE_NAME, data_folder, read_state
-from rpihmif.errors import PipelineError, UsageError
 
 
 def _old(path):

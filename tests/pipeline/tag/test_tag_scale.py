@@ -22,10 +22,10 @@ import pytest
 from helpers import ROOT as REPO
 from helpers import TAG_BAD_LINES, TAG_RUNNER, same_tag_rows, tag_config, tag_dump, tag_rows
 
+from exit_codes import UsageError
 from pipeline.tag.commit import STAGING_DIR
 from pipeline.tag.manifest import data_folder, read_state
 from pipeline.tag.stage import run_tag
-from rpihmif.errors import UsageError
 
 
 def _chunks(out: Path) -> dict:

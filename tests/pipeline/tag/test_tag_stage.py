@@ -18,11 +18,12 @@ import pytest
 from helpers import TAG_BAD_LINES, TAG_RUNNER, same_tag_rows, tag_config, tag_dump, tag_rows
 
 from cache.durable import FileLock
+from exit_codes import LockHeldError, UsageError
 from pipeline.tag.manifest import REJECTS_NAME, data_folder, read_state
 from pipeline.tag.parquet_parts import SCHEMA
 from pipeline.tag.report import write_report
 from pipeline.tag.stage import run_tag
-from rpihmif.errors import LockHeldError, UsageError
+from rpihmif.errors import ModelError
 
 REPO = helpers.ROOT
 def test_end_to_end_rows_rejects_and_schema(tag_env, tmp_path):
@@ -112,7 +113,7 @@ def test_require_images_rejects_uncached(tag_env, tmp_path):
 
 def test_usage_errors(tag_env, tmp_path):
     dump = tag_dump(tag_env, "u.jsonl", 2)
-    with pytest.raises(UsageError, match="not a checkpoint folder"):
+    with pytest.raises(ModelError, match="not a checkpoint folder"):
         run_tag([dump], tag_config(tag_env, tmp_path / "o", load_path=str(tmp_path)))
     with pytest.raises(UsageError, match="--out"):
         run_tag([dump], tag_config(tag_env, ""))

@@ -10,10 +10,10 @@ import pytest
 import torch
 from helpers import tiny_overrides
 
+from exit_codes import UsageError
 from pipeline.stage_config import stage_config
 from pipeline.train.adversarial import adversarial_backward, perturbed
 from pipeline.train.trainer import Trainer, train
-from rpihmif.errors import UsageError
 
 
 def _embedding_with_grad(rows: list[int]) -> torch.nn.Embedding:

@@ -11,9 +11,9 @@ import torch
 from helpers import tiny_overrides
 from safetensors.torch import load_file
 
+from exit_codes import UsageError
 from pipeline.stage_config import stage_config
 from pipeline.train.trainer import Trainer, train
-from rpihmif.errors import UsageError
 
 
 def _cfg(tiny_bert_dir, data, name, run, **extra):

@@ -11,11 +11,11 @@ import pytest
 from helpers import make_tiny_clip
 import torch
 
+from exit_codes import UsageError
 from pipeline.stage_config import stage_config
 from pipeline.extract.stage import run_extract
 from pipeline.io.sample import make_sample
 from pipeline.train.trainer import Trainer, train
-from rpihmif.errors import UsageError
 
 
 @pytest.fixture(scope="module")

@@ -11,11 +11,11 @@ import pytest
 from helpers import ROOT, tiny_overrides
 from safetensors.torch import load_file
 
+from exit_codes import UsageError
 from pipeline.io.conll import read_conll
 from pipeline.stage_config import stage_config
 from pipeline.train.corpus import load_corpus
 from pipeline.train.trainer import Trainer, train
-from rpihmif.errors import UsageError
 
 
 def _cfg(tiny_bert_dir, two_datasets, run, **extra):

@@ -2,8 +2,8 @@
 text_only (unknown sources exit 2)."""
 import pytest
 
+from exit_codes import UsageError
 from pipeline.stage_config import stage_config
-from rpihmif.errors import UsageError
 
 
 def test_dropout_defaults_and_overrides():
