@@ -33,6 +33,16 @@ ROOT = Path(__file__).resolve().parent.parent
 # ---------------------------------------------------------------------------------------------------------------
 # tiny models and configs
 # ---------------------------------------------------------------------------------------------------------------
+def invoke(*args: object, env: dict | None = None):
+    """The typer app run in this process (no interpreter start-up, no inherited RAY_ADDRESS): a click Result with
+    exit_code, stdout and stderr; exceptions other than the CLI's own exits propagate."""
+    from typer.testing import CliRunner
+
+    from cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False, env={"RAY_ADDRESS": "", **(env or {})})
+
+
 def tiny_model_config(bert_dir: str):
     """A small ModelConfig over the tiny BERT, with a tiny visual layout (Dv 8, Lo 5, Lg 3, Lr 2, K 2)."""
     from rpihmif.config import HIMConfig, IFFEConfig, ModelConfig, TextEncoderConfig, VisualConfig

@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import helpers
 import pytest
 from helpers import write_split
 
@@ -105,29 +106,29 @@ def one_error_line(res: subprocess.CompletedProcess) -> str:
     return lines[0]
 
 
-@pytest.mark.slow  # one CLI process per case (about 10 s each on the shared 2-core machine: torch imports)
-@pytest.mark.parametrize("case, args, expect", CASES, ids=[c[0] for c in CASES])
-def test_missing_or_unreadable_path_exits_2_in_one_line(world, case, args, expect):
-    res, seconds = run_cli([a.format(w=world) for a in args])
-    assert res.returncode == 2, (res.returncode, res.stderr[-2000:])
-    line = one_error_line(res)
+def check_refused(exit_code: int, stderr: str, expect: str, world: Path) -> None:
+    assert exit_code == 2, (exit_code, stderr[-2000:])
+    line = one_error_line(subprocess.CompletedProcess([], exit_code, "", stderr))
     assert expect.format(w=world) in line, line
     for opened in ("valid JSON", "unusable checkpoint", "cannot load", "JSONDecodeError"):  # what loading says
         assert opened not in line, line  # no model, encoder or checkpoint was opened
-    assert seconds < 90, seconds  # the process start (imports) only; no model, encoder or Ray started
     assert not (world / "run").exists() and not (world / "out").exists()  # nothing created before the check
 
 
-def test_exit_2_case_in_process(world):
-    """The same contract without a subprocess (fast): a missing --dump through typer's runner."""
-    from typer.testing import CliRunner
+@pytest.mark.parametrize("case, args, expect", CASES, ids=[c[0] for c in CASES])
+def test_missing_or_unreadable_path_exits_2_in_one_line(world, case, args, expect):
+    res = helpers.invoke(*[a.format(w=world) for a in args])
+    check_refused(res.exit_code, res.stderr, expect, world)
 
-    from cli import app
 
-    res = CliRunner().invoke(app, ["extract-features", "--set", "dataset=", "--workers", "0",
-                                   "--dump", str(world / "nope.jsonl")])
-    assert res.exit_code == 2
-    assert f"{world / 'nope.jsonl'}: dump not found" in res.stderr
+@pytest.mark.slow  # real processes (about 5-10 s each on 2 cores: torch imports)
+@pytest.mark.parametrize("case", ["tag missing model", "train missing dataset folder", "extract missing dump"])
+def test_a_real_process_exits_2_in_one_line_before_loading_anything(world, case):
+    """The same contract from a real interpreter: the exit status, one stderr line, quick (imports only)."""
+    _, args, expect = next(c for c in CASES if c[0] == case)
+    res, seconds = run_cli([a.format(w=world) for a in args])
+    check_refused(res.returncode, res.stderr, expect, world)
+    assert seconds < 90, seconds  # the process start (imports) only; no model, encoder or Ray started
 
 
 def test_permission_denied_is_named_with_the_fix(world, monkeypatch):

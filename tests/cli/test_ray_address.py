@@ -76,14 +76,29 @@ def assert_one_line_exit_2(res: subprocess.CompletedProcess, seconds: float, tex
     assert seconds < 30, seconds
 
 
-@pytest.mark.slow  # CLI processes (about 10 s each here: torch imports)
-def test_unreachable_addresses_exit_2_fast_in_one_line(dump, plain_listener, tmp_path):
+@pytest.mark.slow  # a CLI process (about 5-10 s here: torch imports)
+def test_an_unreachable_address_exits_2_fast_in_one_line_from_a_real_process(dump):
     port = closed_port()
     assert_one_line_exit_2(*extract(dump, f"127.0.0.1:{port}"), f"127.0.0.1:{port}: cannot connect")
-    assert_one_line_exit_2(*extract(dump, plain_listener), "not a Ray cluster")
-    assert_one_line_exit_2(*extract(dump, "nohost.invalid:6379"), "unknown host 'nohost.invalid'")
-    assert_one_line_exit_2(*extract(dump, "auto", {"RAY_TMPDIR": str(tmp_path)}), "no running local Ray cluster")
-    assert_one_line_exit_2(*extract(dump, "", {"RAY_ADDRESS": f"127.0.0.1:{port}"}), f"127.0.0.1:{port}")
+
+
+def test_unreachable_addresses_exit_2_in_one_line(dump, plain_listener, tmp_path, monkeypatch):
+    """The same through the typer app in this process: every kind of address that is not a reachable Ray cluster."""
+    from typer.testing import CliRunner
+
+    from cli import app
+
+    def run(address: str, env: dict) -> tuple[subprocess.CompletedProcess, float]:
+        start = time.monotonic()
+        res = CliRunner().invoke(app, ["extract-features", "--set", "dataset=", "--dump", str(dump), "--workers", "2",
+                                       "--ray-address", address], env={"RAY_ADDRESS": "", **env})
+        return subprocess.CompletedProcess([], res.exit_code, res.stdout, res.stderr), time.monotonic() - start
+
+    port = closed_port()
+    assert_one_line_exit_2(*run(plain_listener, {}), "not a Ray cluster")
+    assert_one_line_exit_2(*run("nohost.invalid:6379", {}), "unknown host 'nohost.invalid'")
+    assert_one_line_exit_2(*run("auto", {"RAY_TMPDIR": str(tmp_path)}), "no running local Ray cluster")
+    assert_one_line_exit_2(*run("", {"RAY_ADDRESS": f"127.0.0.1:{port}"}), f"127.0.0.1:{port}")
 
 
 def test_probe_refuses_non_ray_answers_in_seconds(plain_listener, tmp_path, monkeypatch):

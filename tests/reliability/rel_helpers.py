@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+import helpers
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -21,11 +22,7 @@ RUNNER = Path(__file__).resolve().parent / "fault_runner.py"
 
 def cli(*args: str):
     """Invoke the typer app in this process (no interpreter start-up): result with exit_code, stdout, stderr."""
-    from typer.testing import CliRunner
-
-    from cli import app
-
-    return CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
+    return helpers.invoke(*args)
 
 
 def sets(**kw) -> list[str]:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import helpers
 import pytest
-from helpers import tiny_overrides, write_split
+from helpers import invoke, tiny_overrides, write_split
 
 from pipeline.io.conll import read_conll
 from pipeline.stage_config import stage_config
@@ -126,8 +126,8 @@ def test_evaluate_cli_scores_every_entity_and_writes_predictions(tiny_bert_dir, 
     (["evaluate", "/nonexistent/ckpt", "x.txt"], 2, "not a checkpoint folder (not found)"),
 ])
 def test_cli_usage_errors_exit_2(args, code, message):
-    res = run_cli(*args)
-    assert res.returncode == code, res.stderr
+    res = invoke(*args)
+    assert res.exit_code == code, res.stderr
     assert message in res.stderr
     assert "Traceback" not in res.stderr
 
@@ -137,8 +137,8 @@ def test_malformed_split_exits_1_naming_file_and_line(tiny_bert_dir, tiny_data, 
     lines = bad.read_text().splitlines()
     lines[3] = "london LOC-without-tab"
     bad.write_text("\n".join(lines) + "\n")
-    res = run_cli("train", *_set_args(tiny_overrides(tiny_bert_dir, tiny_data, tmp_path / "r")))
-    assert res.returncode == 1
+    res = invoke("train", *_set_args(tiny_overrides(tiny_bert_dir, tiny_data, tmp_path / "r")))
+    assert res.exit_code == 1
     assert "train.txt:4" in res.stderr and "Traceback" not in res.stderr
 
 
