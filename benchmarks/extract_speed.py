@@ -20,7 +20,7 @@ from PIL import Image, ImageDraw
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pipeline.stage_config import stage_config  # noqa: E402
-from pipeline.extract.clip_encoder import Preprocessor, VisionSettings, encode, load_vision_encoder  # noqa: E402
+from rpihmif.vision_encoder import Preprocessor, VisionSettings, encode, load_vision_encoder  # noqa: E402
 from pipeline.extract.stage import run_extract  # noqa: E402
 
 

@@ -41,8 +41,8 @@ def _breakdown(args: argparse.Namespace) -> dict:
     """Same tweets, same batches: tokenizing, bare encoder forward, full model forward, CRF Viterbi + marginals."""
     import torch
 
-    from pipeline.runtime.precision import resolve_precision
-    from pipeline.tag.tweet_tokenizer import token_texts
+    from rpihmif.precision import resolve_precision
+    from rpihmif.tweet_tokenizer import token_texts
     from rpihmif.predictor import Tagger
 
     autocast = resolve_precision(args.precision, "cpu", log_it=False).autocast
@@ -51,14 +51,14 @@ def _breakdown(args: argparse.Namespace) -> dict:
     seconds = dict.fromkeys(("tokenize", "encoder_forward", "model_forward", "crf_viterbi_marginals"), 0.0)
     t0 = time.perf_counter()
     words = [token_texts(texts[i % len(texts)]) for i in range(args.n)]
-    windows = [w for ws in words for w in tagger.tweet_encoder.encode_predict(ws)]
+    windows = [w for ws in words for w in tagger.window_tokenizer.encode_predict(ws)]
     seconds["tokenize"] = time.perf_counter() - t0
     model = tagger.model
     with torch.inference_mode():
         for rep in range(2):  # the first pass warms up; the second is timed
             timed, encoder_cpu = dict.fromkeys(seconds, 0.0), 0.0
             for s in range(0, len(windows), 64):
-                text = tagger.tweet_encoder.collate(sorted(windows[s:s + 64], key=lambda w: len(w.input_ids)))
+                text = tagger.window_tokenizer.collate(sorted(windows[s:s + 64], key=lambda w: len(w.input_ids)))
                 t, c = time.perf_counter(), time.process_time()
                 with autocast():
                     model.encoder(input_ids=text.input_ids, attention_mask=text.attention_mask)
@@ -163,7 +163,7 @@ def main() -> None:
     import numpy as np
 
     from pipeline.io.sample import make_sample
-    from pipeline.runtime.precision import cpu_bf16_support
+    from rpihmif.precision import cpu_bf16_support
 
     with tempfile.TemporaryDirectory(prefix="precision_") as tmp_s:
         tmp = Path(tmp_s)

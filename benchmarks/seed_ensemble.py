@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pipeline.io.conll import read_conll  # noqa: E402
 from pipeline.train.evaluate import entity_scores  # noqa: E402
-from rpihmif.model import ModelOutput  # noqa: E402
+from rpihmif.model import RPIHMIFOutput  # noqa: E402
 from rpihmif.predictor import Tagger  # noqa: E402
 
 
@@ -41,16 +41,16 @@ class MeanPathScore(nn.Module):
     def dataset_ids(self, names: list[str]) -> torch.Tensor | None:
         return self.models[0].dataset_ids(names)
 
-    def forward(self, text, visual=None) -> ModelOutput:
+    def forward(self, text, visual=None) -> RPIHMIFOutput:
         outs = [m(text, visual) for m in self.models]
         # shape: (B, W, L)
         emissions = torch.stack([o.emissions.float() for o in outs]).mean(0)
-        return ModelOutput(loss=None, emissions=emissions, word_mask=outs[0].word_mask)
+        return RPIHMIFOutput(loss=None, emissions=emissions, word_mask=outs[0].word_mask)
 
-    def decode(self, output: ModelOutput) -> list[list[int]]:
+    def decode(self, output: RPIHMIFOutput) -> list[list[int]]:
         return self.crf.decode(output.emissions, output.word_mask)
 
-    def marginals(self, output: ModelOutput) -> torch.Tensor:
+    def marginals(self, output: RPIHMIFOutput) -> torch.Tensor:
         return self.crf.marginals(output.emissions, output.word_mask)
 
 

@@ -77,7 +77,7 @@ def bare_forward(model: Path, n: int, texts: list[str], batch_size: int, threads
     """Tagger.predict alone on pre-tokenized batches (same tokenizer, batch size and threads, no I/O)."""
     import torch
 
-    from pipeline.tag.tweet_tokenizer import token_texts
+    from rpihmif.tweet_tokenizer import token_texts
     from rpihmif.predictor import Tagger
 
     if threads > 0:

@@ -42,7 +42,7 @@ def tweets(n: int, path: Path) -> tuple[list[list[str]], list[list[int]], str]:
 def variant(text: dict, autocast):
     import torch
 
-    from rpihmif.alignment import TweetEncoder
+    from rpihmif.alignment import WindowTokenizer
     from rpihmif.config import ModelConfig
     from rpihmif.model import build_model
     from rpihmif.predictor import Tagger
@@ -52,7 +52,7 @@ def variant(text: dict, autocast):
     torch.manual_seed(0)
     model, tokenizer = build_model(config)
     opt = torch.optim.AdamW(model.param_groups(5e-5, 1e-3, 5e-3, 0.01))
-    return model, opt, TweetEncoder.for_model(tokenizer, config), Tagger(model, tokenizer, config, autocast=autocast)
+    return model, opt, WindowTokenizer.for_model(tokenizer, config), Tagger(model, tokenizer, config, autocast=autocast)
 
 
 def train_step(model, opt, enc, autocast, words, labels, adversarial_eps: float = 0.0) -> None:
@@ -107,7 +107,7 @@ def main() -> None:
     args = ap.parse_args()
     import torch
 
-    from pipeline.runtime.precision import resolve_precision
+    from rpihmif.precision import resolve_precision
 
     precision = resolve_precision(args.precision, "cpu")
 

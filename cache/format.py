@@ -29,7 +29,7 @@ import h5py
 import numpy as np
 
 from exit_codes import UsageError
-from rpihmif.visual import VisualSpec
+from rpihmif.visual import VisualLayout
 
 __all__ = ["FORMAT_VERSION", "FEATURE_NAMES", "NO_IMAGE", "DUMP_SOURCE", "SHARD_GLOB", "feature_shapes", "canonical", "describe",
            "spec_of", "read_fingerprint", "check_fingerprint", "decode_strings", "memory_file", "save_memory_file",
@@ -43,7 +43,7 @@ SHARD_GLOB = "shard-*.h5"
 _STR = h5py.string_dtype("utf-8")
 
 
-def feature_shapes(spec: VisualSpec) -> dict[str, tuple[int, ...]]:
+def feature_shapes(spec: VisualLayout) -> dict[str, tuple[int, ...]]:
     """Per-key shape of each FEATURE_NAMES array (no leading N axis); "*_mask" arrays are bool, the rest float."""
     k = spec.max_crops
     return {"orig": (spec.orig_tokens, spec.dim), "orig_mask": (),
@@ -69,7 +69,7 @@ def describe(fingerprint: dict[str, Any]) -> str:
 SPEC_LIMITS = {"dim": 16384, "orig_tokens": 4096, "grounding_tokens": 4096, "rcnn_tokens": 4096, "max_crops": 16}
 
 
-def spec_of(fingerprint: dict[str, Any]) -> VisualSpec:
+def spec_of(fingerprint: dict[str, Any]) -> VisualLayout:
     """The token layout of a fingerprint; ValueError unless every field is an int within SPEC_LIMITS."""
     spec = fingerprint["info"]["spec"]
     if not isinstance(spec, dict) or set(spec) != set(SPEC_LIMITS):
@@ -78,7 +78,7 @@ def spec_of(fingerprint: dict[str, Any]) -> VisualSpec:
         value = spec[name]
         if type(value) is not int or not (0 if name == "max_crops" else 1) <= value <= top:
             raise ValueError(f"spec {name} = {str(value)[:40]} is outside 1..{top}")
-    return VisualSpec(**spec)
+    return VisualLayout(**spec)
 
 
 def read_fingerprint(folder: Path) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from cache.index import CacheIndex, load_index
 from cache.memo import touch_read
 from cache.safe_open import open_shard
 from exit_codes import DamagedCacheError, UsageError
-from rpihmif.visual import VisualSpec
+from rpihmif.visual import VisualLayout
 
 __all__ = ["FORMAT_VERSION", "FEATURE_NAMES", "NO_IMAGE", "find_cache", "open_cache", "FeatureCache",
            "fingerprint_folders"]
@@ -77,7 +77,7 @@ class FeatureCache:
         self.folder = Path(folder)
         self.fingerprint: dict[str, Any] = read_fingerprint(self.folder)
         self.fingerprint_id: str = self.fingerprint["id"]
-        self.spec: VisualSpec = spec_of(self.fingerprint)
+        self.spec: VisualLayout = spec_of(self.fingerprint)
         self._index: CacheIndex | None = None
         self._handles: dict[int, h5py.File] = {}
         self._rows: dict[int, int] = {}  # rows of each open shard (checked by open_shard)

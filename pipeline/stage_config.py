@@ -1,6 +1,7 @@
 """Typed stage configs: one dataclass per stage built from `conf/<stage>.yaml` + `--set`, every range check in CHECKS.
 
-The yaml is the single source of defaults (fields have none); adding a knob is one field here plus one yaml line.
+The stages read the yaml's values (a key the yaml lacks is an error); the model's own sections (`vision`, `him`, `iffe`)
+are the library's config classes, nested as they are in the model.
 """
 from __future__ import annotations
 
@@ -14,9 +15,10 @@ from typing import Any, Callable, Union
 from exit_codes import UsageError
 from pipeline.config import load_config
 from rpihmif.config import HIMConfig, IFFEConfig
+from rpihmif.vision_encoder import VisionSettings
 from rpihmif.visual import SOURCES
 
-__all__ = ["DumpFieldNames", "DumpSection", "VisionSection", "ExtractConfig", "VisualSection", "VisualDropoutSection",
+__all__ = ["DumpFieldNames", "DumpSection", "ExtractConfig", "VisualSources", "VisualDropout",
            "TrainConfig", "EvaluateConfig", "TagConfig", "StageConfig", "STAGES", "COMMANDS", "CHECKS", "stage_config",
            "from_dict"]
 
@@ -58,21 +60,6 @@ class DumpSection(DumpFieldNames):
 
 
 @dataclass
-class VisionSection:
-    """`vision:` of extract.yaml and train.yaml (the same keys): the encoder and what decides the stored features."""
-
-    vit_name: str
-    random_vit_layers: int
-    random_vit_hidden: int
-    seed: int
-    image_size: int
-    aux_size: int
-    rcnn_size: int
-    max_crops: int
-    dtype: str
-
-
-@dataclass
 class ExtractConfig(_Stage):
     """conf/extract.yaml: `python cli.py extract-features`."""
 
@@ -90,19 +77,19 @@ class ExtractConfig(_Stage):
     precision: str
     max_image_pixels: int
     verify_cache: str
-    vision: VisionSection
+    vision: VisionSettings
     dump: DumpSection
 
 
 @dataclass
-class VisualSection:
+class VisualSources:
     """`visual:` of train.yaml (the rest of the model's VisualConfig comes from the feature cache)."""
 
     sources: list[str]
 
 
 @dataclass
-class VisualDropoutSection:
+class VisualDropout:
     """`visual_dropout:` of train.yaml: per-tweet probabilities of hiding visual inputs in training (never at eval)."""
 
     source: float
@@ -156,11 +143,11 @@ class TrainConfig(_Stage):
     log_every_s: float
     lenient: bool
     fix_bio: bool
-    vision: VisionSection
+    vision: VisionSettings
     him: HIMConfig
     iffe: IFFEConfig
-    visual: VisualSection
-    visual_dropout: VisualDropoutSection
+    visual: VisualSources
+    visual_dropout: VisualDropout
 
 
 @dataclass
@@ -177,7 +164,7 @@ class EvaluateConfig(_Stage):
     lenient: bool
     fix_bio: bool
     text_only: bool
-    visual: VisualSection
+    visual: VisualSources
 
 
 @dataclass
@@ -208,7 +195,7 @@ class TagConfig(_Stage, DumpFieldNames):
     partition_by: str
     max_reject_rate: float
     text_only: bool
-    visual: VisualSection
+    visual: VisualSources
 
 
 StageConfig = Union[ExtractConfig, TrainConfig, EvaluateConfig, TagConfig]

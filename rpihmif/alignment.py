@@ -13,7 +13,7 @@ import torch
 
 from rpihmif.chars import pad_char_ids, word_char_ids
 
-__all__ = ["NUM_SHAPES", "word_shape_id", "split_camel_case", "EncodedWindow", "TextBatch", "TweetEncoder",
+__all__ = ["NUM_SHAPES", "word_shape_id", "split_camel_case", "EncodedWindow", "TextBatch", "WindowTokenizer",
            "merge_windows"]
 
 _SHAPES = ("pad", "lower", "Title", "UPPER", "mIxed", "digits", "alnum", "@mention", "#hashtag", "url",
@@ -107,7 +107,7 @@ class TextBatch:
         return TextBatch(*(move(getattr(self, f)) for f in self.__dataclass_fields__))
 
 
-class TweetEncoder:
+class WindowTokenizer:
     """Turns word lists into `EncodedWindow`s for a fast tokenizer and a fixed question.
 
     max_seq counts every sub-token (question and special tokens included); stride = words shared by two
@@ -137,7 +137,7 @@ class TweetEncoder:
         self.max_word_pieces = max(1, min(max_word_pieces, self.budget))
 
     @classmethod
-    def for_model(cls, tokenizer: Any, config: Any) -> "TweetEncoder":
+    def for_model(cls, tokenizer: Any, config: Any) -> "WindowTokenizer":
         """Encoder matching a ModelConfig: him.question, text.max_seq, text.window_stride, text.split_camel; char ids
         if text.char_dim."""
         text = config.text

@@ -48,7 +48,7 @@ class TweetTagger:
     @property
     def uses_images(self) -> bool:
         """Whether the model reads image features (a text-only model ignores `images`)."""
-        return self.tagger.uses_vision and bool(self.tagger.fingerprint)
+        return self.tagger.uses_images and bool(self.tagger.fingerprint)
 
     def __repr__(self) -> str:
         return f"TweetTagger({self.folder}, model_id={self.model_id}, uses_images={self.uses_images})"

@@ -12,7 +12,7 @@ from typing import Any
 from transformers import PreTrainedConfig
 
 from rpihmif.labels import LABELS
-from rpihmif.visual import SOURCES, VisualSpec
+from rpihmif.visual import SOURCES, VisualLayout
 
 __all__ = ["TextEncoderConfig", "HIMConfig", "IFFEConfig", "VisualConfig", "ModelConfig", "RPIHMIFConfig"]
 
@@ -68,8 +68,8 @@ class VisualConfig:
     encoder: dict = field(default_factory=dict)  # the vision encoder and sizes behind the features, never a machine
     # path (rpihmif.vision_encoder.vision_record); {} = not recorded (read through the checkpoint's legacy fallback)
 
-    def spec(self) -> VisualSpec:
-        return VisualSpec(self.dim, self.orig_tokens, self.grounding_tokens, self.rcnn_tokens, self.max_crops)
+    def spec(self) -> VisualLayout:
+        return VisualLayout(self.dim, self.orig_tokens, self.grounding_tokens, self.rcnn_tokens, self.max_crops)
 
 
 @dataclass

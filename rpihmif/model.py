@@ -28,7 +28,7 @@ from rpihmif.him import HIM
 from rpihmif.text_encoder import load_text_encoder
 from rpihmif.visual import VisualBatch
 
-__all__ = ["ModelOutput", "RPIHMIF", "build_model", "encoder_config", "checked_config", "load_model_folder"]
+__all__ = ["RPIHMIFOutput", "RPIHMIF", "build_model", "encoder_config", "checked_config", "load_model_folder"]
 
 
 def encoder_config(data: dict):
@@ -41,7 +41,7 @@ def encoder_config(data: dict):
 
 
 @dataclass
-class ModelOutput:
+class RPIHMIFOutput:
     """Forward result; visual fields are None for text-only models or when no visual batch was given."""
 
     loss: torch.Tensor | None  # () mean CRF negative log-likelihood, when text.labels is given
@@ -123,7 +123,7 @@ class RPIHMIF(PreTrainedModel):
         """From a local checkpoint folder (both formats), strict and checked (`load_model_folder`)."""
         return load_model_folder(folder)
 
-    def forward(self, text: TextBatch, visual: VisualBatch | None = None) -> ModelOutput:
+    def forward(self, text: TextBatch, visual: VisualBatch | None = None) -> RPIHMIFOutput:
         """text: TextBatch (B, T)/(B, W); visual: VisualBatch of the same B or None (= text path)."""
         if visual is not None and visual.orig.size(0) != text.input_ids.size(0):
             raise ValueError(f"visual batch has {visual.orig.size(0)} rows, text batch {text.input_ids.size(0)}")
@@ -136,7 +136,7 @@ class RPIHMIF(PreTrainedModel):
         # shape: (B, W, L)
         emissions = self.emission(self.dropout(features))
         loss = self.crf.loss(emissions, text.labels, text.word_mask) if text.labels is not None else None  # fp32
-        out = ModelOutput(loss=loss, emissions=emissions, word_mask=text.word_mask)
+        out = RPIHMIFOutput(loss=loss, emissions=emissions, word_mask=text.word_mask)
         if fused is not None:
             out.routing, out.coupling, out.gate, out.present = fused.routing, fused.coupling, him.gate, him.present
         return out
@@ -162,7 +162,7 @@ class RPIHMIF(PreTrainedModel):
             if text.char_ids is None or text.char_ids.shape[:2] != text.word_mask.shape:
                 got = None if text.char_ids is None else tuple(text.char_ids.shape)
                 raise ValueError(f"text.char_dim {self.chars.char_dim} needs char ids (B, W, C) matching word_mask "
-                                 f"{tuple(text.word_mask.shape)}, got {got}; build batches with TweetEncoder.for_model")
+                                 f"{tuple(text.word_mask.shape)}, got {got}; build batches with WindowTokenizer.for_model")
             # shape: (B, W, Ht + S + char_dim)
             words = torch.cat([words, self.chars(text.char_ids).to(words.dtype)], dim=-1)
         if self.dataset_style is not None:
@@ -189,11 +189,11 @@ class RPIHMIF(PreTrainedModel):
             raise ValueError(f"dataset {unknown[0]!r}: the model knows the annotation styles of {tc.datasets}")
         return torch.tensor([tc.datasets.index(n or tc.dataset) for n in names], dtype=torch.long)
 
-    def decode(self, output: ModelOutput) -> list[list[int]]:
+    def decode(self, output: RPIHMIFOutput) -> list[list[int]]:
         """Viterbi tag ids per row (length = the row's words)."""
         return self.crf.decode(output.emissions, output.word_mask)
 
-    def marginals(self, output: ModelOutput) -> torch.Tensor:
+    def marginals(self, output: RPIHMIFOutput) -> torch.Tensor:
         """CRF marginal probabilities (B, W, L), zero on padding."""
         return self.crf.marginals(output.emissions, output.word_mask)
 

@@ -11,12 +11,12 @@ from typing import Any, Callable, ContextManager, Sequence
 
 import torch
 
-from rpihmif.alignment import EncodedWindow, TweetEncoder, merge_windows
+from rpihmif.alignment import EncodedWindow, WindowTokenizer, merge_windows
 from rpihmif.checkpoint import open_checkpoint
 from rpihmif.config import ModelConfig
 from rpihmif.labels import bio_spans, repair_bio
 from rpihmif.model import RPIHMIF
-from rpihmif.visual import SOURCES, VisualSpec, collate_visual, keep_sources, resolve_sources
+from rpihmif.visual import SOURCES, VisualLayout, collate_visual, keep_sources, resolve_sources
 
 __all__ = ["Entity", "Prediction", "Tagger"]
 
@@ -59,7 +59,7 @@ class Tagger:
         self.model = model.to(self.device)
         self.tokenizer = tokenizer
         self.config = config or model.model_config
-        self.tweet_encoder = TweetEncoder.for_model(tokenizer, self.config)
+        self.window_tokenizer = WindowTokenizer.for_model(tokenizer, self.config)
         self.model_id = model_id
         self.autocast = autocast or contextlib.nullcontext
 
@@ -72,7 +72,7 @@ class Tagger:
         return cls(ckpt.model, ckpt.tokenizer, ckpt.config, device, model_id=ckpt.model_id, autocast=autocast)
 
     @property
-    def visual_spec(self) -> VisualSpec:
+    def visual_spec(self) -> VisualLayout:
         return self.config.visual.spec()
 
     @property
@@ -81,7 +81,7 @@ class Tagger:
         return self.config.visual.fingerprint
 
     @property
-    def uses_vision(self) -> bool:
+    def uses_images(self) -> bool:
         return not self.config.text_only
 
     def predict(self, words: Sequence[Sequence[str]], features: Sequence[dict | None] | None = None,
@@ -110,7 +110,7 @@ class Tagger:
             features = [None] * len(words)
         if len(features) != len(words):
             raise ValueError(f"expected {len(words)} feature entries (one per tweet), got {len(features)}")
-        jobs: list[tuple[int, EncodedWindow]] = [(i, w) for i, ws in enumerate(words) for w in self.tweet_encoder.encode_predict(ws)]
+        jobs: list[tuple[int, EncodedWindow]] = [(i, w) for i, ws in enumerate(words) for w in self.window_tokenizer.encode_predict(ws)]
         order = sorted(range(len(jobs)), key=lambda j: len(jobs[j][1].input_ids))  # less padding per batch
         outputs: list[list[_WordOut]] = [[] for _ in jobs]
         was_training, step = self.model.training, max(1, batch_size)
@@ -132,11 +132,11 @@ class Tagger:
     @torch.inference_mode()
     def _run(self, windows: list[EncodedWindow], feats: list[dict | None],
              style: torch.Tensor | None, keep: Sequence[str] = SOURCES) -> list[list[_WordOut]]:
-        text = self.tweet_encoder.collate(windows)
+        text = self.window_tokenizer.collate(windows)
         text.dataset_ids = None if style is None else style.expand(len(windows))
         text = text.to(self.device)
         visual = None
-        if self.uses_vision and any(f is not None for f in feats):
+        if self.uses_images and any(f is not None for f in feats):
             visual = collate_visual(list(feats), self.visual_spec).to(self.device)
             if set(keep) != set(self.config.visual.sources):
                 visual = keep_sources(visual, keep)

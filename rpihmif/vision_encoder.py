@@ -18,7 +18,7 @@ from PIL import Image
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
 from rpihmif.hub import load_pretrained, local_folder
-from rpihmif.visual import VisualSpec
+from rpihmif.visual import VisualLayout
 
 __all__ = [
     "VisionSettings", "Preprocessor", "load_vision_encoder", "random_vit_config",
@@ -33,10 +33,8 @@ FINGERPRINT_VERSION = 2  # bump when the meaning of stored features changes (2: 
 
 @dataclass
 class VisionSettings:
-    """What decides the features: encoder source, input sizes and stored dtype (mirrors conf/extract.yaml).
-
-    Built from a checked stage config; the ranges are checked in pipeline/stage_config.py.
-    """
+    """What decides the features: encoder source, input sizes and stored dtype; the `vision:` section of
+    conf/extract.yaml and conf/train.yaml (the stages check its ranges) and of a checkpoint's vision record."""
 
     vit_name: str = ""  # CLIPVisionModel hub id or folder; "" = seeded random-init ViT-B/32-shaped encoder
     random_vit_layers: int = 12  # layers of the random-init encoder
@@ -47,11 +45,6 @@ class VisionSettings:
     rcnn_size: int = 64  # RCNN crops
     max_crops: int = 3  # crops of each kind
     dtype: str = "float16"  # stored feature dtype: float16 | float32
-
-    @classmethod
-    def of(cls, cfg: Any) -> "VisionSettings":
-        """From the `vision:` section of a checked extract or train config (pipeline/stage_config.py checks ranges)."""
-        return cls(**dataclasses.asdict(cfg.vision))
 
 
 def random_vit_config(layers: int = 12, hidden: int = 768, image_size: int = 224, patch_size: int = 32) -> CLIPVisionConfig:
@@ -160,13 +153,13 @@ def _tokens(size: int, patch: int) -> int:
     return (size // patch) ** 2 + 1
 
 
-def visual_spec(model_config: CLIPVisionConfig, settings: VisionSettings) -> VisualSpec:
+def visual_spec(model_config: CLIPVisionConfig, settings: VisionSettings) -> VisualLayout:
     """Token layout of the features this encoder + sizes produce."""
     p = model_config.patch_size
     for name in ("image_size", "aux_size", "rcnn_size"):
         if getattr(settings, name) < p:
             raise ValueError(f"{name} {getattr(settings, name)} is smaller than the encoder's patch size {p}")
-    return VisualSpec(dim=model_config.hidden_size, orig_tokens=_tokens(settings.image_size, p),
+    return VisualLayout(dim=model_config.hidden_size, orig_tokens=_tokens(settings.image_size, p),
                       grounding_tokens=_tokens(settings.aux_size, p), rcnn_tokens=_tokens(settings.rcnn_size, p),
                       max_crops=settings.max_crops)
 

@@ -11,13 +11,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-__all__ = ["SOURCES", "VisualSpec", "VisualBatch", "collate_visual", "resolve_sources", "keep_sources", "drop_sources"]
+__all__ = ["SOURCES", "VisualLayout", "VisualBatch", "collate_visual", "resolve_sources", "keep_sources", "drop_sources"]
 
 SOURCES: tuple[str, ...] = ("orig", "grounding", "rcnn")
 
 
 @dataclass(frozen=True)
-class VisualSpec:
+class VisualLayout:
     """Token layout of one image's features, fixed by the vision encoder and crop sizes."""
 
     dim: int = 768  # Dv: vision hidden size
@@ -45,12 +45,8 @@ class VisualBatch:
             rcnn=self.rcnn.to(device, dtype), rcnn_mask=self.rcnn_mask.to(device),
         )
 
-    def any_image(self) -> torch.Tensor:
-        """(B,) bool: the tweet has at least one visual token."""
-        return self.orig_mask | self.grounding_mask.any(-1) | self.rcnn_mask.any(-1)
 
-
-def collate_visual(items: list[dict | None], spec: VisualSpec) -> VisualBatch:
+def collate_visual(items: list[dict | None], spec: VisualLayout) -> VisualBatch:
     """Stack per-tweet feature dicts into a `VisualBatch`; a None item is a tweet without an image.
 
     Each dict holds numpy arrays as stored by the feature cache: `orig` (Lo, Dv), `orig_mask` () bool,

@@ -252,7 +252,7 @@ def train_tiny_checkpoint(model_config, folder: Path, steps: int = 150, seed: in
     """Train the tiny model on templated tweets for `steps` AdamW steps and save it with a cache fingerprint."""
     import torch
 
-    from rpihmif.alignment import TweetEncoder
+    from rpihmif.alignment import WindowTokenizer
     from rpihmif.checkpoint import save_checkpoint
     from rpihmif.labels import LABEL2ID
     from rpihmif.model import build_model
@@ -264,7 +264,7 @@ def train_tiny_checkpoint(model_config, folder: Path, steps: int = 150, seed: in
     torch.manual_seed(seed)
     rng = random.Random(seed)
     model, tokenizer = build_model(cfg)
-    enc = TweetEncoder.for_model(tokenizer, cfg)
+    enc = WindowTokenizer.for_model(tokenizer, cfg)
     opt = torch.optim.AdamW(model.param_groups(3e-3, 3e-3, 3e-2, 0.0))
     model.train()
     for _ in range(steps):

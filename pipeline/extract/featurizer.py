@@ -17,7 +17,7 @@ from exit_codes import InputError, UsageError
 from pipeline.extract.memo import PlanMemo
 from pipeline.io.images import DEFAULT_MAX_PIXELS, sha256_bytes
 from pipeline.io.safe_paths import safe_resolve
-from pipeline.runtime.precision import resolve_precision
+from rpihmif.precision import resolve_precision
 from rpihmif.hub import local_folder
 from rpihmif.vision_encoder import Preprocessor, VisionSettings, encoder_fingerprint, load_vision_encoder
 from rpihmif.vision_features import ImageFeaturizer, read_bytes

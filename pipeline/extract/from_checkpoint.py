@@ -70,7 +70,7 @@ def check_encoder(cfg: Any, model: str | Path) -> None:
         raise UsageError(f"{folder}: the model's vision encoder is a local folder named "
                          f"{bounded(record.get('vit_name'))!r} that is not where train found it; add --set "
                          "vision.vit_name=FOLDER (its copy on this machine)")
-    found = resolve_fingerprint(VisionSettings.of(cfg), Path(cfg.cache_dir))["id"]
+    found = resolve_fingerprint(cfg.vision, Path(cfg.cache_dir))["id"]
     if found != config.visual.fingerprint:
         raise UsageError(f"{folder}: the vision section given (vit_name {bounded(cfg.vision.vit_name or 'random-init')!r})"
                          f" is encoder {found}, the model was trained on {config.visual.fingerprint}; drop the "

@@ -14,6 +14,6 @@ class PlanMemo(StampMemo):
     """The stamp memo of one cache root whose fingerprints are checked against `fingerprint_id`."""
 
     def fingerprint_ok(self, fingerprint: dict[str, Any]) -> bool:
-        from pipeline.extract.clip_encoder import fingerprint_id
+        from rpihmif.vision_encoder import fingerprint_id
 
         return super().fingerprint_ok(fingerprint) and fingerprint.get("id") == fingerprint_id(fingerprint["hashed"])

@@ -13,7 +13,7 @@ from typing import Any
 from cache import CacheIndex, FeatureCache, fingerprint_folders, repair_folder
 from cache.durable import FileLock
 from exit_codes import LockHeldError, UsageError
-from pipeline.extract.clip_encoder import VisionSettings
+from rpihmif.vision_encoder import VisionSettings
 from pipeline.extract.featurizer import resolve_fingerprint
 from pipeline.extract.items import WorkItem, benchmark_items, dump_items, hash_items
 from pipeline.extract.memo import PlanMemo
@@ -82,7 +82,7 @@ def plan_extract(config: ExtractConfig, dumps: list[Path] | None = None) -> Extr
     dumps = [Path(p) for p in list(config.dump.files) + list(dumps or [])]
     if not config.dataset and not dumps:
         raise UsageError("nothing to extract: set dataset (with data_dir) or pass --dump files")
-    settings = VisionSettings.of(config)
+    settings = config.vision
     memo = PlanMemo(cache_dir)
     fp = resolve_fingerprint(settings, cache_dir, memo)
     log.info("encoder %s: %s; feature cache root %s", fp["id"], fp["info"]["encoder"], cache_dir.resolve())

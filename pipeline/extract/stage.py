@@ -21,7 +21,7 @@ from pipeline.extract.featurizer import ClipFeaturizer, featurize_images, resolv
 from pipeline.extract.items import WorkItem, item_batches
 from pipeline.extract.plan import ExtractPlan, plan_extract
 from pipeline.runtime.executor import Executor
-from pipeline.runtime.precision import resolve_precision
+from rpihmif.precision import resolve_precision
 from pipeline.runtime.progress import Progress
 from pipeline.stage_config import ExtractConfig
 

@@ -1,0 +1,1 @@
+"""Readers and writers of the pipeline's files: CoNLL splits, benchmark datasets, tweet dumps, images, safe paths."""

@@ -29,7 +29,7 @@ def load_tagger(load_path: str, device: str = "auto", threads: int = 0, precisio
     import torch
 
     from pipeline.runtime.device import resolve_device
-    from pipeline.runtime.precision import resolve_precision
+    from rpihmif.precision import resolve_precision
     from rpihmif.predictor import Tagger
 
     if threads > 0:  # 0 keeps torch's default (in a Ray actor: its num_cpus, via OMP_NUM_THREADS)

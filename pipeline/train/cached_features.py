@@ -39,13 +39,13 @@ class TweetFeatures:
         from cache import find_cache
         fingerprint = None
         if cfg.vision.vit_name:  # pick the cache folder of exactly this encoder and vision section
-            from pipeline.extract.clip_encoder import VisionSettings
+            from rpihmif.vision_encoder import VisionSettings
             from pipeline.extract.featurizer import resolve_fingerprint
             from pipeline.extract.memo import PlanMemo
 
             def fingerprint() -> str:  # the encoder's fingerprint as extract's memo knows it, never saved from here
                 memo = PlanMemo(cfg.cache_dir, read_only=True)
-                return resolve_fingerprint(VisionSettings.of(cfg), Path(cfg.cache_dir), memo)["id"]
+                return resolve_fingerprint(cfg.vision, Path(cfg.cache_dir), memo)["id"]
         cache = find_cache(cfg.cache_dir, fingerprint)
         if cache is None:
             log.warning("no feature cache under %s: every tweet is trained with its image masked "
@@ -61,7 +61,7 @@ class TweetFeatures:
         return cls(find_cache(cache_dir, config.visual.fingerprint), dataset.name)
 
     @property
-    def has_vision(self) -> bool:
+    def uses_images(self) -> bool:
         """Whether tweets can get features at all (a cache or an online encoder)."""
         return self.cache is not None
 
@@ -111,7 +111,7 @@ class TweetFeatures:
 
     def batch(self, tweets: list[Tweet], config: ModelConfig, device: torch.device) -> VisualBatch | None:
         """Padded `VisualBatch` on `device`, or None when the model is text-only or nothing is cached."""
-        if config.text_only or not self.has_vision:
+        if config.text_only or not self.uses_images:
             return None
         return collate_visual(self.lookup(tweets), config.visual.spec()).to(device)
 

@@ -14,7 +14,7 @@ from seqeval.metrics import classification_report
 from cache.durable import atomic_write_text, ensure_dir, refuse_link
 from exit_codes import UsageError
 from pipeline.runtime.device import resolve_device
-from pipeline.runtime.precision import resolve_precision
+from rpihmif.precision import resolve_precision
 from pipeline.stage_config import EvaluateConfig
 from rpihmif.labels import ENTITY_TYPES, LABELS, bio_spans
 from rpihmif.visual import resolve_sources
@@ -122,7 +122,7 @@ def evaluate_file(checkpoint: str | Path, split_file: Path, cfg: EvaluateConfig,
     log.info("evaluate: checkpoint %s, feature cache root %s (%s)", Path(checkpoint).absolute(),
              Path(cfg.cache_dir).absolute(), features.describe())
     fingerprint = tagger.config.visual.fingerprint
-    if tagger.uses_vision and fingerprint and features.cache is None and not cfg.allow_missing_images:
+    if tagger.uses_images and fingerprint and features.cache is None and not cfg.allow_missing_images:
         from pipeline.extract.from_checkpoint import extract_hint
 
         raise UsageError(f"{checkpoint} is a multimodal model (encoder {fingerprint}) but the feature cache "

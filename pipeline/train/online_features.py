@@ -9,7 +9,7 @@ import logging
 from typing import Any
 
 from exit_codes import InputError, UsageError
-from pipeline.extract.clip_encoder import VisionSettings
+from rpihmif.vision_encoder import VisionSettings
 from pipeline.io.conll import Tweet
 from pipeline.io.dataset import BenchmarkDataset
 from pipeline.stage_config import TrainConfig
@@ -34,7 +34,7 @@ class OnlineFeatures(TweetFeatures):
         from pipeline.extract.featurizer import ClipFeaturizer
 
         try:
-            featurizer = ClipFeaturizer(VisionSettings.of(cfg), device="cpu", precision=cfg.precision)
+            featurizer = ClipFeaturizer(cfg.vision, device="cpu", precision=cfg.precision)
         except (FileNotFoundError, OSError) as exc:
             raise UsageError(f"vision.vit_name {cfg.vision.vit_name!r}: cannot load a CLIP vision encoder: {exc}") from exc
         fp = featurizer.fingerprint["id"]
@@ -55,7 +55,7 @@ class OnlineFeatures(TweetFeatures):
         return f"online encoder {self.fingerprint_id}"
 
     @property
-    def has_vision(self) -> bool:
+    def uses_images(self) -> bool:
         return True
 
     def lookup(self, tweets: list[Tweet]) -> list[dict | None]:

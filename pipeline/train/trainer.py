@@ -24,7 +24,7 @@ from exit_codes import UsageError
 from pipeline.io.conll import Tweet
 from pipeline.io.dataset import BenchmarkDataset
 from pipeline.runtime.device import resolve_device, seed_everything
-from pipeline.runtime.precision import resolve_precision
+from rpihmif.precision import resolve_precision
 from pipeline.runtime.interrupts import StopFlag, Terminated, stop_on_sigterm, write_guard
 from pipeline.runtime.progress import Progress, setup_logging
 from pipeline.stage_config import TrainConfig
@@ -33,7 +33,7 @@ from pipeline.train.cached_features import TweetFeatures
 from pipeline.train.corpus import load_corpus
 from pipeline.train.evaluate import entity_scores
 from pipeline.train.online_features import OnlineFeatures
-from rpihmif.alignment import TextBatch, TweetEncoder
+from rpihmif.alignment import TextBatch, WindowTokenizer
 from rpihmif.checkpoint import load_checkpoint, save_checkpoint
 from rpihmif.config import ModelConfig, TextEncoderConfig, VisualConfig
 from rpihmif.labels import LABEL2ID
@@ -116,7 +116,7 @@ class Trainer:
         self.model_config = build_model_config(cfg, self.features.visual_config(), self.train_datasets)
         try:
             self.model = RPIHMIF(self.model_config, encoder).to(self.device)
-            self.tweet_encoder = TweetEncoder.for_model(self.tokenizer, self.model_config)
+            self.window_tokenizer = WindowTokenizer.for_model(self.tokenizer, self.model_config)
         except ValueError as exc:  # a combination the model rejects (e.g. max_seq too short for him.question)
             raise UsageError(f"train config: {exc}") from exc
         # reseed: dropout and shuffling must not depend on how many layers the model drew at initialisation, so a
@@ -139,7 +139,7 @@ class Trainer:
 
     def _encode(self, tweets: list[Tweet]) -> list[tuple[Any, list[int]]]:
         """Encode every training tweet once; training may truncate, and says how many words it cut."""
-        encoder = self.tweet_encoder
+        encoder = self.window_tokenizer
         encoded, cut_words, cut_tweets = [], 0, 0
         for tweet in tweets:
             window, n_cut = encoder.encode_train(tweet.words)
@@ -247,7 +247,7 @@ class Trainer:
         for idx in self._until_stopped(batches, bar):
             windows = [self.encoded[i][0] for i in idx]
             labels = [self.encoded[i][1] for i in idx]
-            text = self.tweet_encoder.collate(windows, labels)
+            text = self.window_tokenizer.collate(windows, labels)
             text.dataset_ids = None if self.train_styles is None else self.train_styles[idx]
             text = text.to(self.device)
             visual = self.features.batch([self.train_set[i] for i in idx], self.model_config, self.device)

@@ -23,9 +23,9 @@ from rel_helpers import cli, sets
 from cache import FeatureCache, repair_folder, verify_cache
 from cache.format import FEATURE_NAMES, read_fingerprint
 from exit_codes import DamagedCacheError, UsageError
-from rpihmif.visual import VisualSpec
+from rpihmif.visual import VisualLayout
 
-SPEC = VisualSpec(dim=8, orig_tokens=5, grounding_tokens=3, rcnn_tokens=2, max_crops=2)
+SPEC = VisualLayout(dim=8, orig_tokens=5, grounding_tokens=3, rcnn_tokens=2, max_crops=2)
 SHARD_DATASETS = ("keys",) + FEATURE_NAMES + ("alias_source", "alias_id", "alias_key", "rejects")
 BIG = 2 ** 34
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from rpihmif.alignment import NUM_SHAPES, TweetEncoder, merge_windows, word_shape_id
+from rpihmif.alignment import NUM_SHAPES, WindowTokenizer, merge_windows, word_shape_id
 from rpihmif.text_encoder import load_text_encoder
 
 
@@ -21,7 +21,7 @@ def test_word_shapes_distinguish_twitter_forms():
 
 
 def test_first_subtoken_alignment_and_question_segment(tokenizer):
-    enc = TweetEncoder(tokenizer, "which entities ?", max_seq=48)
+    enc = WindowTokenizer(tokenizer, "which entities ?", max_seq=48)
     words = ["John", "smithers", "in", "NYC", "\u200b", "😀"]
     w, cut = enc.encode_train(words)
     assert cut == 0 and w.n_words == len(words) and w.word_start == 0
@@ -38,7 +38,7 @@ def test_first_subtoken_alignment_and_question_segment(tokenizer):
 
 
 def test_no_question_is_cls_tweet_sep(tokenizer):
-    enc = TweetEncoder(tokenizer, "", max_seq=32)
+    enc = WindowTokenizer(tokenizer, "", max_seq=32)
     w, _ = enc.encode_train(["new", "york"])
     assert w.input_ids[0] == tokenizer.cls_token_id and w.input_ids[-1] == tokenizer.sep_token_id
     assert w.question_len == 0 and w.word_index[0] == 1 and set(w.token_type_ids) == {0}
@@ -47,7 +47,7 @@ def test_no_question_is_cls_tweet_sep(tokenizer):
 
 
 def test_collate_pads_and_slices_labels(tokenizer):
-    enc = TweetEncoder(tokenizer, "which entities ?", max_seq=48)
+    enc = WindowTokenizer(tokenizer, "which entities ?", max_seq=48)
     a, _ = enc.encode_train(["john", "smith", "in", "london"])
     b, _ = enc.encode_train(["nba"])
     batch = enc.collate([a, b], [[1, 2, 0, 3], [7]])
@@ -60,14 +60,14 @@ def test_collate_pads_and_slices_labels(tokenizer):
 
 
 def test_truncation_counts_cut_words(tokenizer):
-    enc = TweetEncoder(tokenizer, "which entities ?", max_seq=32)
+    enc = WindowTokenizer(tokenizer, "which entities ?", max_seq=32)
     words = ["love"] * 100
     w, cut = enc.encode_train(words)
     assert len(w.input_ids) <= 32 and cut == 100 - w.n_words and cut > 0
 
 
 def test_300_word_tweet_gets_every_word_labelled(tokenizer):
-    enc = TweetEncoder(tokenizer, "which entities ?", max_seq=32)
+    enc = WindowTokenizer(tokenizer, "which entities ?", max_seq=32)
     words = [f"w{i}" for i in range(300)]
     windows = enc.encode_predict(words)
     assert len(windows) > 1 and all(len(w.input_ids) <= 32 for w in windows)
@@ -89,4 +89,4 @@ def test_300_word_tweet_gets_every_word_labelled(tokenizer):
 
 def test_budget_too_small_for_question(tokenizer):
     with pytest.raises(ValueError, match="max_seq"):
-        TweetEncoder(tokenizer, "which entities ? " * 5, max_seq=16)
+        WindowTokenizer(tokenizer, "which entities ? " * 5, max_seq=16)

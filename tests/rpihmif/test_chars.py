@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.runtime.precision import resolve_precision
+from rpihmif.precision import resolve_precision
 from pipeline.tag.stage import run_tag
-from rpihmif.alignment import TweetEncoder
+from rpihmif.alignment import WindowTokenizer
 from rpihmif.chars import CHAR_BOW, CHAR_EOW, CHAR_PAD, CharCNN, word_char_ids
 from rpihmif.checkpoint import load_checkpoint, save_checkpoint
 from rpihmif.errors import ModelError
@@ -38,7 +38,7 @@ def char_config(config, char_dim=8, **text):
 def make(config, seed=0):
     torch.manual_seed(seed)
     model, tokenizer = build_model(config)
-    return model.eval(), tokenizer, TweetEncoder.for_model(tokenizer, config)
+    return model.eval(), tokenizer, WindowTokenizer.for_model(tokenizer, config)
 
 
 def batch(enc, words, labels=True):
@@ -78,7 +78,7 @@ def test_collate_pads_char_ids_to_b_w_c(tiny_model_config):
     cased, lower = batch(enc, CASED, False), batch(enc, LOWER, False)
     assert torch.equal(cased.input_ids, lower.input_ids)  # the uncased tokenizer cannot see the case ...
     assert not torch.equal(cased.char_ids, lower.char_ids)  # ... the char ids can
-    off = TweetEncoder.for_model(tokenizer, tiny_model_config)
+    off = WindowTokenizer.for_model(tokenizer, tiny_model_config)
     assert off.max_chars == 0 and batch(off, CASED).char_ids is None
     with pytest.raises(ValueError, match="without them"):
         enc.collate([off.encode_train(["x"])[0]])
@@ -121,7 +121,7 @@ def test_model_sees_case_and_trains_with_chars(tiny_model_config, text_only):
     groups = {g["name"]: g["params"] for g in model.param_groups(1e-4, 1e-3, 1e-2, 0.01)}
     assert any(p is model.chars.conv.weight for p in groups["fusion"])
     with pytest.raises(ValueError, match="needs char ids"):
-        model(batch(TweetEncoder.for_model(enc.tokenizer, tiny_model_config), CASED))
+        model(batch(WindowTokenizer.for_model(enc.tokenizer, tiny_model_config), CASED))
 
 
 def test_bf16_autocast_with_chars(tiny_model_config):
@@ -148,7 +148,7 @@ def test_checkpoint_round_trip_with_chars_is_strict_and_identical(tiny_model_con
     assert (text_cfg["char_dim"], text_cfg["char_max_bytes"]) == (6, 9)
     loaded, tok2, cfg2 = load_checkpoint(folder)
     assert cfg2.text == dataclasses.replace(config.text, bert_name=Path(config.text.bert_name).name)
-    assert TweetEncoder.for_model(tok2, cfg2).max_chars == 9
+    assert WindowTokenizer.for_model(tok2, cfg2).max_chars == 9
     spec = config.visual.spec()
     visual = collate_visual([feats(spec, 2), None], spec)
     with torch.no_grad():

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from rpihmif.alignment import TweetEncoder
+from rpihmif.alignment import WindowTokenizer
 from rpihmif.checkpoint import load_checkpoint, model_id, save_checkpoint
 from rpihmif.errors import ModelError
 from rpihmif.labels import LABELS
@@ -53,7 +53,7 @@ def test_save_load_identical_predictions(saved):
                                                                                      bert_name="gone"))
     assert not loaded.training
     spec = config.visual.spec()
-    enc = TweetEncoder.for_model(tok2, config)
+    enc = WindowTokenizer.for_model(tok2, config)
     text = enc.collate([enc.encode_train(w)[0] for w in WORDS])
     visual = collate_visual([_features(spec, 1), None], spec)
     with torch.no_grad():

@@ -18,7 +18,7 @@ from exit_codes import UsageError
 from pipeline.stage_config import stage_config
 from pipeline.train.evaluate import evaluate_file
 from pipeline.train.trainer import Trainer, train
-from rpihmif.alignment import TweetEncoder
+from rpihmif.alignment import WindowTokenizer
 from rpihmif.checkpoint import load_checkpoint, save_checkpoint
 from rpihmif.config import ModelConfig
 from rpihmif.model import build_model
@@ -43,7 +43,7 @@ def make(config, seed=0):
 
 
 def emissions(model, tokenizer, names=None):
-    enc = TweetEncoder.for_model(tokenizer, model.model_config)
+    enc = WindowTokenizer.for_model(tokenizer, model.model_config)
     text = enc.collate([enc.encode_train(w)[0] for w in WORDS])
     text.dataset_ids = None if names is None else model.dataset_ids(names)
     with torch.no_grad():
@@ -88,7 +88,7 @@ def test_tagger_follows_the_style_it_is_asked_for(tiny_model_config):
 
 
 def _batch(tagger, name):
-    text = tagger.tweet_encoder.collate([tagger.tweet_encoder.encode_train(w)[0] for w in WORDS])
+    text = tagger.window_tokenizer.collate([tagger.window_tokenizer.encode_train(w)[0] for w in WORDS])
     text.dataset_ids = tagger.model.dataset_ids([name] * len(WORDS))
     return text
 

@@ -9,7 +9,7 @@ from safetensors.torch import save_model
 from transformers import AutoConfig, AutoModel
 
 import rpihmif
-from rpihmif.alignment import TweetEncoder
+from rpihmif.alignment import WindowTokenizer
 from rpihmif.checkpoint import FORMAT, load_checkpoint, save_checkpoint
 from rpihmif.errors import ModelError
 from rpihmif.model import RPIHMIF, build_model
@@ -25,7 +25,7 @@ def model_and_folder(tiny_model_config, tmp_path):
 
 
 def _emissions(model, tokenizer, config):
-    enc = TweetEncoder.for_model(tokenizer, config)
+    enc = WindowTokenizer.for_model(tokenizer, config)
     with torch.no_grad():
         return model(enc.collate([enc.encode_train(w)[0] for w in WORDS])).emissions
 

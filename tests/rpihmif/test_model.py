@@ -6,7 +6,7 @@ import dataclasses
 import numpy as np
 import torch
 
-from rpihmif.alignment import TweetEncoder
+from rpihmif.alignment import WindowTokenizer
 from rpihmif.config import IFFEConfig
 from rpihmif.fusion import IFFE
 from rpihmif.labels import LABEL2ID, LABELS, bio_spans
@@ -21,7 +21,7 @@ TAGS = [["B-PER", "I-PER", "O", "B-LOC"], ["O", "B-PER", "O", "O", "B-ORG", "O"]
 def make(config, seed=0):
     torch.manual_seed(seed)
     model, tokenizer = build_model(config)
-    return model.eval(), TweetEncoder.for_model(tokenizer, config)
+    return model.eval(), WindowTokenizer.for_model(tokenizer, config)
 
 
 def features(spec, seed, orig=True, grounding=(True, False), rcnn=(False, True)):

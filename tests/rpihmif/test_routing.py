@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from rpihmif.alignment import TweetEncoder
+from rpihmif.alignment import WindowTokenizer
 from rpihmif.checkpoint import load_checkpoint, save_checkpoint
 from rpihmif.model import build_model
 from rpihmif.visual import collate_visual
@@ -31,7 +31,7 @@ def _config(tiny_model_config, source_attention: bool):
 def _model(config, seed=0):
     torch.manual_seed(seed)
     model, tokenizer = build_model(config)
-    enc = TweetEncoder.for_model(tokenizer, config)
+    enc = WindowTokenizer.for_model(tokenizer, config)
     return model.eval(), tokenizer, enc.collate([enc.encode_train(w)[0] for w in WORDS])
 
 

@@ -29,7 +29,7 @@ def tagger(tiny_model_config):
 
 
 def _forward(tagger, feats, keep=None):
-    text = tagger.tweet_encoder.collate([tagger.tweet_encoder.encode_predict(w)[0] for w in WORDS])
+    text = tagger.window_tokenizer.collate([tagger.window_tokenizer.encode_predict(w)[0] for w in WORDS])
     visual = collate_visual(feats, tagger.visual_spec)
     if keep is not None:
         visual = keep_sources(visual, keep)
@@ -104,11 +104,11 @@ def test_source_dropout_masks_about_p_per_source_and_is_seeded(tiny_model_config
 
 
 def test_image_dropout_masks_whole_images():
-    from rpihmif.visual import VisualSpec
+    from rpihmif.visual import VisualLayout
 
-    spec = VisualSpec(dim=4, orig_tokens=2, grounding_tokens=2, rcnn_tokens=2, max_crops=2)
+    spec = VisualLayout(dim=4, orig_tokens=2, grounding_tokens=2, rcnn_tokens=2, max_crops=2)
     out = drop_sources(_batch(spec, 400), 0.0, 0.5, torch.Generator().manual_seed(0))
-    gone = ~out.any_image()
+    gone = ~(out.orig_mask | out.grounding_mask.any(-1) | out.rcnn_mask.any(-1))  # (B,) no visual token left
     assert 160 <= int(gone.sum()) <= 240
     assert torch.equal(~out.orig_mask, gone) and torch.equal(~out.rcnn_mask.any(-1), gone)
     with pytest.raises(ValueError, match=r"in \[0, 1\)"):

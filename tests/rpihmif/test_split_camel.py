@@ -20,7 +20,7 @@ from pipeline.stage_config import stage_config
 from pipeline.tag.manifest import data_folder
 from pipeline.tag.stage import run_tag
 from pipeline.train.trainer import Trainer
-from rpihmif.alignment import TweetEncoder, merge_windows, split_camel_case
+from rpihmif.alignment import WindowTokenizer, merge_windows, split_camel_case
 from rpihmif.checkpoint import load_checkpoint, save_checkpoint
 from rpihmif.config import ModelConfig
 from rpihmif.model import build_model
@@ -63,8 +63,8 @@ def pieces(tok, window):
 
 def test_a_camel_word_is_tokenized_as_its_parts_only_when_that_is_no_longer(tokenizer):
     words = ["GameOfThrones", "YouTube", "TheEconomist", "NewYork", "love", "_", "a__", "#NewYork"]
-    whole = TweetEncoder(tokenizer, "", 64).encode_train(words)[0]
-    split = TweetEncoder(tokenizer, "", 64, split_camel=True).encode_train(words)[0]
+    whole = WindowTokenizer(tokenizer, "", 64).encode_train(words)[0]
+    split = WindowTokenizer(tokenizer, "", 64, split_camel=True).encode_train(words)[0]
     assert pieces(tokenizer, split) == [["game", "of", "thrones"], ["youtube"], ["the", "economist"],
                                         ["new", "york"], ["l", "##o", "##v", "##e"], ["_"], ["a"],
                                         ["#", "new", "##y", "##o", "##r", "##k"]]
@@ -77,7 +77,7 @@ def test_a_camel_word_is_tokenized_as_its_parts_only_when_that_is_no_longer(toke
 
 def test_windows_of_a_long_tweet_cover_every_word_with_split_words(tokenizer):
     words = ["GameOfThrones", "TheEconomist", "x", "NewYork", "y"] * 6
-    enc = TweetEncoder(tokenizer, "", 16, split_camel=True)
+    enc = WindowTokenizer(tokenizer, "", 16, split_camel=True)
     windows = enc.encode_predict(words)
     assert len(windows) > 1 and all(len(w.input_ids) <= 16 for w in windows)
     merged = merge_windows(len(words), windows, [list(range(w.word_start, w.word_start + w.n_words)) for w in windows])
@@ -101,7 +101,7 @@ def test_the_checkpoint_carries_it_and_old_configs_read_it_as_off(tiny_model_con
         model.crf.crf.start_transitions[model.model_config.labels.index("O")] = -5.0
     save_checkpoint(tmp_path / "ckpt", model.eval(), tok)
     loaded, tok2, config2 = load_checkpoint(tmp_path / "ckpt")
-    assert TweetEncoder.for_model(tok2, config2).split_camel
+    assert WindowTokenizer.for_model(tok2, config2).split_camel
     # the tagger splits as training did: predictions from the checkpoint match the model it was saved from
     words = [["@", "NewYork", "loves", "GameOfThrones"], ["AppleGoogle", "obama2015"]]
     got = [Tagger(loaded, tok2, device="cpu").predict(words),
@@ -118,7 +118,7 @@ def test_train_config_reaches_the_model_and_is_checked(tiny_bert_dir, tmp_path):
     assert stage_config("train").split_camel is False
     cfg = stage_config("train", overrides=tiny_overrides(tiny_bert_dir, data, tmp_path / "run", split_camel="true"))
     trainer = Trainer(cfg)
-    assert trainer.model_config.text.split_camel and trainer.tweet_encoder.split_camel
+    assert trainer.model_config.text.split_camel and trainer.window_tokenizer.split_camel
     with pytest.raises(UsageError, match="split_camel"):
         stage_config("train", overrides=tiny_overrides(tiny_bert_dir, data, tmp_path / "bad", split_camel="maybe"))
 
@@ -138,7 +138,7 @@ def test_tag_corpus_tags_with_a_split_camel_and_style_model_as_the_tagger_does(t
     assert (summary["rows"], summary["rejects"]) == (4, 0)
     df = pd.read_parquet(data_folder(tmp_path / "out")).sort_values("line")
     tagger = Tagger.from_pretrained(ckpt)
-    assert tagger.tweet_encoder.split_camel and tagger.config.text.dataset == "twitter2017"
+    assert tagger.window_tokenizer.split_camel and tagger.config.text.dataset == "twitter2017"
     preds = tagger.predict([list(tokens) for tokens in df["tokens"]])
     for row, pred in zip(df.itertuples(), preds):
         got = [(e["start_token"], e["end_token"], e["type"], round(e["score"], 5)) for e in row.entities]

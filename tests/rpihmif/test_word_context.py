@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from rpihmif.alignment import TweetEncoder
+from rpihmif.alignment import WindowTokenizer
 from rpihmif.checkpoint import load_checkpoint, save_checkpoint
 from rpihmif.labels import LABEL2ID, LABELS
 from rpihmif.model import build_model
@@ -29,7 +29,7 @@ def with_text(config, **text):
 def make(config, seed=0):
     torch.manual_seed(seed)
     model, tokenizer = build_model(config)
-    return model.eval(), TweetEncoder.for_model(tokenizer, config)
+    return model.eval(), WindowTokenizer.for_model(tokenizer, config)
 
 
 def batch(enc, words, labels=True):

@@ -98,7 +98,7 @@ def test_features_equal_a_direct_clip_forward(env, inprocess):
     from PIL import Image
     from transformers import CLIPVisionModel
 
-    from pipeline.extract.clip_encoder import _image_processor_class
+    from rpihmif.vision_encoder import _image_processor_class
 
     tmp, clip = env
     _, cache = inprocess

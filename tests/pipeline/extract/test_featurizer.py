@@ -7,7 +7,7 @@ import pytest
 import torch
 from helpers import draw_image, make_dataset, make_tiny_clip
 
-from pipeline.extract.clip_encoder import Preprocessor, _image_processor_class
+from rpihmif.vision_encoder import Preprocessor, _image_processor_class
 from pipeline.extract.featurizer import ClipFeaturizer, featurize_images, resolve_fingerprint
 
 

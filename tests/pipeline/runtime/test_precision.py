@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from rpihmif import precision as P
-from rpihmif.alignment import TweetEncoder
+from rpihmif.alignment import WindowTokenizer
 from rpihmif.errors import ModelError
 from rpihmif.model import build_model
 from rpihmif.predictor import Tagger
@@ -63,7 +63,7 @@ def test_bf16_autocast_keeps_crf_fp32_and_predictions_close(tiny_model_config):
     model, tokenizer = build_model(tiny_model_config)
     model.eval()
     bf16 = P.resolve_precision("bf16", "cpu")
-    enc = TweetEncoder.for_model(tokenizer, model.model_config)
+    enc = WindowTokenizer.for_model(tokenizer, model.model_config)
     text = enc.collate([enc.encode_train(w)[0] for w in WORDS], [[1] * len(w) for w in WORDS])
     with torch.no_grad():
         fp = model(text)

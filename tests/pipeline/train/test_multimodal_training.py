@@ -53,7 +53,7 @@ def _unique_image_tweets(trainer: Trainer, dataset_dir: Path) -> list[int]:
 
 
 def _first_batch_loss(trainer: Trainer, idx: list[int]) -> float:
-    text = trainer.tweet_encoder.collate([trainer.encoded[i][0] for i in idx], [trainer.encoded[i][1] for i in idx])
+    text = trainer.window_tokenizer.collate([trainer.encoded[i][0] for i in idx], [trainer.encoded[i][1] for i in idx])
     visual = trainer.features.batch([trainer.train_set[i] for i in idx], trainer.model_config, trainer.device)
     assert visual is not None and bool(visual.orig_mask.any())
     trainer.model.eval()

@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-from pipeline.tag.tweet_tokenizer import token_texts, tokenize
+from rpihmif.tweet_tokenizer import token_texts, tokenize
 
 ROUND_TRIP = [
     "RT @JayKenMinaj_: Me outside of where George Zimmerman got shot at. http://t.co/Z3neVBQ7vF",

@@ -11,11 +11,11 @@ import sys
 
 import torch
 
-from pipeline.extract.clip_encoder import Preprocessor, VisionSettings, encoder_fingerprint, load_vision_encoder
+from rpihmif.vision_encoder import Preprocessor, VisionSettings, encoder_fingerprint, load_vision_encoder
 
 SNIPPET = """
 import json, sys
-from pipeline.extract.clip_encoder import Preprocessor, VisionSettings, encoder_fingerprint, load_vision_encoder
+from rpihmif.vision_encoder import Preprocessor, VisionSettings, encoder_fingerprint, load_vision_encoder
 s = VisionSettings(**json.loads(sys.argv[1]))
 print(encoder_fingerprint(load_vision_encoder(s), s, Preprocessor.for_encoder(s.vit_name))["id"])
 """
