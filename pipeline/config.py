@@ -96,18 +96,21 @@ def _coerce(key: str, value: Any, default: Any, source: str) -> Any:
     raise UsageError(f"{source}: {key} must be {type(default).__name__}, got {value!r}")
 
 
-# DeepKE's flat names (and this pipeline's earlier ones) of the keys now in the `vision:` section
-VISION_ALIASES = {"vit_seed": "vision.seed", "feature_dtype": "vision.dtype"}
+# sections whose keys also answer to their flat names (DeepKE's `bert_name`, `max_seq`, `vit_name`; tag's `id_field`)
+FLAT_SECTIONS = ("text", "vision", "dump")
+# older flat names of keys now in a section under another name
+ALIASES = {"vit_seed": "vision.seed", "feature_dtype": "vision.dtype"}
 
 
 def _alias(config: dict[str, Any], dotted: str) -> str:
-    """`vit_name` -> `vision.vit_name` (any key of the vision section not also at the top level), plus VISION_ALIASES."""
-    vision = config.get("vision")
-    if dotted in config or not isinstance(vision, dict):
+    """A flat key that is not at the top level -> the one FLAT_SECTIONS section holding it (`vit_name` ->
+    `vision.vit_name`, `max_seq` -> `text.max_seq`), or its ALIASES entry; anything else as given."""
+    if "." in dotted or dotted in config:
         return dotted
-    if dotted in vision:
-        return f"vision.{dotted}"
-    return VISION_ALIASES.get(dotted, dotted)
+    holders = [name for name in FLAT_SECTIONS if isinstance(config.get(name), dict) and dotted in config[name]]
+    if len(holders) == 1:
+        return f"{holders[0]}.{dotted}"
+    return ALIASES.get(dotted, dotted) if ALIASES.get(dotted, "").split(".")[0] in config else dotted
 
 
 def apply_overrides(config: dict[str, Any], overrides: dict[str, Any], source: str = "--set") -> dict[str, Any]:

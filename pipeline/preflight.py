@@ -153,7 +153,7 @@ def check_extract(cfg, dumps: list[Path]) -> None:
 def check_train(cfg) -> None:
     fix = "set data_dir to the folder holding the dataset folder, with train.txt and valid.txt (DeepKE layout)"
     input_dir(Path(cfg.data_dir) / cfg.dataset, "dataset folder (data_dir/dataset)", fix)
-    model_dir(cfg.bert_name, "bert_name")
+    model_dir(cfg.text.bert_name, "bert_name")
     if cfg.features == "online" and not cfg.text_only:
         model_dir(cfg.vision.vit_name, "vision.vit_name")
     if cfg.load_path:  # a run killed before its first epoch has no last/ yet: the trainer then starts fresh

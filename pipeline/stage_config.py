@@ -14,7 +14,7 @@ from typing import Any, Callable, Union
 
 from exit_codes import UsageError
 from pipeline.config import load_config
-from rpihmif.config import HIMConfig, IFFEConfig
+from rpihmif.config import HIMConfig, IFFEConfig, TextEncoderConfig
 from rpihmif.vision_encoder import VisionSettings
 from rpihmif.visual import SOURCES
 
@@ -29,7 +29,8 @@ class _Stage:
     stage: typing.ClassVar[str]
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)  # type: ignore[call-overload]
+        """The yaml's keys and values (fields the stage derives, such as text.datasets, left out)."""
+        return _yaml_dict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Any:
@@ -42,7 +43,7 @@ class _Stage:
 # ---------------------------------------------------------------------------------------------------------------
 @dataclass
 class DumpFieldNames:
-    """Record field names of tweet dumps and the root their image paths resolve in (tag.yaml, extract.yaml dump:)."""
+    """`dump:` of tag.yaml: record field names of tweet dumps and the root their image paths resolve in."""
 
     id_field: str
     text_field: str
@@ -54,7 +55,7 @@ class DumpFieldNames:
 
 @dataclass
 class DumpSection(DumpFieldNames):
-    """`dump:` of extract.yaml: tweet dumps whose images to encode, and their record field names."""
+    """`dump:` of extract.yaml: the same, and the tweet dumps whose images to encode."""
 
     files: list[str]
 
@@ -98,27 +99,15 @@ class VisualDropout:
 
 @dataclass
 class TrainConfig(_Stage):
-    """conf/train.yaml: `python cli.py train`; `him`/`iffe` are the model's own config classes."""
+    """conf/train.yaml: `python cli.py train`; `text`, `vision`, `him` and `iffe` are the model's own config classes."""
 
     stage: typing.ClassVar[str] = "train"
     data_dir: str
     dataset: str
     train_also: str
     cache_dir: str
-    bert_name: str
     features: str
     text_only: bool
-    max_seq: int
-    window_stride: int
-    word_shape: bool
-    shape_dim: int
-    char_dim: int
-    char_emb_dim: int
-    char_max_bytes: int
-    case_input: bool
-    split_camel: bool
-    lstm_dim: int
-    dataset_dim: int
     train_batch_size: int
     eval_batch_size: int
     num_epochs: int
@@ -128,7 +117,6 @@ class TrainConfig(_Stage):
     weight_decay: float
     warmup_ratio: float
     max_grad_norm: float
-    dropout: float
     constrain_bio: bool
     ema_decay: float
     adversarial_eps: float
@@ -143,6 +131,7 @@ class TrainConfig(_Stage):
     log_every_s: float
     lenient: bool
     fix_bio: bool
+    text: TextEncoderConfig
     vision: VisionSettings
     him: HIMConfig
     iffe: IFFEConfig
@@ -168,8 +157,8 @@ class EvaluateConfig(_Stage):
 
 
 @dataclass
-class TagConfig(_Stage, DumpFieldNames):
-    """conf/tag.yaml: `python cli.py tag-corpus` (the dump field names come first in the class, not the yaml)."""
+class TagConfig(_Stage):
+    """conf/tag.yaml: `python cli.py tag-corpus`."""
 
     stage: typing.ClassVar[str] = "tag"
     load_path: str
@@ -195,6 +184,7 @@ class TagConfig(_Stage, DumpFieldNames):
     partition_by: str
     max_reject_rate: float
     text_only: bool
+    dump: DumpFieldNames
     visual: VisualSources
 
 
@@ -260,13 +250,13 @@ CHECKS: dict[str, dict[str, Check]] = {
     },
     "train": {
         **VISION, "features": one_of("cached", "online"),
-        "max_seq": at_least(10), "window_stride": at_least(0), "shape_dim": COUNT,
-        "char_dim": at_least(0), "char_emb_dim": COUNT, "char_max_bytes": COUNT, "lstm_dim": at_least(0),
-        "dataset_dim": at_least(0),
+        "text.max_seq": at_least(10), "text.window_stride": at_least(0), "text.shape_dim": COUNT,
+        "text.char_dim": at_least(0), "text.char_emb_dim": COUNT, "text.char_max_bytes": COUNT,
+        "text.lstm_dim": at_least(0), "text.dataset_dim": at_least(0),
         "train_batch_size": COUNT, "eval_batch_size": COUNT, "num_epochs": COUNT,
         "learning_rate": positive(), "fusion_learning_rate": positive(), "crf_learning_rate": positive(),
         "weight_decay": at_least(0), "warmup_ratio": between(0, 1, hi_open=True), "max_grad_norm": positive(),
-        "dropout": between(0, 1, hi_open=True), "ema_decay": between(0, 1, hi_open=True),
+        "text.dropout": between(0, 1, hi_open=True), "ema_decay": between(0, 1, hi_open=True),
         "adversarial_eps": at_least(0), "seed": SEED, "device": DEVICE, "precision": PRECISION,
         "save_path": matches(r".+", "a folder"), "log_every_s": positive(),
         "him.num_capsules": COUNT, "him.hidden": COUNT, "him.heads": COUNT, "iffe.iterations": at_least(0),
@@ -323,11 +313,17 @@ def from_dict(stage: str, data: dict[str, Any]) -> Any:
     return cfg
 
 
+def _yaml_dict(obj: Any) -> Any:
+    if not dataclasses.is_dataclass(obj):
+        return list(obj) if isinstance(obj, list) else obj
+    return {f.name: _yaml_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj) if not f.metadata.get("derived")}
+
+
 def _build(cls: type, data: Any, stage: str, prefix: str) -> Any:
     if not isinstance(data, dict):
         raise UsageError(f"{stage} config: {prefix.rstrip('.') or 'the top level'} must be a section of keys")
     hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
+    names = [f.name for f in dataclasses.fields(cls) if not f.metadata.get("derived")]  # derived: set by the stage
     unknown, missing = sorted(set(data) - set(names)), [n for n in names if n not in data]
     if unknown:
         raise UsageError(f"{stage} config: unknown key(s) {', '.join(prefix + k for k in unknown)}; "

@@ -1,6 +1,7 @@
 """Configuration dataclasses of the RPI-HMIF model, one per component, and `RPIHMIFConfig`, the checkpoint's config.json.
 
-Defaults live here and are mirrored, with a comment each, in `conf/train.yaml`.
+The defaults are the train recipe (conf/train.yaml holds the same values, each with its comment, and a test keeps them
+equal); LEGACY_DEFAULTS are what a checkpoint's config.json that lacks a key was built with.
 """
 from __future__ import annotations
 
@@ -33,11 +34,13 @@ class TextEncoderConfig:
     # (zero-initialised), so every encoder layer sees the casing the uncased MiniLM drops
     split_camel: bool = False  # tokenize a camelCase word as its parts when that takes no more sub-words
     # (`#TheEconomist` -> `# the economist`); the word keeps one label, on its first sub-token
-    lstm_dim: int = 0  # BiLSTM (hidden size per direction) over the word features before HIM; 0 = off
+    lstm_dim: int = 256  # BiLSTM (hidden size per direction) over the word features before HIM; 0 = off
     dataset_dim: int = 0  # learned embedding of the dataset whose annotation style a tweet's tags follow, beside
-    # every word's features (joint training on datasets annotated apart); 0 = off
-    datasets: list[str] = field(default_factory=list)  # the datasets that embedding knows (sorted training mix)
-    dataset: str = ""  # the style predictions follow unless told otherwise (the run's own dataset)
+    # every word's features (joint training on datasets annotated apart); 0 = off. train sets it to train.yaml's
+    # text.dataset_dim only when the mix holds two or more datasets (the one knob whose yaml value is not this default)
+    # derived from the training mix by train (never a yaml key):
+    datasets: list[str] = field(default_factory=list, metadata={"derived": True})  # the datasets that embedding knows
+    dataset: str = field(default="", metadata={"derived": True})  # the style predictions follow unless told otherwise
     dropout: float = 0.1  # on token features before the emission layer
 
 
@@ -47,9 +50,9 @@ class HIMConfig:
     num_capsules: int = 8  # task-guided visual capsules pooled from the heterogeneous visual tokens
     hidden: int = 256  # size of capsules and fused features
     heads: int = 4  # attention heads of question/tweet -> visual attention
-    source_attention: bool = False  # two stages: heads pool each source's tokens, then one bounded softmax over the
+    source_attention: bool = True  # two stages: heads pool each source's tokens, then one bounded softmax over the
     # sources mixes them; the routing share is each source's share of the capsule update (mix weight x value norm).
-    # False = one softmax over all tokens (checkpoints without the key); train.yaml turns it on for new models
+    # False = one softmax over all tokens (what checkpoints without the key use)
 
 @dataclass
 class IFFEConfig:
@@ -79,7 +82,7 @@ class ModelConfig:
     iffe: IFFEConfig = field(default_factory=IFFEConfig)
     visual: VisualConfig = field(default_factory=VisualConfig)
     text_only: bool = False  # ignore vision entirely (the text baseline)
-    constrain_bio: bool = False  # CRF forbids O -> I-X, B-X -> I-Y and a start on I-X (False: checkpoints before it)
+    constrain_bio: bool = True  # CRF forbids O -> I-X, B-X -> I-Y and a start on I-X (False: checkpoints before it)
     labels: list[str] = field(default_factory=lambda: list(LABELS))
 
     def to_dict(self) -> dict[str, Any]:
@@ -87,9 +90,14 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
-        """Build from a config.json dict; unknown keys raise ValueError naming them."""
+        """Build from a config.json dict, a key it lacks meaning its LEGACY_DEFAULTS value (else the default);
+        unknown keys raise ValueError naming them."""
         parts = {"text": TextEncoderConfig, "him": HIMConfig, "iffe": IFFEConfig, "visual": VisualConfig}
         kwargs: dict[str, Any] = {}
+        data = {**{k: v for k, v in LEGACY_DEFAULTS.items() if k not in parts}, **data}
+        for part in set(parts) & set(LEGACY_DEFAULTS):
+            if isinstance(data.get(part, {}), dict):
+                data[part] = {**LEGACY_DEFAULTS[part], **data.get(part, {})}
         for key, value in data.items():
             if key in parts:
                 names = {f.name for f in dataclasses.fields(parts[key])}
@@ -109,6 +117,10 @@ class ModelConfig:
             else:
                 raise ValueError(f"unknown model config key {key!r}")
         return cls(**kwargs)
+
+
+# what a config.json without the key was built with, before the key existed (new models get the defaults above)
+LEGACY_DEFAULTS: dict[str, Any] = {"text": {"lstm_dim": 0}, "him": {"source_attention": False}, "constrain_bio": False}
 
 
 def _check_types(part: str, obj: Any) -> None:

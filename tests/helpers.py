@@ -44,14 +44,16 @@ def invoke(*args: object, env: dict | None = None):
 
 
 def tiny_model_config(bert_dir: str):
-    """A small ModelConfig over the tiny BERT, with a tiny visual layout (Dv 8, Lo 5, Lg 3, Lr 2, K 2)."""
+    """A small ModelConfig over the tiny BERT, with a tiny visual layout (Dv 8, Lo 5, Lg 3, Lr 2, K 2); no BiLSTM,
+    one softmax over all visual tokens and a free CRF, so each test turns on only what it checks."""
     from rpihmif.config import HIMConfig, IFFEConfig, ModelConfig, TextEncoderConfig, VisualConfig
 
     return ModelConfig(
-        text=TextEncoderConfig(bert_name=bert_dir, max_seq=48, shape_dim=8, dropout=0.0),
-        him=HIMConfig(question="which entities ?", num_capsules=4, hidden=16, heads=2),
+        text=TextEncoderConfig(bert_name=bert_dir, max_seq=48, shape_dim=8, lstm_dim=0, dropout=0.0),
+        him=HIMConfig(question="which entities ?", num_capsules=4, hidden=16, heads=2, source_attention=False),
         iffe=IFFEConfig(iterations=3),
         visual=VisualConfig(dim=8, orig_tokens=5, grounding_tokens=3, rcnn_tokens=2, max_crops=2),
+        constrain_bio=False,
     )
 
 

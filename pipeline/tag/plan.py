@@ -169,7 +169,7 @@ def check_image_cache(spec: ModelSpec, cache: Any, plans: list[InputPlan], confi
     """A model that uses images, dumps that have images, and no cache of its encoder: exit 2 saying what to run."""
     if not spec.uses_images or cache is not None:
         return
-    with_images = [p.source for p in plans if not p.skip and _has_images(p.path, config.image_field)]
+    with_images = [p.source for p in plans if not p.skip and _has_images(p.path, config.dump.image_field)]
     if not with_images:
         return
     from pipeline.extract.from_checkpoint import extract_hint

@@ -278,7 +278,7 @@ def _execute(planned: _Plan, committer: Committer) -> _Run:
                          executor.description)
                 extra = {"model_id": planned.spec.model_id, "encoder": planned.fresh.encoder,
                          "cache_state": planned.fresh.cache_state,
-                         "image_root": str(Path(config.image_root).absolute()) if config.image_root else ""}
+                         "image_root": str(Path(config.dump.image_root).absolute()) if config.dump.image_root else ""}
                 for result in executor.map_unordered(_tasks(run, config, committer.staging)):
                     _commit(result, run, committer, extra, state)
                     _finish_inputs(run, committer)
@@ -301,7 +301,7 @@ def _execute(planned: _Plan, committer: Committer) -> _Run:
 
 
 def _executor(config: TagConfig, spec: ModelSpec, cache: Any, fresh: Freshness) -> Executor:
-    settings = TaggerSettings(DumpFields.from_config(config), config.seed, config.device, config.precision,
+    settings = TaggerSettings(DumpFields.from_config(config.dump), config.seed, config.device, config.precision,
                               config.threads, config.batch_size, config.bucket_size, config.row_group_bytes,
                               config.max_record_bytes, config.require_images,
                               tuple(config.visual.sources), config.text_only)

@@ -35,7 +35,7 @@ from pipeline.train.evaluate import entity_scores
 from pipeline.train.online_features import OnlineFeatures
 from rpihmif.alignment import TextBatch, WindowTokenizer
 from rpihmif.checkpoint import load_checkpoint, save_checkpoint
-from rpihmif.config import ModelConfig, TextEncoderConfig, VisualConfig
+from rpihmif.config import ModelConfig, VisualConfig
 from rpihmif.labels import LABEL2ID
 from rpihmif.model import RPIHMIF
 from rpihmif.predictor import Tagger
@@ -55,12 +55,8 @@ def build_model_config(cfg: TrainConfig, visual: VisualConfig | None, datasets: 
     visual.sources = list(cfg.visual.sources)
     styles = sorted(datasets) if len(datasets) > 1 else []  # one dataset: no style to tell apart
     return ModelConfig(
-        text=TextEncoderConfig(bert_name=cfg.bert_name, max_seq=cfg.max_seq, window_stride=cfg.window_stride,
-                               word_shape=cfg.word_shape, shape_dim=cfg.shape_dim, char_dim=cfg.char_dim,
-                               char_emb_dim=cfg.char_emb_dim, char_max_bytes=cfg.char_max_bytes,
-                               case_input=cfg.case_input, split_camel=cfg.split_camel, lstm_dim=cfg.lstm_dim,
-                               dataset_dim=cfg.dataset_dim if styles else 0, datasets=styles,
-                               dataset=cfg.dataset if styles else "", dropout=cfg.dropout),
+        text=dataclasses.replace(cfg.text, dataset_dim=cfg.text.dataset_dim if styles else 0, datasets=styles,
+                                 dataset=cfg.dataset if styles else ""),
         him=dataclasses.replace(cfg.him),
         iffe=dataclasses.replace(cfg.iffe),
         visual=visual,
@@ -110,9 +106,9 @@ class Trainer:
         self.train_datasets = sorted({t.dataset for t in corpus.train})
         self.features = training_features(cfg, corpus.dataset)
         try:
-            encoder, self.tokenizer = load_text_encoder(cfg.bert_name, offline=cfg.offline)
+            encoder, self.tokenizer = load_text_encoder(cfg.text.bert_name, offline=cfg.offline)
         except (OSError, ValueError) as exc:  # ModelError is a ValueError
-            raise UsageError(f"bert_name {cfg.bert_name!r}: cannot load a text encoder: {exc}") from exc
+            raise UsageError(f"bert_name {cfg.text.bert_name!r}: cannot load a text encoder: {exc}") from exc
         self.model_config = build_model_config(cfg, self.features.visual_config(), self.train_datasets)
         try:
             self.model = RPIHMIF(self.model_config, encoder).to(self.device)
@@ -148,7 +144,7 @@ class Trainer:
             cut_words, cut_tweets = cut_words + n_cut, cut_tweets + bool(n_cut)
         if cut_words:
             log.warning("training truncated %d words in %d tweets longer than max_seq=%d sub-words",
-                        cut_words, cut_tweets, self.cfg.max_seq)
+                        cut_words, cut_tweets, self.cfg.text.max_seq)
         return encoded
 
     def resume(self, load_path: str) -> None:

@@ -38,9 +38,10 @@ def test_bad_overrides_raise_usage_error(override, message):
 
 def test_user_yaml_subset_and_unknown_key(tmp_path):
     good = tmp_path / "good.yaml"
-    good.write_text("num_epochs: 2\niffe:\n  iterations: 1\n")
+    good.write_text("num_epochs: 2\niffe:\n  iterations: 1\nlstm_dim: 64\n")  # a flat name reaches its section
     cfg = load_config("train", path=good)
-    assert cfg["num_epochs"] == 2 and cfg["iffe"]["iterations"] == 1 and cfg["max_seq"] == 128
+    assert cfg["num_epochs"] == 2 and cfg["iffe"]["iterations"] == 1 and cfg["text"]["max_seq"] == 128
+    assert cfg["text"]["lstm_dim"] == 64
     bad = tmp_path / "bad.yaml"
     bad.write_text("nmu_epochs: 2\n")
     with pytest.raises(UsageError, match="bad.yaml: unknown key 'nmu_epochs'"):

@@ -47,22 +47,34 @@ def test_every_check_names_a_field(stage):
 
 
 def test_model_knobs_settable_from_train_yaml_and_mirror_model_defaults():
+    """train.yaml's model sections are the model's own config classes, and every value in them is that class's
+    default: a knob's default lives once (text.dataset_dim is the size train uses for a mix of datasets)."""
+    from rpihmif.vision_encoder import VisionSettings
+
     cfg = stage_config("train")
-    derived = {"datasets", "dataset"}  # the training mix and the run's own dataset: the trainer fills them in
-    text = {f.name for f in dataclasses.fields(TextEncoderConfig)} - derived
-    assert text <= {f.name for f in dataclasses.fields(TrainConfig)}  # every text knob is a train.yaml key
-    # new models use per-source attention and a BiLSTM (issue 15); the dataclasses keep what a checkpoint saved
-    # before those keys means (False, 0), so old checkpoints load as they were
-    assert cfg.him == dataclasses.replace(HIMConfig(), source_attention=True) and cfg.iffe == IFFEConfig()
-    defaults = {k: v for k, v in dataclasses.asdict(TextEncoderConfig()).items() if k in text}
-    assert {k: getattr(cfg, k) for k in text} == {**defaults, "lstm_dim": cfg.lstm_dim, "dataset_dim": cfg.dataset_dim}
-    assert cfg.lstm_dim > 0 and TextEncoderConfig().lstm_dim == 0
-    assert cfg.dataset_dim > 0 and TextEncoderConfig().dataset_dim == 0  # a joint-training style embedding (round 3)
+    assert isinstance(cfg.text, TextEncoderConfig) and isinstance(cfg.vision, VisionSettings)
+    assert cfg.text == dataclasses.replace(TextEncoderConfig(), dataset_dim=cfg.text.dataset_dim)
+    assert cfg.text.dataset_dim > 0 and TextEncoderConfig().dataset_dim == 0
+    assert (cfg.him, cfg.iffe, cfg.vision) == (HIMConfig(), IFFEConfig(), VisionSettings())
     assert cfg.visual.sources == VisualConfig().sources and cfg.text_only is ModelConfig().text_only
+    assert cfg.constrain_bio is ModelConfig().constrain_bio is True
+    model_keys = {f.name for f in dataclasses.fields(ModelConfig)} - {"labels", "visual"}
+    assert model_keys <= {f.name for f in dataclasses.fields(TrainConfig)}
+
+
+def test_flat_names_reach_their_sections():
+    """DeepKE's flat names (`bert_name`, `max_seq`, `vit_name`) and tag's `id_field` still set the nested keys."""
+    cfg = stage_config("train", overrides=["max_seq=64", "bert_name=x", "vit_name=y", "dropout=0.2", "vit_seed=3"])
+    assert (cfg.text.max_seq, cfg.text.bert_name, cfg.vision.vit_name, cfg.text.dropout) == (64, "x", "y", 0.2)
+    assert cfg.vision.seed == 3 and cfg.seed == stage_config("train").seed  # a top-level key is never aliased
+    tag = stage_config("tag-corpus", overrides=["id_field=tweet_id", "dump.text_field=body"])
+    assert (tag.dump.id_field, tag.dump.text_field) == ("tweet_id", "body")
+    with pytest.raises(UsageError, match="unknown key 'text.datasets'"):  # derived by train, never set
+        stage_config("train", overrides=["text.datasets=a"])
 
 
 def test_window_stride_and_shape_dim_reach_the_model_config():
-    cfg = stage_config("train", overrides=["window_stride=5", "shape_dim=8", "dropout=0.3", "him.heads=2",
+    cfg = stage_config("train", overrides=["text.window_stride=5", "shape_dim=8", "dropout=0.3", "him.heads=2",
                                            "iffe.iterations=0", "visual.sources=orig"])
     model = build_model_config(cfg, None)
     assert (model.text.window_stride, model.text.shape_dim, model.text.dropout) == (5, 8, 0.3)

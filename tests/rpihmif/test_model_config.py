@@ -27,8 +27,13 @@ def test_unknown_or_mistyped_keys_are_refused(data, message):
         ModelConfig.from_dict(data)
 
 
-def test_missing_keys_take_the_defaults():
-    assert ModelConfig.from_dict({"iffe": {"iterations": 1}}) == ModelConfig(iffe=ModelConfig().iffe.__class__(1))
+def test_a_missing_key_reads_as_its_legacy_value_else_the_default():
+    """A config.json from before a key existed is read as it was built: no BiLSTM, one softmax, a free CRF."""
+    got = ModelConfig.from_dict({"iffe": {"iterations": 1}, "text": {"max_seq": 64}})
+    assert (got.text.lstm_dim, got.him.source_attention, got.constrain_bio) == (0, False, False)
+    assert got.iffe.iterations == 1 and got.text.max_seq == 64 and got.text.shape_dim == ModelConfig().text.shape_dim
+    assert (ModelConfig().text.lstm_dim, ModelConfig().him.source_attention) == (256, True)  # new models: the recipe
+    assert ModelConfig.from_dict({"text": {"lstm_dim": 8}, "him": {"source_attention": True}}).text.lstm_dim == 8
 
 
 def test_checkpoints_from_before_bio_constraints_load_unconstrained():

@@ -115,7 +115,7 @@ def test_the_checkpoint_carries_it_and_old_configs_read_it_as_off(tiny_model_con
 
 def test_train_config_reaches_the_model_and_is_checked(tiny_bert_dir, tmp_path):
     data = tiny_dataset(tmp_path)
-    assert stage_config("train").split_camel is False
+    assert stage_config("train").text.split_camel is False
     cfg = stage_config("train", overrides=tiny_overrides(tiny_bert_dir, data, tmp_path / "run", split_camel="true"))
     trainer = Trainer(cfg)
     assert trainer.model_config.text.split_camel and trainer.window_tokenizer.split_camel
