@@ -13,6 +13,7 @@ import yaml
 
 from cache.location import resolve_cache_dir
 from exit_codes import UsageError
+from rpihmif.config import check_value
 
 __all__ = ["load_config", "parse_override", "apply_overrides"]
 
@@ -66,34 +67,26 @@ def _too_deep(value: Any, depth: int = 0) -> bool:
 
 
 def _coerce(key: str, value: Any, default: Any, source: str) -> Any:
-    """Check `value` against the type of the yaml default; ints are accepted where floats are expected."""
+    """`value` read as the type of the yaml default (text where a string belongs, `a,b` where a list does), then
+    checked by the one type rule of every config (`rpihmif.config.check_value`); a section's keys one by one."""
     if default is None or value is None:
         return value
-    if isinstance(default, bool):
-        if isinstance(value, bool):
-            return value
-    elif isinstance(default, float):
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-    elif isinstance(default, int):
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif isinstance(default, str):
-        if isinstance(value, (list, dict)):
-            raise UsageError(f"{source}: {key} must be a str, got {value!r}")
-        return value if isinstance(value, str) else str(value)
-    elif isinstance(default, list):
-        if isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()]
-        if isinstance(value, list):  # items of the default's item type (str when the default list is empty)
-            item = default[0] if default else ""
-            return [_coerce(f"{key}[{i}]", v, item, source) for i, v in enumerate(value)]
-    elif isinstance(default, dict) and isinstance(value, dict):  # a section: each key checked like a dotted one
+    if isinstance(default, dict):
+        if not isinstance(value, dict):
+            raise UsageError(f"{source}: {key} is a section; set one of its keys: {', '.join(default)}")
         unknown = sorted(set(value) - set(default))
         if unknown:
             raise UsageError(f"{source}: unknown key(s) {unknown} in {key}; known keys here: {', '.join(default)}")
         return {**default, **{k: _coerce(f"{key}.{k}", v, default[k], source) for k, v in value.items()}}
-    raise UsageError(f"{source}: {key} must be {type(default).__name__}, got {value!r}")
+    if isinstance(default, str) and isinstance(value, (int, float, bool)):
+        value = str(value)  # `--set dataset=2015` names a folder
+    elif isinstance(default, list) and isinstance(value, str):
+        value = [v.strip() for v in value.split(",") if v.strip()]
+    hint = list[str] if isinstance(default, list) else type(default)
+    try:
+        return check_value(key, value, hint)
+    except ValueError as exc:
+        raise UsageError(f"{source}: {exc}") from None
 
 
 # sections whose keys also answer to their flat names (DeepKE's `bert_name`, `max_seq`, `vit_name`; tag's `id_field`)

@@ -14,7 +14,7 @@ from typing import Any, Callable, Union
 
 from exit_codes import UsageError
 from pipeline.config import load_config
-from rpihmif.config import HIMConfig, IFFEConfig, TextEncoderConfig
+from rpihmif.config import HIMConfig, IFFEConfig, TextEncoderConfig, check_value
 from rpihmif.vision_encoder import VisionSettings
 from rpihmif.visual import SOURCES
 
@@ -341,24 +341,9 @@ def _build(cls: type, data: Any, stage: str, prefix: str) -> Any:
     return cls(**kwargs)
 
 
-_SCALARS: dict[type, tuple[Callable[[Any], bool], str]] = {  # field type -> (accepts the value, words for the error)
-    bool: (lambda v: isinstance(v, bool), "true or false"),
-    int: (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
-    float: (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool), "a number"),  # int is fine for float
-    str: (lambda v: isinstance(v, str), "a string"),
-}
-
-
 def _typed(key: str, value: Any, hint: Any, stage: str) -> Any:
-    """`value` as the field's type or a UsageError naming the key."""
-    if typing.get_origin(hint) is list:
-        expected = "a list of strings"
-        if isinstance(value, list) and all(isinstance(v, str) for v in value):
-            return list(value)
-    elif hint in _SCALARS:
-        accepts, expected = _SCALARS[hint]
-        if accepts(value):
-            return float(value) if hint is float else value
-    else:  # a field type this builder does not know: a programming error, not a user's
-        raise TypeError(f"{stage} config: unsupported field type {hint!r} of {key}")
-    raise UsageError(f"{stage} config: {key} must be {expected}, got {value!r}")
+    """`value` as the field's type (rpihmif's one type rule) or a UsageError naming the key."""
+    try:
+        return check_value(key, value, hint)
+    except ValueError as exc:
+        raise UsageError(f"{stage} config: {exc}") from None

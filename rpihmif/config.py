@@ -6,16 +6,18 @@ equal); LEGACY_DEFAULTS are what a checkpoint's config.json that lacks a key was
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass, field
 from pathlib import PurePath
-from typing import Any
+from typing import Any, Callable
 
 from transformers import PreTrainedConfig
 
 from rpihmif.labels import LABELS
 from rpihmif.visual import SOURCES, VisualLayout
 
-__all__ = ["TextEncoderConfig", "HIMConfig", "IFFEConfig", "VisualConfig", "ModelConfig", "RPIHMIFConfig"]
+__all__ = ["TextEncoderConfig", "HIMConfig", "IFFEConfig", "VisualConfig", "ModelConfig", "RPIHMIFConfig",
+           "LEGACY_DEFAULTS", "check_value", "check_fields"]
 
 TASK_QUESTION = "Which people, locations, organizations and other named entities does this tweet mention?"
 
@@ -107,13 +109,11 @@ class ModelConfig:
                 if unknown:
                     raise ValueError(f"unknown {key} config keys {sorted(unknown)}; known: {sorted(names)}")
                 kwargs[key] = parts[key](**value)
-                _check_types(key, kwargs[key])
-            elif key in ("text_only", "constrain_bio") and isinstance(value, bool):
-                kwargs[key] = value
-            elif key == "labels" and isinstance(value, list) and value and all(isinstance(v, str) for v in value):
-                kwargs[key] = value
+                check_fields(key, kwargs[key])
             elif key in ("text_only", "constrain_bio", "labels"):
-                raise ValueError(f"{key} has the wrong type: {value!r}")
+                kwargs[key] = check_value(key, value, typing.get_type_hints(cls)[key])
+                if key == "labels" and not value:
+                    raise ValueError("labels must be a non-empty list")
             else:
                 raise ValueError(f"unknown model config key {key!r}")
         return cls(**kwargs)
@@ -123,19 +123,39 @@ class ModelConfig:
 LEGACY_DEFAULTS: dict[str, Any] = {"text": {"lstm_dim": 0}, "him": {"source_attention": False}, "constrain_bio": False}
 
 
-def _check_types(part: str, obj: Any) -> None:
-    """Each field must have its default's type (ints pass as floats); sizes must be positive where they count."""
+_SCALARS: dict[Any, Callable[[Any], bool]] = {
+    bool: lambda v: isinstance(v, bool),
+    int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+    float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),  # an int is fine where a float belongs
+    str: lambda v: isinstance(v, str),
+    dict: lambda v: isinstance(v, dict),
+}
+
+
+def check_value(key: str, value: Any, hint: Any) -> Any:
+    """`value` as a config field of type `hint` (bool, int, float, str, dict or list[str]), else a ValueError
+    `key must be int, got 'x'`: the one type rule of every config, a checkpoint's config.json and the stage yamls."""
+    if typing.get_origin(hint) is list:
+        if not isinstance(value, list):
+            raise ValueError(f"{key} must be list, got {str(value)[:60]!r}")
+        for i, item in enumerate(value):
+            check_value(f"{key}[{i}]", item, typing.get_args(hint)[0])
+        return list(value)
+    if hint not in _SCALARS:  # a field type no config uses: a programming error
+        raise TypeError(f"{key}: unsupported config field type {hint!r}")
+    if not _SCALARS[hint](value):
+        raise ValueError(f"{key} must be {hint.__name__}, got {str(value)[:60]!r}")
+    return float(value) if hint is float else value
+
+
+def check_fields(part: str, obj: Any) -> None:
+    """Every field of the dataclass `obj` checked with `check_value` (`part.field` in the message); a size whose
+    default counts something must not be negative."""
+    hints = typing.get_type_hints(type(obj))
     for f in dataclasses.fields(obj):
-        value, default = getattr(obj, f.name), f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        ok = (isinstance(value, bool) if isinstance(default, bool) else
-              isinstance(value, (int, float)) and not isinstance(value, bool) if isinstance(default, float) else
-              isinstance(value, int) and not isinstance(value, bool) if isinstance(default, int) else
-              isinstance(value, type(default)))
-        if not ok:
-            raise ValueError(f"{part}.{f.name} must be {type(default).__name__}, got {str(value)[:60]!r}")
-        if isinstance(value, list) and not all(isinstance(v, str) for v in value):
-            raise ValueError(f"{part}.{f.name} must be a list of strings, got {str(value)[:60]}")
-        if isinstance(default, int) and not isinstance(default, bool) and default > 0 and value < 0:
+        value = check_value(f"{part}.{f.name}", getattr(obj, f.name), hints[f.name])
+        setattr(obj, f.name, value)
+        if hints[f.name] is int and isinstance(f.default, int) and f.default > 0 and value < 0:
             raise ValueError(f"{part}.{f.name} must be >= 0, got {value!r}")
 
 

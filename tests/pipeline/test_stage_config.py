@@ -114,7 +114,7 @@ def test_all_problems_reported_at_once_and_types_checked_on_dicts():
         stage_config("train", overrides=["num_epochs=0", "max_grad_norm=0"])
     data = stage_config("train").to_dict()
     data["him"]["hidden"] = "lots"
-    with pytest.raises(UsageError, match="him.hidden must be an integer, got 'lots'"):
+    with pytest.raises(UsageError, match="him.hidden must be int, got 'lots'"):
         from_dict("train", data)
     del data["him"]
     with pytest.raises(UsageError, match="missing key.*him"):

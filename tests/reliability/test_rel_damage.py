@@ -61,11 +61,11 @@ def test_yaml_file_that_is_not_utf8(tmp_path):
 
 
 @pytest.mark.parametrize("value, words", [
-    ("visual.sources=[[1]]", ["visual.sources[0] must be a str"]),
-    ("visual.sources=[{a: 1}]", ["visual.sources[0] must be a str"]),
+    ("visual.sources=[[1]]", ["visual.sources[0] must be str"]),
+    ("visual.sources=[{a: 1}]", ["visual.sources[0] must be str"]),
     ("him={bogus: 1}", ["unknown key(s) ['bogus'] in him"]),
     ("him={hidden: [1]}", ["him.hidden must be int"]),
-    ("save_path=[1, 2]", ["save_path must be a str"]),
+    ("save_path=[1, 2]", ["save_path must be str"]),
     ("save_path=!!python/object/apply:os.getcwd []", ["yaml tags"]),
     ("save_path=!!python/name:os.system", ["yaml tags"]),
     ("num_epochs=!!int 3", ["yaml tags"]),

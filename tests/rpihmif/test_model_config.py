@@ -19,8 +19,10 @@ def test_round_trip():
     ({"text": {"max_seq": 64, "window": 2}}, r"unknown text config keys \['window'\]"),
     ({"visual": {"source": ["orig"]}}, r"unknown visual config keys \['source'\]"),
     ({"iffe": 3}, "iffe must be a mapping"),
-    ({"text_only": "yes"}, "text_only has the wrong type"),
-    ({"constrain_bio": 1}, "constrain_bio has the wrong type"),
+    ({"text_only": "yes"}, "text_only must be bool"),
+    ({"constrain_bio": 1}, "constrain_bio must be bool"),
+    ({"labels": []}, "labels must be a non-empty list"),
+    ({"visual": {"sources": ["orig", 3]}}, r"visual.sources\[1\] must be str"),
 ])
 def test_unknown_or_mistyped_keys_are_refused(data, message):
     with pytest.raises(ValueError, match=message):
