@@ -40,7 +40,7 @@ demo: $(STAMP)
 	$(VPY) cli.py evaluate $(DEMO)/run/best $(DEMO)/data/twitter2015/test.txt --set cache_dir=$(DEMO)/cache \
 	    --out $(DEMO)/test_metrics.json --predictions $(DEMO)/test_predictions.txt
 	$(VPY) cli.py tag-corpus $(DEMO)/data/tweets.jsonl.gz --model $(DEMO)/run/best --out $(DEMO)/tagged \
-	    --set cache_dir=$(DEMO)/cache --workers 1
+	    --set cache_dir=$(DEMO)/cache --workers 0
 	$(VPY) cli.py report $(DEMO)/tagged
 	@echo
 	@echo "demo outputs:"

@@ -143,7 +143,7 @@ def extract_features_cmd(
     config: Optional[Path] = Opt(None, "--config", help=CONFIG_HELP, show_default="conf/<stage>.yaml"),
     set_: List[str] = Opt([], "--set", help=SET_HELP, show_default="none"),
     dump: List[Path] = Opt([], "--dump", help="A tweet dump (JSONL or JSONL.gz) whose images to encode too; repeatable."),
-    workers: Optional[int] = Opt(None, "--workers", help="Ray actors running the frozen CLIP encoder.", show_default=default("extract", "workers")),
+    workers: Optional[int] = Opt(None, "--workers", help="Ray actors running the frozen CLIP encoder; 0 runs in this process, without Ray.", show_default=default("extract", "workers")),
     ray_address: Optional[str] = Opt(None, "--ray-address", help="Existing Ray cluster host:port; \"\" starts Ray embedded.", show_default=default("extract", "ray_address")),
     model: Optional[str] = Opt(None, "--model", help="Take the vision section from this checkpoint (folder, run folder or hub id): the encoder and sizes it was trained on.", show_default="the yaml's vision:"),
 ) -> None:
@@ -201,7 +201,7 @@ def tag_corpus_cmd(
     out: Optional[Path] = Opt(None, "--out", help="Output folder: data/ (Parquet parts only: read it with any Parquet reader), _state.sqlite (commit log), _rejects.jsonl.", show_default=default("tag", "out")),
     config: Optional[Path] = Opt(None, "--config", help=CONFIG_HELP, show_default="conf/<stage>.yaml"),
     set_: List[str] = Opt([], "--set", help=SET_HELP, show_default="none"),
-    workers: Optional[int] = Opt(None, "--workers", help="Ray workers; 1 runs in-process.", show_default=default("tag", "workers")),
+    workers: Optional[int] = Opt(None, "--workers", help="Ray actors tagging chunks; 0 runs in this process, without Ray.", show_default=default("tag", "workers")),
     ray_address: Optional[str] = Opt(None, "--ray-address", help="Existing Ray cluster host:port; \"\" starts Ray embedded.", show_default=default("tag", "ray_address")),
     require_images: Optional[bool] = Opt(None, "--require-images", help="Reject tweets whose image is not cached.", show_default=default("tag", "require_images")),
     allow_missing_images: Optional[bool] = Opt(None, "--allow-missing-images", help="Tag text-only when the model's feature cache is missing (else exit 2).", show_default=default("tag", "allow_missing_images")),

@@ -54,7 +54,7 @@ def tag_corpus(dump: Path, out: Path, model: str, cache: Path, args) -> tuple[ob
     from pipeline.tag.stage import run_tag
 
     sets = {"load_path": model, "out": out, "cache_dir": cache, "batch_size": args.batch_size, "threads": args.threads,
-            "precision": args.precision, "device": "cpu", "workers": 1, "chunk_records": 100_000}
+            "precision": args.precision, "device": "cpu", "workers": 0, "chunk_records": 100_000}
     t0 = time.perf_counter()
     run_tag([dump], stage_config("tag", overrides=[f"{k}={v}" for k, v in sets.items()]))
     seconds = time.perf_counter() - t0

@@ -43,19 +43,19 @@ def write_dump(path: Path, n: int) -> Path:
     return path
 
 
-def run(dump: Path, out: Path, workers: int, chunk: int, use_ray: bool) -> dict:
+def run(dump: Path, out: Path, workers: int, chunk: int) -> dict:
     from pipeline.stage_config import stage_config
     from pipeline.tag.plan import ModelSpec
     from pipeline.tag.stage import run_tag
     from rpihmif.labels import LABELS
 
-    conf = stage_config("tag", overrides=[f"out={out}", f"workers={workers}", f"use_ray={str(use_ray).lower()}",
+    conf = stage_config("tag", overrides=[f"out={out}", f"workers={workers}",
                                           f"chunk_records={chunk}", "device=cpu", "progress_every_s=1000"])
     spec = ModelSpec("null-model", "", False, "", list(LABELS), factory=NullTagger)
     t0 = time.perf_counter()
     s = run_tag([dump], conf, spec)
     wall = time.perf_counter() - t0
-    return {"workers": workers, "ray": use_ray, "rows": s["rows"], "wall_s": round(wall, 2),
+    return {"workers": workers, "ray": workers > 0, "rows": s["rows"], "wall_s": round(wall, 2),
             "records_per_s": round(s["rows"] / wall, 1), "steady_records_per_s": s.get("steady_tweets_per_s"),
             "driver_cpu_us_per_record": s["driver_cpu_us_per_record"],
             "worker_cpu_us_per_record": s["worker_cpu_us_per_record"], "commit_s": s["commit_s"],
@@ -74,12 +74,12 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         dump = write_dump(Path(tmp) / "bench.jsonl.gz", args.n)
-        runs = [run(dump, Path(tmp) / "local1", 1, args.chunk, False)]
+        runs = [run(dump, Path(tmp) / "local1", 0, args.chunk)]
         t0 = time.perf_counter()
         with init_ray("", 2):  # started once: the Ray runs measure the stage, not Ray's start-up (reported apart)
             ray_start = time.perf_counter() - t0
-            runs += [run(dump, Path(tmp) / "ray1", 1, args.chunk, True),
-                     run(dump, Path(tmp) / "ray2", 2, args.chunk, True)]
+            runs += [run(dump, Path(tmp) / "ray1", 1, args.chunk),
+                     run(dump, Path(tmp) / "ray2", 2, args.chunk)]
     one_ray, two = runs[1], runs[2]
     print(json.dumps({
         "records": args.n, "chunk_records": args.chunk, "ray_start_s": round(ray_start, 2), "runs": runs,

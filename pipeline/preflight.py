@@ -182,7 +182,7 @@ def check_tag(inputs: list[Path], cfg) -> None:
     checkpoint_dir(folder)
     if cfg.out:
         output_dir(cfg.out, "--out")
-    ray_address(cfg.ray_address, bool(cfg.ray_address) or cfg.workers > 1 or cfg.use_ray)
+    ray_address(cfg.ray_address, cfg.workers > 0)
 
 
 def check_report(out_dir: Path, image_root: Path | None) -> None:

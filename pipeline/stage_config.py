@@ -175,7 +175,6 @@ class TagConfig(_Stage):
     progress_every_s: float
     workers: int
     ray_address: str
-    use_ray: bool
     cpus_per_worker: float
     threads: int
     device: str
@@ -268,7 +267,7 @@ CHECKS: dict[str, dict[str, Check]] = {
     "tag": {
         "max_record_bytes": COUNT, "batch_size": COUNT, "bucket_size": COUNT, "row_group_bytes": COUNT,
         "chunk_records": COUNT, "progress_every_s": positive(),
-        "workers": COUNT, "cpus_per_worker": positive(), "threads": at_least(0), "device": DEVICE,
+        "workers": at_least(0), "cpus_per_worker": positive(), "threads": at_least(0), "device": DEVICE,
         "precision": PRECISION, "seed": SEED, "partition_by": one_of("tagged_date", "none"),
         "max_reject_rate": between(0.0, 1.0), "visual.sources": subset_or_empty(*SOURCES),
     },

@@ -308,9 +308,9 @@ def _executor(config: TagConfig, spec: ModelSpec, cache: Any, fresh: Freshness) 
     kwargs = dict(load_path=spec.load_path, settings=settings, model_id=spec.model_id, factory=spec.factory,
                   footer=footer(spec.model_id, fresh.encoder, spec.labels, cache_state=fresh.cache_state),
                   cache_folder=str(cache.folder) if cache is not None else "")
-    in_process = config.workers <= 1 and not config.ray_address and not config.use_ray
-    workers = config.workers
-    if not config.ray_address and workers * config.cpus_per_worker > (os.cpu_count() or 1):
+    in_process = config.workers == 0  # as in extract-features: 0 = this process, no Ray
+    workers = max(1, config.workers)
+    if not in_process and not config.ray_address and workers * config.cpus_per_worker > (os.cpu_count() or 1):
         workers = max(1, int((os.cpu_count() or 1) / config.cpus_per_worker))
         log.warning("workers=%d asks for more CPUs than this machine has (%d): running %d", config.workers,
                     os.cpu_count() or 1, workers)

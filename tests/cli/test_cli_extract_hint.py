@@ -23,7 +23,7 @@ def test_printed_extract_command_makes_tag_corpus_succeed(tiny_bert_dir, tmp_pat
     ckpt = helpers.vision_checkpoint(tmp_path / "ckpt", tiny_bert_dir)
     images = helpers.draw_images(tmp_path / "dumps", 3)
     dump = helpers.write_dump(tmp_path / "dumps" / "d.jsonl", helpers.tweets(6, images))
-    tag = ["tag-corpus", str(dump), "--model", str(ckpt), "--out", str(tmp_path / "out"), "--workers", "1",
+    tag = ["tag-corpus", str(dump), "--model", str(ckpt), "--out", str(tmp_path / "out"), "--workers", "0",
            "--set", f"cache_dir={tmp_path / 'cache'}", "--set", "threads=1"]
     elsewhere = tmp_path / "elsewhere"  # the hint's paths are absolute: it runs from any folder
     elsewhere.mkdir()

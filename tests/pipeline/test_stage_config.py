@@ -147,8 +147,8 @@ def test_config_command_prints_overrides_and_exits_2_on_bad_values():
     printed = yaml.safe_load(res.output)
     assert printed["num_epochs"] == 3 and printed["iffe"] == {"iterations": 0}
     assert "num_epochs: 3                  # passes over train" in res.output
-    res = runner.invoke(cli.app, ["config", "tag", "--set", "workers=0"])
-    assert res.exit_code == 2 and "workers must be >= 1, got 0" in res.output
+    res = runner.invoke(cli.app, ["config", "tag", "--set", "workers=-1"])
+    assert res.exit_code == 2 and "workers must be >= 0, got -1" in res.output
     res = runner.invoke(cli.app, ["config", "nonesuch"])
     assert res.exit_code == 2 and "unknown stage 'nonesuch'" in res.output
 

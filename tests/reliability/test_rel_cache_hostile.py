@@ -280,7 +280,7 @@ def test_extract_rerun_repairs_and_tag_exits_2_on_a_hostile_shard(world, tmp_pat
     out = tmp_path / "out"
     with no_hang(120):
         res = cli("tag-corpus", world["root"] / "data" / "tweets.jsonl.gz", "--model", world["ckpt"], "--out", out,
-                  *sets(cache_dir=cache_dir, device="cpu", workers=1, batch_size=8))
+                  *sets(cache_dir=cache_dir, device="cpu", workers=0, batch_size=8))
         assert res.exit_code == 2 and shard.name in res.stderr and "Traceback" not in res.stderr, res.stderr
         res = cli(*map(str, world["extract"]), *sets(cache_dir=cache_dir))
     assert res.exit_code == 0, res.stderr

@@ -105,7 +105,7 @@ def test_code_beside_the_tokenizer_never_runs_from_the_cli(tag_world, tmp_path, 
     _plant_code(folder)
     dump = helpers.write_dump(tmp_path / "d.jsonl", helpers.tweets(3))
     res = subprocess.run([sys.executable, str(ROOT / "cli.py"), "tag-corpus", str(dump), "--model", str(folder),
-                          "--out", str(tmp_path / "out"), "--workers", "1", "--set", f"cache_dir={tmp_path / 'c'}"],
+                          "--out", str(tmp_path / "out"), "--workers", "0", "--set", f"cache_dir={tmp_path / 'c'}"],
                          cwd=ROOT, capture_output=True, text=True, timeout=300,
                          **({"input": stdin} if stdin else {"stdin": subprocess.DEVNULL}))
     assert res.returncode == 2, res.stderr[-2000:]

@@ -168,7 +168,7 @@ def test_truncated_weights_through_each_stage(world, tmp_path):
     weights.write_bytes(weights.read_bytes()[:-1000])
     out = tmp_path / "out"
     _exit2(cli("tag-corpus", world["root"] / "data" / "tweets.jsonl.gz", "--model", ckpt, "--out", out,
-               *sets(cache_dir=world["root"] / "cache", workers=1)), str(weights), "retrain")
+               *sets(cache_dir=world["root"] / "cache", workers=0)), str(weights), "retrain")
     assert not list(out.rglob("*.parquet"))
     _exit2(cli("evaluate", ckpt, world["root"] / "data/twitter2015/test.txt", "--out", tmp_path / "m.json",
                *sets(cache_dir=world["root"] / "cache")), str(weights))
@@ -190,7 +190,7 @@ def test_tag_with_a_checkpoint_missing_its_tokenizer(world, tmp_path):
     ckpt = _ckpt(world, tmp_path)
     (ckpt / "tokenizer.json").unlink()
     dump = helpers.write_dump(tmp_path / "d.jsonl", helpers.tweets(3))
-    _exit2(cli("tag-corpus", dump, "--model", ckpt, "--out", tmp_path / "o", *sets(workers=1)), str(ckpt),
+    _exit2(cli("tag-corpus", dump, "--model", ckpt, "--out", tmp_path / "o", *sets(workers=0)), str(ckpt),
            "tokenizer")
 
 

@@ -146,7 +146,7 @@ def test_tag_and_report_never_write_through_links(world, tmp_path):
     victims.plant_temps(out, own[:4])
     victims.plant_temps(out / "data", ["tweets.parquet"])
     args = ["tag-corpus", world["root"] / "data" / "tweets.jsonl.gz", "--model", world["ckpt"], "--out", out,
-            *sets(cache_dir=world["root"] / "cache", device="cpu", workers=1)]
+            *sets(cache_dir=world["root"] / "cache", device="cpu", workers=0)]
     named = run_until_clean(args, victims, final)
     assert {out / n for n in (".lock", "_state.sqlite", "_rejects.jsonl")} <= set(named)
     for link in final:  # the parts are the report's inputs: links there are read, never written; drop them
@@ -196,7 +196,7 @@ def test_a_file_where_a_folder_belongs_is_exit_2(world, tmp_path):
         "save_path": [*map(str, world["train"]), *sets(save_path=blocker)],
         "save_path parent": [*map(str, world["train"]), *sets(save_path=blocker / "run")],
         "--out (tag)": ["tag-corpus", str(world["root"] / "data" / "tweets.jsonl.gz"), "--model", str(world["ckpt"]),
-                        "--out", str(blocker), *sets(cache_dir=world["root"] / "cache", workers=1)],
+                        "--out", str(blocker), *sets(cache_dir=world["root"] / "cache", workers=0)],
         "--out folder (evaluate)": ["evaluate", str(world["ckpt"]), str(world["root"] / "data/twitter2015/test.txt"),
                                     "--out", str(tmp_path), *sets(cache_dir=world["root"] / "cache")],
     }

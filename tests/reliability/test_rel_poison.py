@@ -68,7 +68,7 @@ def test_tag_corpus_rejects_each_poison_line_and_goes_on(world, tmp_path):
     poison, after = _write_poison(tmp_path / "dumps")
     out = tmp_path / "out"
     args = ["tag-corpus", poison, after, "--model", world["ckpt"], "--out", out,
-            *sets(cache_dir=world["root"] / "cache", device="cpu", workers=1)]
+            *sets(cache_dir=world["root"] / "cache", device="cpu", workers=0)]
     res = cli(*args)  # mostly poison: everything is committed, then exit 1 naming the input (max_reject_rate)
     assert res.exit_code == 1 and f"{poison.resolve()}: 18 of 23 records rejected" in res.stderr, res.stderr[-3000:]
     rows = pd.read_parquet(next(out.rglob("poison*.parquet")))
@@ -121,7 +121,7 @@ def test_damaged_rejects_file_does_not_block_later_runs(world, tmp_path, caplog)
     dump = helpers.write_dump(tmp_path / "d" / "t.jsonl", helpers.tweets(6), [b'{"id": "bad", "text": 5}'])
     out = tmp_path / "out"
     args = ["tag-corpus", dump, "--model", world["ckpt"], "--out", out,
-            *sets(cache_dir=world["root"] / "cache", device="cpu", workers=1)]
+            *sets(cache_dir=world["root"] / "cache", device="cpu", workers=0)]
     assert cli(*args).exit_code == 0
     rejects = out / "_rejects.jsonl"
     rejects.write_bytes(rejects.read_bytes() + b'{"file": "x", "line": 3, "reas\n\xff\xfe garbage\n')

@@ -220,7 +220,7 @@ def test_ray_worker_sigkilled_mid_run_gives_exact_rows(tag_env, tmp_path):
     killer = threading.Thread(target=_kill_first_worker, args=(out / STAGING_DIR, stop, killed), daemon=True)
     killer.start()
     try:
-        summary = run_tag([dump], tag_config(tag_env, out, chunk_records=30, workers=2, use_ray="true"))
+        summary = run_tag([dump], tag_config(tag_env, out, chunk_records=30, workers=2))
     finally:
         stop.set()
     assert killed, "no worker was killed"

@@ -143,13 +143,28 @@ def test_second_concurrent_run_exits_3(tag_env, tmp_path):
             FileLock(out).acquire()
 
 
+@pytest.mark.parametrize("workers, in_process", [(0, True), (1, False), (2, False)])
+def test_workers_zero_runs_in_process_as_in_extract(tag_env, tmp_path, monkeypatch, workers, in_process):
+    """`workers: 0` = this process without Ray, N >= 1 = N Ray actors: the same rule as extract-features."""
+    import pipeline.tag.stage as stage
+
+    seen, real = {}, stage.Executor
+
+    def recording(cls, kwargs, workers, in_process, **options):
+        seen.update(workers=workers, in_process=in_process)
+        return real(cls, kwargs, workers=1, in_process=True)  # tags here either way: the choice is what is checked
+
+    monkeypatch.setattr(stage, "Executor", recording)
+    dump = tag_dump(tag_env, "w.jsonl", 4)
+    assert run_tag([dump], tag_config(tag_env, tmp_path / "o", workers=workers))["rows"] == 4
+    assert seen == {"workers": max(1, workers), "in_process": in_process}
 
 
 @pytest.mark.slow
 def test_ray_embedded_matches_in_process(tag_env, tmp_path):
     dump = tag_dump(tag_env, "ray.jsonl", 60, TAG_BAD_LINES[:2])
     run_tag([dump], tag_config(tag_env, tmp_path / "local"))
-    summary = run_tag([dump], tag_config(tag_env, tmp_path / "ray", workers=2, use_ray="true"))
+    summary = run_tag([dump], tag_config(tag_env, tmp_path / "ray", workers=2))
     assert summary["rows"] == 60 and summary["rejects"] == 2
     same_tag_rows(tag_rows(tmp_path / "local"), tag_rows(tmp_path / "ray"))
 
@@ -157,7 +172,7 @@ def test_ray_embedded_matches_in_process(tag_env, tmp_path):
 @pytest.mark.slow
 def test_real_ray_cluster_on_loopback_matches_embedded(tag_env, tmp_path):
     dump = tag_dump(tag_env, "cluster.jsonl", 40)
-    run_tag([dump], tag_config(tag_env, tmp_path / "embedded", workers=2, use_ray="true"))
+    run_tag([dump], tag_config(tag_env, tmp_path / "embedded", workers=2))
     env = {**os.environ, "RAY_ADDRESS": ""}
     with helpers.ray_head() as address:
         conf = tag_config(tag_env, tmp_path / "cluster", workers=2, ray_address=address)
