@@ -1,7 +1,7 @@
 """Checkpoint folders as the stages see them: `rpihmif.checkpoint`'s checked opener with this pipeline's label set.
 
 A folder that is not a checkpoint, is incomplete, damaged, absurd, or was trained on another label set is a
-UsageError (exit 2) naming the file and what to do; callers never wrap it.
+ModelError (the CLI exits 2) naming the file and what to do; callers never wrap it.
 """
 from __future__ import annotations
 

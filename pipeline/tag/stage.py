@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import signal
 import threading
 import time
 from collections import Counter
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -19,9 +18,8 @@ from cache.durable import FileLock, ensure_dir
 from exit_codes import PipelineError, UsageError
 from pipeline.io.dumps import DumpFields, expand_inputs
 from pipeline.runtime.executor import Executor
-from pipeline.runtime.progress import Progress, is_terminal
 from pipeline.stage_config import TagConfig
-from pipeline.tag.chunks import RawChunk, read_chunks
+from pipeline.tag.chunks import read_chunks
 from pipeline.tag.commit import Committer, part_name
 from pipeline.tag.manifest import data_folder
 from pipeline.tag.parquet_parts import footer
@@ -35,6 +33,7 @@ from pipeline.tag.plan import (
     plan_input,
     resolve_model_path,
 )
+from pipeline.tag.run_state import RunState, reject_kind
 from pipeline.tag.worker import ChunkTagger, TaggerSettings, TagResult, TagTask
 
 __all__ = ["run_tag", "resolve_model_path", "RunSummary"]
@@ -73,17 +72,6 @@ def _open_cache(config: TagConfig, spec: ModelSpec) -> Any:
     return open_cache(config.cache_dir, spec.fingerprint)
 
 
-def _reason(text: str) -> str:
-    """A reject reason without its specifics (numbers, quoted values), to count rejects per kind; never cut inside
-    a parenthesis."""
-    text = re.sub(r"(?<![\w-])\d+", "N", re.sub(r"'[^']*'|\"[^\"]*\"", "…", text.split(";")[0])).strip()
-    if len(text) > 120:
-        text = text[:120].rsplit(" ", 1)[0] + " …"
-    while text.count("(") > text.count(")"):
-        text = text[:text.rindex("(")].rstrip()
-    return text
-
-
 @dataclass
 class RunSummary:
     """What one run did (printed as JSON by the CLI); the per-record CPU split shows where the time went."""
@@ -117,65 +105,6 @@ class RunSummary:
 
 
 @dataclass
-class _Input:
-    """Per input of this run: chunks in flight, whether reading ended, and whether it changed under the run."""
-
-    plan: InputPlan
-    left: int = 0
-    read: dict[str, Any] | None = None
-    changed: bool = False
-    reasons: Counter = field(default_factory=Counter)
-
-
-class _Run:
-    """Counters, progress (a bar on a terminal, log lines otherwise) and the in-flight bookkeeping of one run."""
-
-    def __init__(self, config: TagConfig, todo: list[InputPlan]):
-        self.counts: Counter = Counter()
-        self.reasons: Counter = Counter()
-        self.inflight: dict[str, tuple[_Input, RawChunk, float]] = {}
-        self.inputs = [_Input(p) for p in todo]
-        self.total_bytes = sum(p.ident.size for p in todo) or 1
-        self.bytes_done = 0
-        self.pos: dict[int, int] = {}  # per input: the furthest committed byte offset
-        self.in_process = True
-        self.start = self.last_log = time.monotonic()
-        self.every = float(config.progress_every_s)
-        self.worker_cpu = 0.0
-        self.commit_s = 0.0  # driver wall time in commits (rename, fsync, commit log)
-        self.warm: tuple[float, int] | None = None  # (time, rows) once every worker delivered a chunk
-        self.workers = 1
-        self.warned = False
-        self.bar: Progress | None = None  # made at the first commit, after the start-up log lines
-        self.on_terminal = is_terminal()
-
-    def advance(self, nbytes: int) -> None:
-        now = time.monotonic()
-        elapsed = max(now - self.start, 1e-9)
-        if self.on_terminal:
-            if self.bar is None:
-                self.bar = Progress(self.total_bytes, "tag-corpus", "B", unit_scale=True)
-            self.bar.note(f"{self.counts['rows']} records, {self.counts['rows'] / elapsed:.0f} records/s, "
-                          f"{self.counts['rejects']} rejects")
-            self.bar.update(nbytes)
-            return
-        if now - self.last_log < self.every:
-            return
-        self.last_log = now
-        frac = min(1.0, self.bytes_done / self.total_bytes)
-        eta = f", ETA {elapsed * (1 - frac) / frac:.0f}s" if 0 < frac < 1 else ""
-        est = f" of ~{int(self.counts['rows'] / frac)}" if 0 < frac < 1 else ""
-        log.info("tagged %d%s records in %d chunks (%.0f records/s, %.0f%% of %.1f MB input)%s",
-                 self.counts["rows"], est, self.counts["chunks"], self.counts["rows"] / elapsed, 100 * frac,
-                 self.total_bytes / 1e6, eta)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
-
-
-@dataclass
 class _Plan:
     """A planned run: the output, model, cache, the inputs (all, and those with work) and what keeps a chunk."""
 
@@ -192,7 +121,7 @@ class _Plan:
         return [p for p in self.plans if not p.skip]
 
 
-def _tasks(run: _Run, config: TagConfig, staging: Path) -> Iterator[TagTask]:
+def _tasks(run: RunState, config: TagConfig, staging: Path) -> Iterator[TagTask]:
     """Read each input in turn and yield one task per chunk to tag (the driver only splits lines)."""
     for inp in run.inputs:
         plan, stats = inp.plan, {}
@@ -263,10 +192,10 @@ def run_tag(inputs: list[Path], config: TagConfig, spec: ModelSpec | None = None
             committer.manifest.close()
 
 
-def _execute(planned: _Plan, committer: Committer) -> _Run:
+def _execute(planned: _Plan, committer: Committer) -> RunState:
     """Tag the chunks still to do, committing each as it arrives; SIGTERM stops between commits."""
     config, todo = planned.config, planned.todo
-    run = _Run(config, todo)
+    run = RunState(config, todo)
     state = {"stop": False, "in_commit": False}
     executor = None
     try:
@@ -324,7 +253,7 @@ def _executor(config: TagConfig, spec: ModelSpec, cache: Any, fresh: Freshness) 
                     address=config.ray_address, cpus_per_worker=config.cpus_per_worker, gpus_per_worker=gpus)
 
 
-def _commit(result: TagResult, run: _Run, committer: Committer, extra: dict[str, Any],
+def _commit(result: TagResult, run: RunState, committer: Committer, extra: dict[str, Any],
             state: dict[str, Any]) -> None:
     inp, chunk, tagged_at = run.inflight.pop(result.key)
     plan = inp.plan
@@ -349,7 +278,7 @@ def _commit(result: TagResult, run: _Run, committer: Committer, extra: dict[str,
     for k in ("rows", "images_used", "images_missing", "no_image"):
         c[k] += getattr(result, k)
     c["rejects"] += len(result.rejects)
-    reasons = Counter(_reason(r["reason"]) for r in result.rejects)
+    reasons = Counter(reject_kind(r["reason"]) for r in result.rejects)
     run.reasons.update(reasons)
     inp.reasons.update(reasons)
     run.worker_cpu += result.cpu_s
@@ -368,7 +297,7 @@ def _commit(result: TagResult, run: _Run, committer: Committer, extra: dict[str,
         raise _Terminated()
 
 
-def _finish_inputs(run: _Run, committer: Committer) -> None:
+def _finish_inputs(run: RunState, committer: Committer) -> None:
     """Mark inputs whose reading ended and whose chunks are all committed as complete."""
     for inp in run.inputs:
         if inp.read is not None and not inp.left:
@@ -377,7 +306,7 @@ def _finish_inputs(run: _Run, committer: Committer) -> None:
             inp.read = None
 
 
-def _check_rejects(planned: _Plan, committer: Committer, run: _Run) -> list[str]:
+def _check_rejects(planned: _Plan, committer: Committer, run: RunState) -> list[str]:
     """One line per input of this run with at least `max_reject_rate` of its records rejected (its top reasons)."""
     bad = []
     by_plan = {id(i.plan): i for i in run.inputs}
@@ -391,7 +320,7 @@ def _check_rejects(planned: _Plan, committer: Committer, run: _Run) -> list[str]
     return bad
 
 
-def _summarise(planned: _Plan, committer: Committer, run: _Run, started: float, cpu0: float) -> RunSummary:
+def _summarise(planned: _Plan, committer: Committer, run: RunState, started: float, cpu0: float) -> RunSummary:
     """Log the run's end once and return its summary; exit 1 (PipelineError) for inputs that were mostly rejected or
     changed under the run, after everything else was committed."""
     c, seconds = run.counts, time.monotonic() - started
