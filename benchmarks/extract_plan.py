@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from extract_speed import make_images  # noqa: E402  (the same generated 640x480 JPEGs + crops)
 
-from pipeline.extract.memo import MEMO_NAME  # noqa: E402
+from cache.memo import MEMO_NAME  # noqa: E402
 from pipeline.extract.plan import plan_extract  # noqa: E402
 from pipeline.extract.stage import run_extract  # noqa: E402
 from pipeline.stage_config import stage_config  # noqa: E402

@@ -1,28 +1,24 @@
 """The model step of extract-features: the frozen CLIP vision encoder as a callable class, and its fingerprint.
 
-`ClipFeaturizer` runs as a Ray actor or in-process (`featurize_images`); `resolve_fingerprint` names the encoder.
+`ClipFeaturizer` runs as a Ray actor or in-process (`featurize_images`); `cache.resolve_fingerprint` names the encoder.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from cache.durable import ensure_dir
 from cache.format import FEATURE_NAMES, feature_shapes
 from exit_codes import InputError, UsageError
-from pipeline.extract.memo import PlanMemo
 from pipeline.io.images import DEFAULT_MAX_PIXELS, sha256_bytes
 from pipeline.io.safe_paths import safe_resolve
 from rpihmif.precision import resolve_precision
-from rpihmif.hub import local_folder
 from rpihmif.vision_encoder import Preprocessor, VisionSettings, encoder_fingerprint, load_vision_encoder
 from rpihmif.vision_features import ImageFeaturizer, read_bytes
 
-__all__ = ["ClipFeaturizer", "featurize_images", "resolve_fingerprint", "pad_crops"]
+__all__ = ["ClipFeaturizer", "featurize_images", "pad_crops"]
 
 
 def pad_crops(paths: list[str], k: int) -> list[str]:
@@ -147,48 +143,3 @@ def featurize_images(featurizer: ClipFeaturizer, orig_path: str | Path, groundin
     if out["reason"][0]:
         return None
     return {name: out[name][0] for name in FEATURE_NAMES}
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# fingerprint (memoised so a rerun on a complete cache does not build the encoder)
-# ---------------------------------------------------------------------------------------------------------------
-def _source_signature(settings: VisionSettings) -> dict[str, Any]:
-    """What identifies the encoder's weights without loading them: folder files (size, mtime) or random-init seed."""
-    sig: dict[str, Any] = {"settings": settings.__dict__, "torch": torch.__version__}
-    if settings.vit_name:
-        folder = local_folder(settings.vit_name)  # a hub id: its snapshot in the Hugging Face cache, when there
-        sig["folder"] = str(folder.resolve()) if folder else settings.vit_name
-        sig["files"] = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in folder.iterdir() if p.is_file()) \
-            if folder else None
-    else:
-        import transformers
-        sig["transformers"] = transformers.__version__
-    return sig
-
-
-def resolve_fingerprint(settings: VisionSettings, cache_dir: Path, memo: PlanMemo | None = None) -> dict[str, Any]:
-    """The encoder fingerprint, remembered in the cache root's `PlanMemo` by `_source_signature` (saved here when no
-    `memo` is given; the caller saves its own)."""
-    ensure_dir(cache_dir, "cache_dir")
-    if local_folder(settings.vit_name or ".") is None:  # a hub id not fetched yet: its files are known next time
-        return _fingerprint(settings)
-    own = memo is None
-    memo = memo or PlanMemo(cache_dir)
-    fp = memo.fingerprint(json.dumps(_source_signature(settings), sort_keys=True), lambda: _fingerprint(settings))
-    if own:
-        memo.save()
-    return fp
-
-
-def _fingerprint(settings: VisionSettings) -> dict[str, Any]:
-    """Load the encoder and fingerprint it (seconds for a ViT-B: the weights are hashed)."""
-    try:
-        model = load_vision_encoder(settings)
-    except (OSError, ValueError) as exc:  # ModelError is a ValueError
-        raise UsageError(f"vit_name {settings.vit_name!r}: cannot load a CLIP vision encoder ({exc}); give a local "
-                         "folder saved with save_pretrained or a Hugging Face Hub id, or leave vit_name empty for the "
-                         "random-init encoder") from exc
-    try:
-        return encoder_fingerprint(model, settings, Preprocessor.for_encoder(settings.vit_name))
-    except ValueError as exc:
-        raise UsageError(str(exc)) from exc

@@ -60,7 +60,7 @@ def vision_overrides(model: str | Path) -> list[str]:
 def check_encoder(cfg: Any, model: str | Path) -> None:
     """UsageError unless extract's configured encoder has the checkpoint's fingerprint (a folder encoder must be given
     with --set vision.vit_name=FOLDER when train's path is gone)."""
-    from pipeline.extract.featurizer import resolve_fingerprint
+    from cache import resolve_fingerprint
     from rpihmif.vision_encoder import VisionSettings
 
     folder = resolve_checkpoint(model)

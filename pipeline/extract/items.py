@@ -19,7 +19,7 @@ from cache.durable import sha256_file
 from cache.format import DUMP_SOURCE
 from exit_codes import InputError
 from pipeline.extract.featurizer import pad_crops
-from pipeline.extract.memo import PlanMemo
+from cache import FingerprintMemo
 from pipeline.io.safe_paths import safe_resolve
 from pipeline.stage_config import ExtractConfig
 
@@ -170,7 +170,7 @@ def _hash(path: str) -> str:
         return ""
 
 
-def hash_items(items: list[WorkItem], memo: PlanMemo, threads: int = 4) -> None:
+def hash_items(items: list[WorkItem], memo: FingerprintMemo, threads: int = 4) -> None:
     """Fill `key` (sha256 of the file) or `reason` for each item; files the memo knows unchanged are not read."""
     result: dict[str, tuple[str, str]] = {}
     misses: list[tuple[str, os.stat_result]] = []

@@ -1,6 +1,6 @@
 """The plan of an extract-features run: the images the inputs reference, their content keys, and what the cache lacks.
 
-A rerun on a complete cache reads no image and loads no encoder: hashes and the fingerprint come from `PlanMemo`.
+A rerun on a complete cache reads no image and loads no encoder: hashes and the fingerprint come from `FingerprintMemo`.
 """
 from __future__ import annotations
 
@@ -10,14 +10,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cache import CacheIndex, FeatureCache, fingerprint_folders, repair_folder
+from cache import CacheIndex, FeatureCache, FingerprintMemo, fingerprint_folders, repair_folder, resolve_fingerprint
 from cache.durable import FileLock
 from exit_codes import LockHeldError, UsageError
-from rpihmif.vision_encoder import VisionSettings
-from pipeline.extract.featurizer import resolve_fingerprint
 from pipeline.extract.items import WorkItem, benchmark_items, dump_items, hash_items
-from pipeline.extract.memo import PlanMemo
 from pipeline.stage_config import ExtractConfig
+from rpihmif.vision_encoder import VisionSettings
 
 __all__ = ["ExtractPlan", "plan_extract"]
 
@@ -83,7 +81,7 @@ def plan_extract(config: ExtractConfig, dumps: list[Path] | None = None) -> Extr
     if not config.dataset and not dumps:
         raise UsageError("nothing to extract: set dataset (with data_dir) or pass --dump files")
     settings = config.vision
-    memo = PlanMemo(cache_dir)
+    memo = FingerprintMemo(cache_dir)
     fp = resolve_fingerprint(settings, cache_dir, memo)
     log.info("encoder %s: %s; feature cache root %s", fp["id"], fp["info"]["encoder"], cache_dir.resolve())
 

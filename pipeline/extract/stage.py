@@ -17,15 +17,15 @@ from typing import Any
 import numpy as np
 
 from cache import FEATURE_NAMES, CacheWriter, FeatureCache
-from pipeline.extract.featurizer import ClipFeaturizer, featurize_images, resolve_fingerprint
+from pipeline.extract.featurizer import ClipFeaturizer, featurize_images
 from pipeline.extract.items import WorkItem, item_batches
 from pipeline.extract.plan import ExtractPlan, plan_extract
 from pipeline.runtime.executor import Executor
-from rpihmif.precision import resolve_precision
 from pipeline.runtime.progress import Progress
 from pipeline.stage_config import ExtractConfig
+from rpihmif.precision import resolve_precision
 
-__all__ = ["run_extract", "ExtractSummary", "ClipFeaturizer", "featurize_images", "resolve_fingerprint"]
+__all__ = ["run_extract", "ExtractSummary", "ClipFeaturizer", "featurize_images"]
 
 log = logging.getLogger("rpihmif.extract")
 

@@ -4,7 +4,6 @@ A tweet without an image, or whose image is not cached, gets None (the model see
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 from pathlib import Path
 from typing import Any
@@ -39,12 +38,10 @@ class TweetFeatures:
         from cache import find_cache
         fingerprint = None
         if cfg.vision.vit_name:  # pick the cache folder of exactly this encoder and vision section
-            from rpihmif.vision_encoder import VisionSettings
-            from pipeline.extract.featurizer import resolve_fingerprint
-            from pipeline.extract.memo import PlanMemo
+            from cache import FingerprintMemo, resolve_fingerprint
 
             def fingerprint() -> str:  # the encoder's fingerprint as extract's memo knows it, never saved from here
-                memo = PlanMemo(cfg.cache_dir, read_only=True)
+                memo = FingerprintMemo(cfg.cache_dir, read_only=True)
                 return resolve_fingerprint(cfg.vision, Path(cfg.cache_dir), memo)["id"]
         cache = find_cache(cfg.cache_dir, fingerprint)
         if cache is None:
@@ -77,7 +74,7 @@ class TweetFeatures:
     def _vision_record(self) -> dict:
         """The cache's own record of its encoder, else the train config's vision section when its sizes are the
         cache's (a cache written before fingerprints carried the record); {} when neither is known."""
-        from rpihmif.vision_encoder import VisionSettings, vision_record
+        from rpihmif.vision_encoder import vision_record
 
         record = self.cache.fingerprint.get("info", {}).get("vision")
         if isinstance(record, dict):
@@ -85,7 +82,7 @@ class TweetFeatures:
         hashed = self.cache.fingerprint.get("hashed", {})
         if self.vision is None:
             return {}
-        settings = VisionSettings(**dataclasses.asdict(self.vision))
+        settings = self.vision
         same = all(hashed.get(k) == getattr(settings, k) for k in ("image_size", "aux_size", "rcnn_size", "max_crops",
                                                                       "dtype"))
         if not same or bool(hashed.get("random_init")) != (not settings.vit_name):

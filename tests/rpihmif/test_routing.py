@@ -226,7 +226,7 @@ def _train_on_sample(tmp_path, seed: int) -> dict:
     common = [f"data_dir={data}", f"dataset={DATASET}", f"cache_dir={cache}"]
     run_extract(stage_config("extract", overrides=[*common, "random_vit_layers=4", "random_vit_hidden=256",
                                                    "workers=0"]))
-    train(stage_config("train", overrides=[*common, f"save_path={run}", "num_epochs=8", f"seed={seed}",
+    train(stage_config("train", overrides=[*common, f"save_path={run}", "num_epochs=8", f"seed={seed}", "adversarial_eps=0",
                                            "device=cpu"]))
     return probe_sample_run(run / "best", data, DATASET, cache)
 

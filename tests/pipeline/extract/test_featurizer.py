@@ -8,7 +8,8 @@ import torch
 from helpers import draw_image, make_dataset, make_tiny_clip
 
 from rpihmif.vision_encoder import Preprocessor, _image_processor_class
-from pipeline.extract.featurizer import ClipFeaturizer, featurize_images, resolve_fingerprint
+from cache import resolve_fingerprint
+from pipeline.extract.featurizer import ClipFeaturizer, featurize_images
 
 
 def test_folder_preprocessor_config_is_honoured(tmp_path):

@@ -11,11 +11,11 @@ import os
 import pytest
 from helpers import draw_image, make_dataset, make_tiny_clip
 
-import pipeline.extract.featurizer as featurizer_mod
-import rpihmif.vision_features as vision_features_mod
-import pipeline.extract.items as items_mod
+import cache.fingerprints as fingerprints_mod
 import cache.memo as memo_mod
-from pipeline.extract.memo import MEMO_NAME
+import pipeline.extract.items as items_mod
+import rpihmif.vision_features as vision_features_mod
+from cache.memo import MEMO_NAME
 from pipeline.extract.plan import plan_extract
 from pipeline.extract.stage import run_extract
 from pipeline.stage_config import stage_config
@@ -36,7 +36,7 @@ def world(tmp_path, monkeypatch):
 def counted(monkeypatch):
     """Counts file hashes and encoder loads made from now on."""
     calls = {"hash": 0, "encoder": 0}
-    real_hash, real_load = items_mod.sha256_file, featurizer_mod.load_vision_encoder
+    real_hash, real_load = items_mod.sha256_file, fingerprints_mod.load_vision_encoder
 
     def hash_(path, *a, **k):
         calls["hash"] += 1
@@ -47,7 +47,7 @@ def counted(monkeypatch):
         return real_load(*a, **k)
 
     monkeypatch.setattr(items_mod, "sha256_file", hash_)
-    monkeypatch.setattr(featurizer_mod, "load_vision_encoder", load)  # the fingerprint
+    monkeypatch.setattr(fingerprints_mod, "load_vision_encoder", load)  # the fingerprint
     monkeypatch.setattr(vision_features_mod, "load_vision_encoder", load)  # the in-process featurizer
     return calls
 
