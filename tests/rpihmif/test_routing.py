@@ -214,7 +214,8 @@ def test_occlusion_probe_picks_the_source_whose_masking_costs_most():
 
 def _train_on_sample(tmp_path, seed: int) -> dict:
     """make-sample (seed 0, 200 train / 100 dev tweets), a random-init 4-layer ViT of hidden 256, the default train
-    config for 8 epochs with training seed `seed`; returns probe_sample_run of run/best."""
+    config for 8 epochs with training seed `seed` and no FGM step (routing does not need it; half the CPU); returns
+    probe_sample_run of run/best."""
     from pipeline.extract.stage import run_extract
     from pipeline.io.sample import DATASET, make_sample
     from pipeline.stage_config import stage_config
@@ -234,7 +235,7 @@ def _train_on_sample(tmp_path, seed: int) -> dict:
 @pytest.mark.slow
 @pytest.mark.timeout(1200)  # ~700 s measured with three such runs at once beside two trainings on 2 cores
 def test_routing_points_at_the_cue_source_on_the_sample(tmp_path):
-    """End to end with the default train config on the generated sample: the routing argmax of image-decided dev
+    """End to end with the default train config (no FGM step) on the generated sample: the routing argmax of image-decided dev
     entities sits on the one source holding their cue (and masking that source costs the most), with graded shares."""
     r = _train_on_sample(tmp_path, seed=1)
     routing = r["routing"]
