@@ -235,8 +235,9 @@ def _train_on_sample(tmp_path, seed: int) -> dict:
 @pytest.mark.slow
 @pytest.mark.timeout(1200)  # ~700 s measured with three such runs at once beside two trainings on 2 cores
 def test_routing_points_at_the_cue_source_on_the_sample(tmp_path):
-    """End to end with the default train config (no FGM step) on the generated sample: the routing argmax of image-decided dev
-    entities sits on the one source holding their cue (and masking that source costs the most), with graded shares."""
+    """End to end with the default train config (no FGM step) on the generated sample: the routing argmax of
+    image-decided dev entities sits on the one source holding their cue (and masking that source costs the most),
+    with graded shares."""
     r = _train_on_sample(tmp_path, seed=1)
     routing = r["routing"]
     assert routing["entities"] >= 50 and r["dev_image_decided_f1"] >= ROUTING_MIN_F1
