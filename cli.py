@@ -108,7 +108,9 @@ def main_options(
 ) -> None:
     """Multimodal NER on tweets with RPI-HMIF: cache CLIP features, train, tag large dumps."""
     if offline:
-        os.environ["HF_HUB_OFFLINE"] = "1"
+        from rpihmif.hub import go_offline
+
+        go_offline()
 
 
 @app.command("make-sample")

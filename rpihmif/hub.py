@@ -9,7 +9,7 @@ from typing import Any
 
 from rpihmif.errors import ModelError, bounded
 
-__all__ = ["is_offline", "local_folder", "load_pretrained"]
+__all__ = ["is_offline", "go_offline", "local_folder", "load_pretrained"]
 
 _TRUE = ("1", "true", "yes", "on")
 _SAFE = {"trust_remote_code": False}  # code shipped with a model (auto_map + .py) never runs, and nothing asks on stdin
@@ -32,6 +32,12 @@ def is_offline(flag: bool = False) -> bool:
     """True when `flag` or `HF_HUB_OFFLINE` / `TRANSFORMERS_OFFLINE` asks for no network (read at call time)."""
     env = (os.environ.get(k, "").strip().lower() for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
     return flag or any(v in _TRUE for v in env)
+
+
+def go_offline() -> None:
+    """From now on no network for this process and the processes it starts (Ray workers): sets `HF_HUB_OFFLINE=1`,
+    which `is_offline` and the Hugging Face libraries read. The one place `--offline` and `offline: true` act."""
+    os.environ["HF_HUB_OFFLINE"] = "1"
 
 
 def _looks_like_path(name: str) -> bool:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from pipeline.extract.plan import ExtractPlan, plan_extract
 from pipeline.runtime.executor import Executor
 from pipeline.runtime.progress import Progress
 from pipeline.stage_config import ExtractConfig
+from rpihmif.hub import go_offline
 from rpihmif.precision import resolve_precision
 
 __all__ = ["run_extract", "ExtractSummary", "ClipFeaturizer", "featurize_images"]
@@ -72,7 +72,7 @@ def run_extract(config: ExtractConfig, dumps: list[Path] | None = None) -> Extra
     `offline: true` sets HF_HUB_OFFLINE for this process and its Ray workers.
     """
     if config.offline:
-        os.environ["HF_HUB_OFFLINE"] = "1"
+        go_offline()
     t0 = time.monotonic()
     from pipeline.runtime.device import resolve_device
     device = resolve_device(config.device)

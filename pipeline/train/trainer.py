@@ -8,7 +8,6 @@ import dataclasses
 import functools
 import json
 import logging
-import os
 import random
 import time
 from pathlib import Path
@@ -24,7 +23,6 @@ from exit_codes import UsageError
 from pipeline.io.conll import Tweet
 from pipeline.io.dataset import BenchmarkDataset
 from pipeline.runtime.device import resolve_device, seed_everything
-from rpihmif.precision import resolve_precision
 from pipeline.runtime.interrupts import StopFlag, Terminated, stop_on_sigterm, write_guard
 from pipeline.runtime.progress import Progress, setup_logging
 from pipeline.stage_config import TrainConfig
@@ -36,8 +34,10 @@ from pipeline.train.online_features import OnlineFeatures
 from rpihmif.alignment import TextBatch, WindowTokenizer
 from rpihmif.checkpoint import load_checkpoint, save_checkpoint
 from rpihmif.config import ModelConfig, VisualConfig
+from rpihmif.hub import go_offline
 from rpihmif.labels import LABEL2ID
 from rpihmif.model import RPIHMIF
+from rpihmif.precision import resolve_precision
 from rpihmif.predictor import Tagger
 from rpihmif.text_encoder import load_text_encoder
 from rpihmif.visual import VisualBatch, drop_sources
@@ -348,7 +348,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     the checkpoint to tag and test with (RUN/best, or RUN/refit/best after a refit)."""
     run_dir = ensure_dir(cfg.save_path, "save_path")
     if cfg.offline:  # hub ids (bert_name, vision.vit_name) only from the Hugging Face cache
-        os.environ["HF_HUB_OFFLINE"] = "1"
+        go_offline()
     _prepare_run_dir(run_dir)
     setup_logging(run_dir / "train.log")
     if cfg.log_dir:
