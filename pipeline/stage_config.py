@@ -14,11 +14,12 @@ from typing import Any, Callable, Union
 
 from exit_codes import UsageError
 from pipeline.config import load_config
+from pipeline.io.dumps import DumpFields
 from rpihmif.config import HIMConfig, IFFEConfig, TextEncoderConfig, check_value
 from rpihmif.vision_encoder import VisionSettings
 from rpihmif.visual import SOURCES
 
-__all__ = ["DumpFieldNames", "DumpSection", "ExtractConfig", "VisualSources", "VisualDropout",
+__all__ = ["DumpSection", "ExtractConfig", "VisualSources", "VisualDropout",
            "TrainConfig", "EvaluateConfig", "TagConfig", "StageConfig", "STAGES", "COMMANDS", "CHECKS", "stage_config",
            "from_dict"]
 
@@ -41,23 +42,11 @@ class _Stage:
 # ---------------------------------------------------------------------------------------------------------------
 # the stages; keys, meanings and defaults: conf/<stage>.yaml
 # ---------------------------------------------------------------------------------------------------------------
-@dataclass
-class DumpFieldNames:
-    """`dump:` of tag.yaml: record field names of tweet dumps and the root their image paths resolve in."""
-
-    id_field: str
-    text_field: str
-    image_field: str
-    crops_field: str
-    rcnn_field: str
-    image_root: str
-
-
-@dataclass
-class DumpSection(DumpFieldNames):
+@dataclass(frozen=True)
+class DumpSection(DumpFields):
     """`dump:` of extract.yaml: the same, and the tweet dumps whose images to encode."""
 
-    files: list[str]
+    files: list[str] = dataclasses.field(default_factory=list)
 
 
 @dataclass
@@ -183,7 +172,7 @@ class TagConfig(_Stage):
     partition_by: str
     max_reject_rate: float
     text_only: bool
-    dump: DumpFieldNames
+    dump: DumpFields
     visual: VisualSources
 
 

@@ -112,9 +112,9 @@ def benchmark_items(config: ExtractConfig, crop_rejects: list[dict[str, Any]]) -
 def dump_items(config: ExtractConfig, dumps: list[Path], crop_rejects: list[dict[str, Any]],
                record_rejects: list[dict[str, Any]]) -> Iterator[WorkItem]:
     """One item per distinct image path of the dumps; bad records -> `record_rejects`, bad crops -> `crop_rejects`."""
-    from pipeline.io.dumps import DumpFields, Reject, iter_dump
+    from pipeline.io.dumps import Reject, iter_dump
 
-    fields = DumpFields.from_config(config.dump)
+    fields = config.dump
     k = config.vision.max_crops
     seen: set[str] = set()
     for dump in dumps:

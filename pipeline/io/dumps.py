@@ -26,18 +26,15 @@ MAX_ID_CHARS = 256
 
 @dataclass(frozen=True)
 class DumpFields:
-    """Names of the record fields; `image`/`crops`/`rcnn` may be absent or null in a record."""
+    """The `dump:` section of tag.yaml and extract.yaml: record field names (image, crops and rcnn may be absent or
+    null in a record) and the root the records' image paths resolve inside ("" = each dump's folder)."""
 
-    id: str = "id"
-    text: str = "text"
-    image: str = "image"
-    crops: str = "crops"
-    rcnn: str = "rcnn_crops"
-
-    @classmethod
-    def from_config(cls, config: Any) -> "DumpFields":
-        """From a config (section) with `id_field`, `text_field`, `image_field`, `crops_field`, `rcnn_field`."""
-        return cls(config.id_field, config.text_field, config.image_field, config.crops_field, config.rcnn_field)
+    id_field: str = "id"
+    text_field: str = "text"
+    image_field: str = "image"
+    crops_field: str = "crops"
+    rcnn_field: str = "rcnn_crops"
+    image_root: str = ""
 
 
 @dataclass
@@ -192,29 +189,29 @@ def parse_record(raw: bytes, name: str, line: int, fields: DumpFields) -> DumpRe
         return Reject(name, line, f"bad JSON value: {str(exc)[:120]}")
     if not isinstance(obj, dict):
         return Reject(name, line, f"expected a JSON object, got {type(obj).__name__}")
-    rid = obj.get(fields.id)
+    rid = obj.get(fields.id_field)
     if rid is None:
-        return Reject(name, line, f"missing id field {fields.id!r}; set id_field to the dump's id key")
+        return Reject(name, line, f"missing id field {fields.id_field!r}; set id_field to the dump's id key")
     if isinstance(rid, bool) or not isinstance(rid, (str, int)):
-        return Reject(name, line, f"id field {fields.id!r} must be a string or integer, got {type(rid).__name__}")
+        return Reject(name, line, f"id field {fields.id_field!r} must be a string or integer, got {type(rid).__name__}")
     rid = str(rid)  # 1 and "1" are the same tweet id (Twitter's id and id_str); iter_dump rejects a repeat
     if len(rid) > MAX_ID_CHARS:
         return Reject(name, line, f"id of {len(rid)} characters is longer than {MAX_ID_CHARS}")
-    text = obj.get(fields.text)
+    text = obj.get(fields.text_field)
     if text is None:
-        return Reject(name, line, f"missing text field {fields.text!r}; set text_field to the dump's text key", rid)
+        return Reject(name, line, f"missing text field {fields.text_field!r}; set text_field to the dump's text key", rid)
     if not isinstance(text, str):
-        return Reject(name, line, f"text field {fields.text!r} must be a string, got {type(text).__name__}", rid)
+        return Reject(name, line, f"text field {fields.text_field!r} must be a string, got {type(text).__name__}", rid)
     if not text.strip():
         return Reject(name, line, "empty text", rid)
     if _has_surrogate(text) or _has_surrogate(rid):
         return Reject(name, line, "invalid UTF-8: unpaired surrogate escape (\\ud8xx) in the text or id", rid)
-    image = obj.get(fields.image)
+    image = obj.get(fields.image_field)
     if image is not None and not isinstance(image, str):
-        return Reject(name, line, f"image field {fields.image!r} must be a path string, got {type(image).__name__}", rid)
-    crops, rcnn = _str_list(obj.get(fields.crops)), _str_list(obj.get(fields.rcnn))
+        return Reject(name, line, f"image field {fields.image_field!r} must be a path string, got {type(image).__name__}", rid)
+    crops, rcnn = _str_list(obj.get(fields.crops_field)), _str_list(obj.get(fields.rcnn_field))
     if crops is None or rcnn is None:
-        bad = fields.crops if crops is None else fields.rcnn
+        bad = fields.crops_field if crops is None else fields.rcnn_field
         return Reject(name, line, f"field {bad!r} must be a list of path strings", rid)
     for path in ([image] if image else []) + crops + rcnn:
         if "\x00" in path or _has_surrogate(path):

@@ -16,7 +16,7 @@ from typing import Any, Iterator
 
 from cache.durable import FileLock, ensure_dir
 from exit_codes import PipelineError, UsageError
-from pipeline.io.dumps import DumpFields, expand_inputs
+from pipeline.io.dumps import expand_inputs
 from pipeline.runtime.executor import Executor
 from pipeline.stage_config import TagConfig
 from pipeline.tag.chunks import read_chunks
@@ -230,7 +230,7 @@ def _execute(planned: _Plan, committer: Committer) -> RunState:
 
 
 def _executor(config: TagConfig, spec: ModelSpec, cache: Any, fresh: Freshness) -> Executor:
-    settings = TaggerSettings(DumpFields.from_config(config.dump), config.seed, config.device, config.precision,
+    settings = TaggerSettings(config.dump, config.seed, config.device, config.precision,
                               config.threads, config.batch_size, config.bucket_size, config.row_group_bytes,
                               config.max_record_bytes, config.require_images,
                               tuple(config.visual.sources), config.text_only)

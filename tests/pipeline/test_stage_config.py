@@ -62,6 +62,14 @@ def test_model_knobs_settable_from_train_yaml_and_mirror_model_defaults():
     assert model_keys <= {f.name for f in dataclasses.fields(TrainConfig)}
 
 
+def test_dump_sections_are_one_class_whose_defaults_are_the_yamls():
+    from pipeline.io.dumps import DumpFields
+
+    tag, extract = stage_config("tag").dump, stage_config("extract").dump
+    assert type(tag) is DumpFields and tag == DumpFields()
+    assert isinstance(extract, DumpFields) and dataclasses.replace(extract, files=[]) == type(extract)()
+
+
 def test_flat_names_reach_their_sections():
     """DeepKE's flat names (`bert_name`, `max_seq`, `vit_name`) and tag's `id_field` still set the nested keys."""
     cfg = stage_config("train", overrides=["max_seq=64", "bert_name=x", "vit_name=y", "dropout=0.2", "vit_seed=3"])

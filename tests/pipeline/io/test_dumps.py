@@ -73,7 +73,7 @@ def test_truncated_gzip_keeps_records_before_the_cut(tmp_path):
 def test_custom_field_names_and_crops(tmp_path):
     path = tmp_path / "c.jsonl"
     path.write_text(json.dumps({"tid": "1", "body": "hi", "pic": "a.jpg", "g": ["c1.png"], "r": "r1.png"}) + "\n")
-    fields = DumpFields(id="tid", text="body", image="pic", crops="g", rcnn="r")
+    fields = DumpFields(id_field="tid", text_field="body", image_field="pic", crops_field="g", rcnn_field="r")
     (rec,) = list(iter_dump(path, fields))
     assert (rec.id, rec.text, rec.image, rec.crops, rec.rcnn) == ("1", "hi", "a.jpg", ["c1.png"], ["r1.png"])
 
