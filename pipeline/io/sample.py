@@ -243,6 +243,29 @@ def _write_dump(path: Path, records: list[dict]) -> None:
             gz.write((json.dumps(rec, ensure_ascii=False, sort_keys=False) + "\n").encode("utf-8"))
 
 
+def _split_summary(items: list, counts: dict[str, int]) -> dict:
+    """The counts of one split in sample.json."""
+    kinds = {k: sum(1 for i in items if i.kind == k) for k in ("image", "decoy", "retweet", "text", "none")}
+    return {
+        "tweets": len(items), "image_decided": kinds["image"] + kinds["retweet"] + kinds["decoy"],
+        "retweets": kinds["retweet"], "decoys": kinds["decoy"], "text_decided": kinds["text"],
+        "no_entity": kinds["none"],
+        "entities": sum(1 for i in items for x in i.labels if x.startswith("B-")),
+        "neutral_images": sum(1 for i in items if i.image == "neutral"), **counts,
+        "images_missing_crops": sum(1 for i in items if i.image is not None and i.missing),
+        "cue_sources": {c: sum(1 for i in items if i.cue_source == c) for c in CUE_SOURCES},
+    }
+
+
+def _dump_records(split: str, items: list, grounding: dict[str, list[str]], rcnn: dict[str, list[str]]) -> list[dict]:
+    """The split's tweets as dump records, image and crop paths relative to OUT (what tag-corpus reads)."""
+    base = f"{DATASET}/{DATASET}_aux_images/{_DICT_TAG[split]}/crops/"
+    return [{"id": i.image_id, "text": " ".join(i.words),
+             "image": f"{DATASET}/{DATASET}_images/{i.image_id}.jpg" if i.image is not None else None,
+             "crops": [base + n for n in grounding.get(f"{i.image_id}.jpg", [])[:3]],
+             "rcnn_crops": [f"{DATASET}/{r}" for r in rcnn.get(i.image_id, [])[:3]]} for i in items]
+
+
 def make_sample(out: str | os.PathLike, seed: int = 0, sizes: dict[str, int] | None = None, hard: bool = False) -> dict:
     """Write `out/twitter2015/` (DeepKE layout) and `out/tweets.jsonl.gz`; return a JSON-able summary.
 
@@ -288,28 +311,10 @@ def make_sample(out: str | os.PathLike, seed: int = 0, sizes: dict[str, int] | N
             rcnn_all.update(rcnn)
             _save_dict(tmp_root / f"{DATASET}_{_DICT_TAG[split]}_dict.pth", grounding)
             write_conll(tmp_root / f"{split}.txt", [Tweet(i.image_id, i.words, i.labels, 0) for i in items])
-            kinds = {k: sum(1 for i in items if i.kind == k) for k in ("image", "decoy", "retweet", "text", "none")}
-            for item in items:
-                if item.cue_source is not None or item.kind == "decoy":
-                    cues[item.image_id] = {"type": item.cue_source and item.image, "cue_source": item.cue_source}
-            summary["splits"][split] = {
-                "tweets": len(items), "image_decided": kinds["image"] + kinds["retweet"] + kinds["decoy"],
-                "retweets": kinds["retweet"], "decoys": kinds["decoy"], "text_decided": kinds["text"],
-                "no_entity": kinds["none"],
-                "entities": sum(1 for i in items for x in i.labels if x.startswith("B-")),
-                "neutral_images": sum(1 for i in items if i.image == "neutral"), **counts,
-                "images_missing_crops": sum(1 for i in items if i.image is not None and i.missing),
-                "cue_sources": {c: sum(1 for i in items if i.cue_source == c) for c in CUE_SOURCES},
-            }
-            base = f"{DATASET}/{DATASET}_aux_images/{_DICT_TAG[split]}/crops/"
-            for item in items:
-                has = item.image is not None
-                records.append({
-                    "id": item.image_id, "text": " ".join(item.words),
-                    "image": f"{DATASET}/{DATASET}_images/{item.image_id}.jpg" if has else None,
-                    "crops": [base + n for n in grounding.get(f"{item.image_id}.jpg", [])[:3]],
-                    "rcnn_crops": [f"{DATASET}/{r}" for r in rcnn.get(item.image_id, [])[:3]],
-                })
+            cues.update({i.image_id: {"type": i.cue_source and i.image, "cue_source": i.cue_source}
+                         for i in items if i.cue_source is not None or i.kind == "decoy"})
+            summary["splits"][split] = _split_summary(items, counts)
+            records += _dump_records(split, items, grounding, rcnn)
         _save_dict(tmp_root / "twitter15_detect" / "twitter15_img2crop.pth", rcnn_all)
         n_all = sum(s["tweets"] for s in summary["splits"].values())
         summary["tweets"] = n_all
