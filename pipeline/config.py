@@ -103,7 +103,8 @@ def _alias(config: dict[str, Any], dotted: str) -> str:
     holders = [name for name in FLAT_SECTIONS if isinstance(config.get(name), dict) and dotted in config[name]]
     if len(holders) == 1:
         return f"{holders[0]}.{dotted}"
-    return ALIASES.get(dotted, dotted) if ALIASES.get(dotted, "").split(".")[0] in config else dotted
+    alias = ALIASES.get(dotted, "")
+    return alias if alias and alias.split(".")[0] in config else dotted
 
 
 def apply_overrides(config: dict[str, Any], overrides: dict[str, Any], source: str = "--set") -> dict[str, Any]:
