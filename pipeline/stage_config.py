@@ -1,7 +1,7 @@
 """Typed stage configs: one dataclass per stage built from `conf/<stage>.yaml` + `--set`, every range check in CHECKS.
 
-The stages read the yaml's values (a key the yaml lacks is an error); the model's own sections (`vision`, `him`, `iffe`)
-are the library's config classes, nested as they are in the model.
+The stages read the yaml's values (a key the yaml lacks is an error); the sections the library defines (`text`, `vision`,
+`him`, `iffe`; `dump`) are its own classes, nested here as in the model, so each knob has one schema.
 """
 from __future__ import annotations
 
