@@ -16,7 +16,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from cache.durable import sha256_file
-from cache.format import DUMP_SOURCE
+from cache import DUMP_SOURCE
 from exit_codes import InputError
 from pipeline.extract.featurizer import pad_crops
 from cache import FingerprintMemo

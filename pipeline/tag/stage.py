@@ -67,7 +67,7 @@ def _on_sigterm(state: dict[str, Any]) -> Iterator[None]:
 def _open_cache(config: TagConfig, spec: ModelSpec) -> Any:
     if not spec.uses_images:
         return None
-    from cache.reader import open_cache
+    from cache import open_cache
 
     return open_cache(config.cache_dir, spec.fingerprint)
 

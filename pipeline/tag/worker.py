@@ -12,7 +12,7 @@ from itertools import islice
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from cache.format import DUMP_SOURCE
+from cache import DUMP_SOURCE
 from pipeline.io.dumps import DumpFields, DumpRecord, Reject, UniqueIds, line_record
 from pipeline.tag.parquet_parts import PartWriter
 from rpihmif.api import entity_dicts

@@ -30,7 +30,7 @@ class OnlineFeatures(TweetFeatures):
 
     @classmethod
     def from_config(cls, cfg: TrainConfig, dataset: BenchmarkDataset) -> "OnlineFeatures":
-        from cache.reader import fingerprint_folders
+        from cache import fingerprint_folders
         from pipeline.extract.featurizer import ClipFeaturizer
 
         try:
